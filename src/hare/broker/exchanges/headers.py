@@ -1,0 +1,77 @@
+"""headers: routes on message header values; the binding's ``x-match`` says how.
+
+``all`` (default) needs every binding argument to match, ``any`` at least one; keys starting
+``x-`` are ignored unless ``all-with-x`` / ``any-with-x`` is used. A void (None) binding value
+matches when the header is present, whatever its value (RabbitMQ's rule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...amqp.errors import precondition_failed
+from ..message import Message
+from .base import Exchange, freeze
+
+_MODES = ("all", "any", "all-with-x", "any-with-x")
+
+
+class HeadersExchange(Exchange):
+    type_name = "headers"
+    __slots__ = ("rules",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (dest, match_all, [(key, value)]) per binding, keyed like self.bindings
+        self.rules: dict[tuple[Any, str, Any], tuple[Any, bool, list[tuple[str, Any]]]] = {}
+
+    @classmethod
+    def validate_binding(cls, routing_key: str, arguments: dict[str, Any]) -> None:
+        mode = arguments.get("x-match", "all")
+        if mode not in _MODES:
+            raise precondition_failed(f"Invalid x-match field value {mode!r}; expected all, any, "
+                                      "all-with-x, or any-with-x")
+
+    def _add(self, dest: Any, routing_key: str, arguments: dict[str, Any]) -> None:
+        mode = arguments.get("x-match", "all")
+        with_x = mode.endswith("-with-x")
+        pairs = [(k, v) for k, v in arguments.items()
+                 if k != "x-match" and (with_x or not k.startswith("x-"))]
+        self.rules[self._key(dest, routing_key, arguments)] = (dest, mode.startswith("all"), pairs)
+
+    def _remove(self, dest: Any, routing_key: str, arguments: dict[str, Any]) -> None:
+        self.rules.pop(self._key(dest, routing_key, arguments), None)
+
+    @staticmethod
+    def _key(dest: Any, routing_key: str, arguments: dict[str, Any]) -> tuple[Any, str, Any]:
+        return (dest, routing_key, freeze(arguments))
+
+    def route(self, msg: Message, routing_key: str, out: list[Any]) -> None:
+        if not self.rules:
+            return
+        headers = msg.headers
+        for dest, match_all, pairs in self.rules.values():
+            if _matches(headers, match_all, pairs):
+                out.append(dest)
+
+
+_MISSING = object()
+
+
+def _matches(headers: dict[str, Any], match_all: bool, pairs: list[tuple[str, Any]]) -> bool:
+    if match_all:
+        for key, want in pairs:
+            have = headers.get(key, _MISSING)
+            if have is _MISSING or (want is not None and not _equal(have, want)):
+                return False
+        return True
+    for key, want in pairs:
+        have = headers.get(key, _MISSING)
+        if have is not _MISSING and (want is None or _equal(have, want)):
+            return True
+    return False
+
+
+def _equal(a: Any, b: Any) -> bool:
+    # bool is an int in Python; AMQP keeps them distinct
+    return a == b and isinstance(a, bool) == isinstance(b, bool)

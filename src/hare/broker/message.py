@@ -1,0 +1,53 @@
+"""A published message: routing info, raw content-header properties and body.
+
+The properties stay as the bytes the publisher sent; they are decoded lazily, only when a feature
+needs one (headers exchange, persistence, TTL), and re-sent unchanged on delivery.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..amqp import properties as _props
+
+
+class Message:
+    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "_properties", "route_bytes")
+
+    def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes,
+                 route_bytes: bytes | None = None) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.properties_raw = properties_raw
+        self.body = body
+        self._properties: dict[str, Any] | None = None
+        # exchange + routing key as two shortstrs, ready for basic.deliver / get-ok / return
+        if route_bytes is None:
+            ex = exchange.encode("utf-8", "surrogateescape")
+            rk = routing_key.encode("utf-8", "surrogateescape")
+            route_bytes = bytes((len(ex),)) + ex + bytes((len(rk),)) + rk
+        self.route_bytes = route_bytes
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        props = self._properties
+        if props is None:
+            props = self._properties = _props.decode_properties(self.properties_raw)
+        return props
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        if not self.properties_raw[0] & 0x20:  # headers flag is bit 13 (high byte 0x20)
+            return {}
+        return self.properties.get("headers") or {}
+
+    @property
+    def persistent(self) -> bool:
+        return _props.delivery_mode(self.properties_raw) == 2
+
+    @property
+    def body_size(self) -> int:
+        return len(self.body)
+
+    def __repr__(self) -> str:
+        return f"Message({self.exchange!r}, {self.routing_key!r}, {len(self.body)} bytes)"

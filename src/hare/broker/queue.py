@@ -1,0 +1,130 @@
+"""A queue: stores messages (through its QueueStore) and dispatches them to ready consumers.
+
+Consumers are kept in groups of equal priority, highest first (``x-priority``); within a group
+delivery goes round-robin. A consumer is ready when its channel can take output and its prefetch
+window has room; dispatch stops when no consumer is ready and resumes when one becomes ready
+(ack, qos change, channel flow, the connection's output draining).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from ..store.base import QueueStore
+from ..store.memory import MemoryQueueStore
+from .consumer import Consumer
+from .message import Message
+
+
+class Queue:
+    __slots__ = ("name", "vhost_name", "durable", "exclusive", "owner", "auto_delete", "arguments",
+                 "store", "groups", "consumer_count", "exclusive_consumer", "deleted", "had_consumer")
+
+    def __init__(self, name: str, vhost_name: str = "/", durable: bool = False,
+                 exclusive: bool = False, owner: Any = None, auto_delete: bool = False,
+                 arguments: dict[str, Any] | None = None, store: QueueStore | None = None) -> None:
+        self.name = name
+        self.vhost_name = vhost_name
+        self.durable = durable
+        self.exclusive = exclusive
+        self.owner = owner  # the connection owning an exclusive queue
+        self.auto_delete = auto_delete
+        self.arguments = arguments or {}
+        self.store: QueueStore = store if store is not None else MemoryQueueStore()
+        # consumer groups by priority, highest first: [(priority, deque of consumers)]
+        self.groups: list[tuple[int, deque[Consumer]]] = []
+        self.consumer_count = 0
+        self.exclusive_consumer: Consumer | None = None
+        self.deleted = False
+        self.had_consumer = False
+
+    # -- messages -------------------------------------------------------------------------------
+
+    @property
+    def message_count(self) -> int:
+        return len(self.store)
+
+    def publish(self, msg: Message) -> None:
+        self.store.push(msg)
+        if self.consumer_count:
+            self.dispatch()
+
+    def get(self) -> tuple[Message, int, bool] | None:
+        return self.store.pop()
+
+    def requeue(self, seq: int, msg: Message) -> None:
+        """Put one delivered message back; the caller calls dispatch() after a batch."""
+        if not self.deleted:
+            self.store.requeue(seq, msg)
+
+    def ack(self, seq: int, msg: Message) -> None:
+        if not self.deleted:
+            self.store.ack(seq, msg)
+
+    def purge(self) -> int:
+        return self.store.purge()
+
+    # -- consumers ------------------------------------------------------------------------------
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        for priority, group in self.groups:
+            if priority == consumer.priority:
+                group.append(consumer)
+                break
+        else:
+            self.groups.append((consumer.priority, deque([consumer])))
+            self.groups.sort(key=lambda g: -g[0])
+        self.consumer_count += 1
+        self.had_consumer = True
+        if consumer.exclusive:
+            self.exclusive_consumer = consumer
+
+    def remove_consumer(self, consumer: Consumer) -> bool:
+        for i, (_, group) in enumerate(self.groups):
+            if consumer in group:
+                group.remove(consumer)
+                if not group:
+                    del self.groups[i]
+                self.consumer_count -= 1
+                if self.exclusive_consumer is consumer:
+                    self.exclusive_consumer = None
+                return True
+        return False
+
+    def consumers(self) -> list[Consumer]:
+        return [c for _, group in self.groups for c in group]
+
+    def _next_ready(self) -> Consumer | None:
+        for _, group in self.groups:
+            for _ in range(len(group)):
+                c = group[0]
+                group.rotate(-1)
+                if c.ready():
+                    return c
+        return None
+
+    def dispatch(self) -> None:
+        """Deliver ready messages to ready consumers until either runs out."""
+        store = self.store
+        groups = self.groups
+        if len(groups) == 1 and len(groups[0][1]) == 1:
+            c = groups[0][1][0]
+            deliver = c.target.deliver
+            while c.ready():
+                entry = store.pop()
+                if entry is None:
+                    return
+                deliver(c, entry[0], entry[1], entry[2])
+            return
+        while len(store):
+            c = self._next_ready()
+            if c is None:
+                return
+            entry = store.pop()
+            if entry is None:
+                return
+            c.target.deliver(c, entry[0], entry[1], entry[2])
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} ready={len(self.store)} consumers={self.consumer_count}>"

@@ -1,0 +1,286 @@
+"""A virtual host: its exchanges, queues and bindings, and the routing of a published message.
+
+Declarations and deletions check what RabbitMQ checks and raise its errors with its texts.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+from ..amqp.errors import (
+    ChannelError,
+    ConnectionFault,
+    access_refused,
+    not_found,
+    precondition_failed,
+    resource_locked,
+)
+from .arguments import check_equivalent_queue_args, validate_queue_arguments
+from .exchanges import EXCHANGE_TYPES, Exchange
+from .exchanges.default import DefaultExchange
+from .message import Message
+from .queue import Queue
+
+STANDARD_EXCHANGES = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+def server_queue_name() -> str:
+    """A server-named queue: ``amq.gen-`` and 22 url-safe base64 characters, as RabbitMQ."""
+    return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class VirtualHost:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queues: dict[str, Queue] = {}
+        self.default_exchange = DefaultExchange(self.queues, vhost_name=name)
+        self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
+        for ex_name, ex_type in STANDARD_EXCHANGES:
+            self.exchanges[ex_name] = EXCHANGE_TYPES[ex_type](ex_name, durable=True, vhost_name=name)
+
+    def _in_vhost(self, kind: str, name: str) -> str:
+        return f"{kind} '{name}' in vhost '{self.name}'"
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def get_exchange(self, name: str) -> Exchange:
+        ex = self.exchanges.get(name)
+        if ex is None:
+            raise not_found(f"no {self._in_vhost('exchange', name)}")
+        return ex
+
+    def get_queue(self, name: str, conn: Any = None) -> Queue:
+        q = self.queues.get(name)
+        if q is None:
+            raise not_found(f"no {self._in_vhost('queue', name)}")
+        if q.exclusive and q.owner is not conn:
+            raise self._locked(q)
+        return q
+
+    def _locked(self, q: Queue) -> ChannelError:
+        return resource_locked(
+            f"cannot obtain exclusive access to locked {self._in_vhost('queue', q.name)}. It could be "
+            "originally declared on another connection or the exclusive property value does not "
+            "match that of the original declaration.")
+
+    # -- exchanges ------------------------------------------------------------------------------
+
+    def declare_exchange(self, name: str, type_name: str, passive: bool = False, durable: bool = False,
+                         auto_delete: bool = False, internal: bool = False,
+                         arguments: dict[str, Any] | None = None) -> Exchange:
+        if passive:
+            return self.get_exchange(name)
+        if not name:
+            raise access_refused("operation not permitted on the default exchange")
+        cls = EXCHANGE_TYPES.get(type_name)
+        if cls is None:
+            raise ConnectionFault(503, f"unknown exchange type '{type_name}'")
+        if name.startswith("amq."):
+            raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        arguments = arguments or {}
+        ex = self.exchanges.get(name)
+        if ex is not None:
+            self._check_exchange_equivalent(ex, type_name, durable, auto_delete, internal, arguments)
+            return ex
+        ex = cls(name, durable=durable, auto_delete=auto_delete, internal=internal,
+                 arguments=arguments, vhost_name=self.name)
+        self.exchanges[name] = ex
+        return ex
+
+    def _check_exchange_equivalent(self, ex: Exchange, type_name: str, durable: bool,
+                                   auto_delete: bool, internal: bool,
+                                   arguments: dict[str, Any]) -> None:
+        what = self._in_vhost("exchange", ex.name)
+        if ex.type_name != type_name:
+            raise precondition_failed(f"inequivalent arg 'type' for {what}: received '{type_name}' "
+                                      f"but current is '{ex.type_name}'")
+        for arg, have, want in (("durable", ex.durable, durable),
+                                ("auto_delete", ex.auto_delete, auto_delete),
+                                ("internal", ex.internal, internal)):
+            if have != want:
+                raise precondition_failed(f"inequivalent arg '{arg}' for {what}: received "
+                                          f"'{_flag(want)}' but current is '{_flag(have)}'")
+        have_ae = ex.arguments.get("alternate-exchange")
+        want_ae = arguments.get("alternate-exchange")
+        if have_ae != want_ae:
+            raise precondition_failed(f"inequivalent arg 'alternate-exchange' for {what}: received "
+                                      f"{_describe(want_ae)} but current is {_describe(have_ae)}")
+
+    def delete_exchange(self, name: str, if_unused: bool = False) -> None:
+        if not name:
+            raise access_refused("operation not permitted on the default exchange")
+        if name.startswith("amq."):
+            raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        ex = self.exchanges.get(name)
+        if ex is None:
+            return  # RabbitMQ 3.x: deleting a missing exchange is not an error
+        if if_unused and ex.bindings:
+            raise precondition_failed(f"{self._in_vhost('exchange', name)} in use")
+        self._remove_exchange(ex)
+
+    def _remove_exchange(self, ex: Exchange) -> None:
+        del self.exchanges[ex.name]
+        for other in list(self.exchanges.values()):
+            if other.remove_destination(ex):
+                self._maybe_auto_delete(other)
+
+    def _maybe_auto_delete(self, ex: Exchange) -> None:
+        if ex.auto_delete and not ex.bindings and self.exchanges.get(ex.name) is ex:
+            self._remove_exchange(ex)
+
+    def bind_exchange(self, destination: str, source: str, routing_key: str,
+                      arguments: dict[str, Any] | None) -> None:
+        if not destination or not source:
+            raise access_refused("operation not permitted on the default exchange")
+        dest = self.get_exchange(destination)
+        src = self.get_exchange(source)
+        src.validate_binding(routing_key, arguments or {})
+        src.bind(dest, routing_key, arguments)
+
+    def unbind_exchange(self, destination: str, source: str, routing_key: str,
+                        arguments: dict[str, Any] | None) -> None:
+        if not destination or not source:
+            raise access_refused("operation not permitted on the default exchange")
+        dest = self.get_exchange(destination)
+        src = self.get_exchange(source)
+        if src.unbind(dest, routing_key, arguments):
+            self._maybe_auto_delete(src)
+
+    # -- queues ---------------------------------------------------------------------------------
+
+    def declare_queue(self, name: str, passive: bool = False, durable: bool = False,
+                      exclusive: bool = False, auto_delete: bool = False,
+                      arguments: dict[str, Any] | None = None, conn: Any = None) -> Queue:
+        if passive:
+            if not name:
+                raise not_found(f"no {self._in_vhost('queue', name)}")
+            return self.get_queue(name, conn)
+        arguments = arguments or {}
+        if not name:
+            name = server_queue_name()
+        elif name.startswith("amq."):
+            raise access_refused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        q = self.queues.get(name)
+        if q is not None:
+            if q.exclusive and q.owner is not conn:
+                raise self._locked(q)
+            what = self._in_vhost("queue", name)
+            for arg, have, want in (("durable", q.durable, durable),
+                                    ("auto_delete", q.auto_delete, auto_delete)):
+                if have != want:
+                    raise precondition_failed(f"inequivalent arg '{arg}' for {what}: received "
+                                              f"'{_flag(want)}' but current is '{_flag(have)}'")
+            if q.exclusive != exclusive:
+                raise self._locked(q)
+            check_equivalent_queue_args(what, q.arguments, arguments)
+            return q
+        validate_queue_arguments(self._in_vhost("queue", name), arguments)
+        q = Queue(name, vhost_name=self.name, durable=durable, exclusive=exclusive,
+                  owner=conn if exclusive else None, auto_delete=auto_delete, arguments=arguments)
+        self.queues[name] = q
+        return q
+
+    def delete_queue(self, name: str, if_unused: bool = False, if_empty: bool = False,
+                     conn: Any = None) -> int:
+        q = self.queues.get(name)
+        if q is None:
+            return 0  # RabbitMQ 3.x: deleting a missing queue is not an error
+        if q.exclusive and q.owner is not conn:
+            raise self._locked(q)
+        if if_unused and q.consumer_count:
+            raise precondition_failed(f"{self._in_vhost('queue', name)} in use")
+        if if_empty and q.message_count:
+            raise precondition_failed(f"{self._in_vhost('queue', name)} not empty")
+        return self.remove_queue(q)
+
+    def remove_queue(self, q: Queue) -> int:
+        """Delete a queue: unbind it, cancel its consumers; return its ready message count."""
+        if self.queues.get(q.name) is not q:
+            return 0
+        del self.queues[q.name]
+        q.deleted = True
+        count = q.message_count
+        q.purge()
+        for ex in list(self.exchanges.values()):
+            if ex.remove_destination(q):
+                self._maybe_auto_delete(ex)
+        for consumer in q.consumers():
+            q.remove_consumer(consumer)
+            consumer.target.consumer_cancelled(consumer)
+        return count
+
+    def bind_queue(self, queue: str, exchange: str, routing_key: str,
+                   arguments: dict[str, Any] | None, conn: Any = None) -> None:
+        q = self.get_queue(queue, conn)
+        ex = self.get_exchange(exchange)
+        ex.validate_binding(routing_key, arguments or {})
+        ex.bind(q, routing_key, arguments)
+
+    def unbind_queue(self, queue: str, exchange: str, routing_key: str,
+                     arguments: dict[str, Any] | None, conn: Any = None) -> None:
+        q = self.get_queue(queue, conn)
+        ex = self.get_exchange(exchange)
+        if ex.unbind(q, routing_key, arguments):
+            self._maybe_auto_delete(ex)
+
+    def consumer_removed(self, q: Queue) -> None:
+        """After a consumer went away: an auto-delete queue with none left is deleted."""
+        if q.auto_delete and not q.consumer_count and q.had_consumer:
+            self.remove_queue(q)
+
+    def connection_closed(self, conn: Any) -> None:
+        """Delete the exclusive queues owned by a closing connection."""
+        for q in [q for q in self.queues.values() if q.exclusive and q.owner is conn]:
+            self.remove_queue(q)
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def route(self, ex: Exchange, msg: Message) -> list[Queue]:
+        """The queues ``msg`` goes to: follows exchange-to-exchange bindings and alternate
+        exchanges; each queue appears once."""
+        out: list[Any] = []
+        ex.route(msg, msg.routing_key, out)
+        if len(out) == 1 and type(out[0]) is Queue:
+            return out
+        if not out and "alternate-exchange" not in ex.arguments:
+            return out
+        queues: dict[Queue, None] = {}
+        seen = {ex}
+        pending = [(ex, out)]
+        while pending:
+            src, dests = pending.pop()
+            if not dests:
+                ae = self.exchanges.get(src.arguments.get("alternate-exchange") or "")
+                if ae is not None and ae.name and ae not in seen:
+                    seen.add(ae)
+                    nxt: list[Any] = []
+                    ae.route(msg, msg.routing_key, nxt)
+                    pending.append((ae, nxt))
+                continue
+            for d in dests:
+                if type(d) is Queue:
+                    queues[d] = None
+                elif d not in seen:
+                    seen.add(d)
+                    nxt = []
+                    d.route(msg, msg.routing_key, nxt)
+                    pending.append((d, nxt))
+        return list(queues)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"'{value}'"

@@ -1,0 +1,82 @@
+"""The configuration file: RabbitMQ's ``rabbitmq.conf`` format (``key = value`` lines, ``#``
+comments), with the keys hare understands. Unknown keys are an error, so typos do not pass
+silently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..broker.broker import BrokerConfig
+
+
+@dataclass
+class ServeOptions:
+    bind: str = "0.0.0.0"
+    port: int = 5672
+    http_port: int = 15672
+    data_dir: str = "./hare-data"
+    log_level: str = "info"
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("true", "yes", "1", "on"):
+        return True
+    if value.lower() in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
+    loopback = set(opts.broker.loopback_users)
+    for lineno, raw in enumerate(Path(path).read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "=" not in line:
+            raise ValueError(f"{path}:{lineno}: expected 'key = value'")
+        key, value = (part.strip() for part in line.split("=", 1))
+        b = opts.broker
+        try:
+            if key in ("listeners.tcp.default", "listeners.tcp.1"):
+                host, _, port = value.rpartition(":")
+                opts.port = int(port)
+                if host:
+                    opts.bind = host
+            elif key == "management.tcp.port":
+                opts.http_port = int(value)
+            elif key == "data_dir":
+                opts.data_dir = value
+            elif key == "log.console.level":
+                opts.log_level = value
+            elif key == "default_user":
+                b.default_user = value
+            elif key == "default_pass":
+                b.default_pass = value
+            elif key == "default_vhost":
+                b.default_vhost = value
+            elif key == "heartbeat":
+                b.heartbeat = int(value)
+            elif key == "frame_max":
+                b.frame_max = int(value)
+            elif key == "channel_max":
+                b.channel_max = int(value)
+            elif key == "max_message_size":
+                b.max_message_size = int(value)
+            elif key == "loopback_users":
+                if value != "none":
+                    raise ValueError("only 'loopback_users = none' is supported")
+                loopback.clear()
+            elif key.startswith("loopback_users."):
+                user = key.split(".", 1)[1]
+                if _bool(value):
+                    loopback.add(user)
+                else:
+                    loopback.discard(user)
+            else:
+                raise ValueError(f"unknown setting {key!r}")
+        except ValueError as exc:
+            raise ValueError(f"{path}:{lineno}: {exc}") from None
+    opts.broker.loopback_users = tuple(sorted(loopback))
+    return opts

@@ -1,0 +1,198 @@
+"""The asyncio shell: a listener and one Protocol per socket around a sans-IO Connection.
+
+It moves bytes (coalescing output to one write per event-loop turn), runs the heartbeat and
+handshake timers, and passes the socket's back-pressure to the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from ..broker.broker import Broker
+from ..session.connection import CLOSING_CONN, OPENED, Connection
+
+log = logging.getLogger("hare.server")
+
+HANDSHAKE_TIMEOUT = 10.0  # RabbitMQ's handshake_timeout
+CLOSE_TIMEOUT = 1.0  # how long to wait for close-ok after we sent connection.close
+
+
+class AMQPProtocol(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection = None  # type: ignore[assignment]
+        self.flush_scheduled = False
+        self.received = False  # bytes arrived since the last heartbeat check
+        self.sent = False  # bytes left since the last heartbeat tick
+        self.missed = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.heartbeat = 0
+
+    # -- asyncio callbacks ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+        self.conn = Connection(self.server.broker, transport.get_extra_info("peername"),
+                               wake=self._wake)
+        self.server.protocols.add(self)
+        self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        self.flush_scheduled = True  # we flush right below; writes need not schedule one
+        conn = self.conn
+        before = conn.state
+        conn.receive_data(data)
+        self._flush()
+        if conn.state != before:
+            self._state_changed(before)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.server.protocols.discard(self)
+        self.conn.connection_lost()
+        self.conn.wake = _noop
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.conn.data_to_send()
+            return
+        out = self.conn.data_to_send()
+        if out:
+            transport.writelines(out)
+            self.sent = True
+        if self.conn.closed:
+            transport.close()
+
+    # -- timers -----------------------------------------------------------------------------------
+
+    def _state_changed(self, before: int) -> None:
+        state = self.conn.state
+        if state == OPENED and before != OPENED:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.heartbeat = self.conn.heartbeat
+            if self.heartbeat:
+                self.timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+        elif state == CLOSING_CONN:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _handshake_timeout(self) -> None:
+        self.timer = None
+        if self.conn.state != OPENED:
+            log.info("handshake timeout from %s", self.conn.peer)
+            self._abort()
+
+    def _heartbeat_tick(self) -> None:
+        """Every half interval: send a heartbeat if we were silent; drop a peer silent for two."""
+        interval = self.heartbeat / 2
+        if self.received:
+            self.received = False
+            self.missed = 0.0
+        else:
+            self.missed += interval
+            if self.missed >= 2 * self.heartbeat:
+                log.warning("missed heartbeats from client %s, timeout: %ss", self.conn.peer,
+                            self.heartbeat)
+                self._abort()
+                return
+        if not self.sent and self.conn.state == OPENED:
+            self.conn.send_heartbeat()
+            self._flush()
+        self.sent = False
+        self.timer = self.loop.call_later(interval, self._heartbeat_tick)
+
+    def _abort(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self.conn.close()
+        self._flush()
+        if self.conn.closed and self.transport is not None:
+            self.transport.close()
+
+
+def _noop() -> None:
+    pass
+
+
+class Server:
+    """Listens for AMQP connections for one Broker."""
+
+    def __init__(self, broker: Broker, host: str = "0.0.0.0", port: int = 5672) -> None:
+        self.broker = broker
+        self.host = host
+        self.port = port
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.protocols: set[AMQPProtocol] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024)
+        sockets = self._server.sockets or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("AMQP listener started on %s:%s", self.host, self.port)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop listening, close every connection with 320 CONNECTION_FORCED, wait for them."""
+        if self._server is not None:
+            self._server.close()
+        for proto in list(self.protocols):
+            proto.shutdown()
+        deadline = self.loop.time() + grace
+        while self.protocols and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for proto in list(self.protocols):
+            proto._abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+
+def loop_factory() -> Any:
+    """uvloop's event loop factory when uvloop is installed, else None (asyncio's default)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -1,0 +1,556 @@
+"""One AMQP channel: its methods, the publish path, consumers, deliveries and acks.
+
+A channel is driven by its connection (which parses frames) and calls into the broker model.
+It writes its output frames into the connection's output list; it never touches a socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..amqp import properties as props_codec
+from ..amqp import spec
+from ..amqp.errors import (
+    AMQPError,
+    ConnectionFault,
+    access_refused,
+    not_found,
+    precondition_failed,
+)
+from ..amqp.frames import FRAME_END_BYTE, body_frames, pack_header
+from ..broker.consumer import Consumer, PrefetchLimit
+from ..broker.message import Message
+from ..broker.queue import Queue
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+_pack_QB = struct.Struct(">QB").pack
+_pack_content_header = struct.Struct(">BHIHHQ").pack
+_pack_return_head = struct.Struct(">HHH").pack  # class, method, reply code
+_DELIVER = b"\x00\x3c\x00\x3c"
+_GET_OK = b"\x00\x3c\x00\x47"
+_SMALL_BODY = 4096
+
+# an unacked delivery: (queue, message, seq, consumer or None for basic.get)
+Unacked = tuple[Queue, Message, int, Consumer | None]
+
+OPEN, CLOSING = 1, 2
+
+
+def consumer_tag() -> str:
+    return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class Channel:
+    __slots__ = ("conn", "number", "state", "vhost", "deliverable", "flow_active",
+                 "next_tag", "unacked", "consumers", "prefetch", "shared", "confirm",
+                 "publish_seq", "confirmed_upto", "nacks", "tx", "tx_publishes", "tx_acks",
+                 "last_queue", "pub_method", "pub_props", "pub_size", "pub_body", "pub_received")
+
+    def __init__(self, conn: Connection, number: int) -> None:
+        self.conn = conn
+        self.number = number
+        self.state = OPEN
+        self.vhost = conn.vhost
+        self.flow_active = True
+        self.deliverable = conn.writable
+        self.next_tag = 0
+        self.unacked: dict[int, Unacked] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.prefetch = 0  # per-consumer prefetch for new consumers (qos global=false)
+        self.shared: PrefetchLimit | None = None  # qos global=true
+        self.confirm = False
+        self.publish_seq = 0
+        self.confirmed_upto = 0
+        self.nacks: list[int] = []
+        self.tx = False
+        self.tx_publishes: list[tuple[spec.BasicPublish, bytes, bytes]] = []
+        self.tx_acks: list[tuple[int, int, bool, bool]] = []  # (method index, tag, multiple, requeue)
+        self.last_queue = ""
+        # content being received: the publish method, then properties, size and body parts
+        self.pub_method: spec.BasicPublish | None = None
+        self.pub_props = b""
+        self.pub_size = -1  # -1: header not yet received
+        self.pub_body: list[bytes] = []
+        self.pub_received = 0
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def send(self, method: spec.Method) -> None:
+        payload = method.encode()
+        self.conn.write(pack_header(1, self.number, len(payload)) + payload + FRAME_END_BYTE)
+
+    def _send_content(self, method_payload: bytes, msg: Message) -> None:
+        """A method frame followed by the message's header and body frames."""
+        conn = self.conn
+        body = msg.body
+        props = msg.properties_raw
+        ch = self.number
+        size = len(body)
+        head = (pack_header(1, ch, len(method_payload)) + method_payload + FRAME_END_BYTE
+                + _pack_content_header(2, ch, 12 + len(props), 60, 0, size) + props + FRAME_END_BYTE)
+        if not size:
+            conn.write(head)
+        elif size <= _SMALL_BODY and size <= conn.frame_max - 8:
+            conn.write(head + pack_header(3, ch, size) + body + FRAME_END_BYTE)
+        else:
+            parts = [head]
+            body_frames(parts, ch, body, conn.frame_max)
+            conn.write_many(parts, size + len(head))
+
+    # -- delivery (called by queues) -------------------------------------------------------------
+
+    def deliver(self, consumer: Consumer, msg: Message, seq: int, redelivered: bool) -> None:
+        tag = self.next_tag = self.next_tag + 1
+        if not consumer.no_ack:
+            self.unacked[tag] = (consumer.queue, msg, seq, consumer)
+            consumer.unacked += 1
+            if consumer.shared is not None:
+                consumer.shared.unacked += 1
+        else:
+            consumer.queue.ack(seq, msg)
+        self._send_content(_DELIVER + consumer.tag_bytes + _pack_QB(tag, redelivered) + msg.route_bytes,
+                           msg)
+
+    def consumer_cancelled(self, consumer: Consumer) -> None:
+        """The queue went away under a consumer: tell a client that asked to be told."""
+        if self.consumers.pop(consumer.tag, None) is None:
+            return
+        if self.conn.capabilities.get("consumer_cancel_notify") and self.state == OPEN:
+            self.send(spec.BasicCancel(consumer_tag=consumer.tag, nowait=True))
+
+    def set_deliverable(self) -> None:
+        was = self.deliverable
+        self.deliverable = self.flow_active and self.conn.writable and self.state == OPEN
+        if self.deliverable and not was:
+            for c in self.consumers.values():
+                self.conn.dispatch_later(c.queue)
+
+    # -- method dispatch ------------------------------------------------------------------------
+
+    def handle(self, method: spec.Method) -> None:
+        handler = _HANDLERS.get(type(method))
+        if handler is None:
+            raise ConnectionFault(540, f"{method.NAME} not implemented" if not method.NAME.startswith(
+                "connection.") else f"unexpected method {method.NAME} on channel {self.number}",
+                method.CLASS_ID, method.METHOD_ID)
+        handler(self, method)
+
+    # -- channel class ----------------------------------------------------------------------------
+
+    def _channel_flow(self, m: spec.ChannelFlow) -> None:
+        self.flow_active = m.active
+        self.set_deliverable()
+        self.send(spec.ChannelFlowOk(active=m.active))
+
+    def _channel_flow_ok(self, m: spec.ChannelFlowOk) -> None:
+        pass
+
+    def _access_request(self, m: spec.AccessRequest) -> None:
+        self.send(spec.AccessRequestOk(ticket=1))
+
+    # -- exchange class ----------------------------------------------------------------------------
+
+    def _exchange_declare(self, m: spec.ExchangeDeclare) -> None:
+        self.vhost.declare_exchange(m.exchange, m.type, passive=m.passive, durable=m.durable,
+                                    auto_delete=m.auto_delete, internal=m.internal,
+                                    arguments=m.arguments)
+        if not m.nowait:
+            self.send(spec.ExchangeDeclareOk())
+
+    def _exchange_delete(self, m: spec.ExchangeDelete) -> None:
+        self.vhost.delete_exchange(m.exchange, if_unused=m.if_unused)
+        if not m.nowait:
+            self.send(spec.ExchangeDeleteOk())
+
+    def _exchange_bind(self, m: spec.ExchangeBind) -> None:
+        self.vhost.bind_exchange(m.destination, m.source, m.routing_key, m.arguments)
+        if not m.nowait:
+            self.send(spec.ExchangeBindOk())
+
+    def _exchange_unbind(self, m: spec.ExchangeUnbind) -> None:
+        self.vhost.unbind_exchange(m.destination, m.source, m.routing_key, m.arguments)
+        if not m.nowait:
+            self.send(spec.ExchangeUnbindOk())
+
+    # -- queue class -------------------------------------------------------------------------------
+
+    def _queue_name(self, name: str) -> str:
+        """An empty queue name means the channel's last declared queue (AMQP 0-9-1)."""
+        if name:
+            return name
+        if not self.last_queue:
+            raise not_found("no previously declared queue")
+        return self.last_queue
+
+    def _queue_declare(self, m: spec.QueueDeclare) -> None:
+        q = self.vhost.declare_queue(m.queue, passive=m.passive, durable=m.durable,
+                                     exclusive=m.exclusive, auto_delete=m.auto_delete,
+                                     arguments=m.arguments, conn=self.conn)
+        self.last_queue = q.name
+        if not m.nowait:
+            self.send(spec.QueueDeclareOk(queue=q.name, message_count=q.message_count,
+                                          consumer_count=q.consumer_count))
+
+    def _queue_bind(self, m: spec.QueueBind) -> None:
+        self.vhost.bind_queue(self._queue_name(m.queue), m.exchange, m.routing_key, m.arguments,
+                              conn=self.conn)
+        if not m.nowait:
+            self.send(spec.QueueBindOk())
+
+    def _queue_unbind(self, m: spec.QueueUnbind) -> None:
+        self.vhost.unbind_queue(self._queue_name(m.queue), m.exchange, m.routing_key, m.arguments,
+                                conn=self.conn)
+        self.send(spec.QueueUnbindOk())
+
+    def _queue_purge(self, m: spec.QueuePurge) -> None:
+        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
+        count = q.purge()
+        if not m.nowait:
+            self.send(spec.QueuePurgeOk(message_count=count))
+
+    def _queue_delete(self, m: spec.QueueDelete) -> None:
+        count = self.vhost.delete_queue(self._queue_name(m.queue), if_unused=m.if_unused,
+                                        if_empty=m.if_empty, conn=self.conn)
+        if not m.nowait:
+            self.send(spec.QueueDeleteOk(message_count=count))
+
+    # -- basic class: consumers ----------------------------------------------------------------------
+
+    def _basic_qos(self, m: spec.BasicQos) -> None:
+        if m.prefetch_size:
+            raise ConnectionFault(540, f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+        if m.global_:
+            if self.shared is None:
+                self.shared = PrefetchLimit(m.prefetch_count)
+                for c in self.consumers.values():
+                    c.shared = self.shared
+                    self.shared.unacked += c.unacked
+            else:
+                self.shared.prefetch = m.prefetch_count
+        else:
+            self.prefetch = m.prefetch_count
+        self.send(spec.BasicQosOk())
+        for c in self.consumers.values():
+            self.conn.dispatch_later(c.queue)
+
+    def _basic_consume(self, m: spec.BasicConsume) -> None:
+        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
+        tag = m.consumer_tag or consumer_tag()
+        if tag in self.consumers:
+            raise ConnectionFault(530, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        if q.exclusive_consumer is not None or (m.exclusive and q.consumer_count):
+            raise access_refused(f"queue '{q.name}' in vhost '{self.vhost.name}' in exclusive use")
+        args = m.arguments or {}
+        priority = args.get("x-priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise precondition_failed(f"invalid arg 'x-priority' for queue '{q.name}' in vhost "
+                                      f"'{self.vhost.name}'")
+        c = Consumer(tag, q, self, no_ack=m.no_ack, exclusive=m.exclusive, priority=priority,
+                     arguments=args, prefetch=self.prefetch, shared=self.shared)
+        self.consumers[tag] = c
+        if not m.nowait:
+            self.send(spec.BasicConsumeOk(consumer_tag=tag))
+        q.add_consumer(c)
+        self.conn.dispatch_later(q)
+
+    def _basic_cancel(self, m: spec.BasicCancel) -> None:
+        c = self.consumers.pop(m.consumer_tag, None)
+        if not m.nowait:
+            self.send(spec.BasicCancelOk(consumer_tag=m.consumer_tag))
+        if c is not None:
+            c.queue.remove_consumer(c)
+            self.vhost.consumer_removed(c.queue)
+
+    def _basic_cancel_ok(self, m: spec.BasicCancelOk) -> None:
+        pass  # a client's reply to our consumer-cancel notification
+
+    def _basic_get(self, m: spec.BasicGet) -> None:
+        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
+        entry = q.get()
+        if entry is None:
+            self.send(spec.BasicGetEmpty())
+            return
+        msg, seq, redelivered = entry
+        tag = self.next_tag = self.next_tag + 1
+        if m.no_ack:
+            q.ack(seq, msg)
+        else:
+            self.unacked[tag] = (q, msg, seq, None)
+        self._send_content(_GET_OK + _pack_QB(tag, redelivered) + msg.route_bytes
+                           + struct.pack(">I", q.message_count), msg)
+
+    # -- basic class: acks ------------------------------------------------------------------------
+
+    def _take(self, tag: int, multiple: bool) -> list[Unacked]:
+        unacked = self.unacked
+        if multiple:
+            if tag == 0:
+                taken = list(unacked.values())
+                unacked.clear()
+                return taken
+            if tag not in unacked:
+                raise precondition_failed(f"unknown delivery tag {tag}")
+            taken = []
+            for t in list(unacked):
+                if t > tag:
+                    break
+                taken.append(unacked.pop(t))
+            return taken
+        rec = unacked.pop(tag, None)
+        if rec is None:
+            raise precondition_failed(f"unknown delivery tag {tag}")
+        return [rec]
+
+    def _release(self, rec: Unacked) -> None:
+        c = rec[3]
+        if c is not None:
+            c.unacked -= 1
+            if c.shared is not None:
+                c.shared.unacked -= 1
+            self.conn.dispatch_later(c.queue)
+
+    def settle(self, tag: int, multiple: bool, requeue: bool | None) -> None:
+        """Ack (requeue None), or reject/nack with or without requeue."""
+        for rec in self._take(tag, multiple):
+            q, msg, seq, _ = rec
+            if requeue:
+                q.requeue(seq, msg)
+                self.conn.dispatch_later(q)
+            else:
+                q.ack(seq, msg)
+            self._release(rec)
+
+    def ack(self, tag: int, multiple: bool) -> None:
+        """basic.ack, the hot path: O(1) for a single tag."""
+        if self.tx:
+            self._take_check(tag, multiple)
+            self.tx_acks.append((0, tag, multiple, False))
+            return
+        if not multiple:
+            rec = self.unacked.pop(tag, None)
+            if rec is None:
+                raise precondition_failed(f"unknown delivery tag {tag}")
+            rec[0].ack(rec[2], rec[1])
+            c = rec[3]
+            if c is not None:
+                c.unacked -= 1
+                if c.shared is not None:
+                    c.shared.unacked -= 1
+                self.conn.dispatch_later(c.queue)
+            return
+        self.settle(tag, multiple, None)
+
+    def _take_check(self, tag: int, multiple: bool) -> None:
+        if tag == 0 and multiple:
+            return
+        if tag not in self.unacked:
+            raise precondition_failed(f"unknown delivery tag {tag}")
+
+    def _basic_ack(self, m: spec.BasicAck) -> None:
+        self.ack(m.delivery_tag, m.multiple)
+
+    def _basic_reject(self, m: spec.BasicReject) -> None:
+        if self.tx:
+            self._take_check(m.delivery_tag, False)
+            self.tx_acks.append((1, m.delivery_tag, False, m.requeue))
+            return
+        self.settle(m.delivery_tag, False, m.requeue)
+
+    def _basic_nack(self, m: spec.BasicNack) -> None:
+        if self.tx:
+            self._take_check(m.delivery_tag, m.multiple)
+            self.tx_acks.append((1, m.delivery_tag, m.multiple, m.requeue))
+            return
+        self.settle(m.delivery_tag, m.multiple, m.requeue)
+
+    def _basic_recover(self, m: spec.BasicRecover | spec.BasicRecoverAsync) -> None:
+        if not m.requeue:
+            raise ConnectionFault(540, "requeue=false", m.CLASS_ID, m.METHOD_ID)
+        self.requeue_all()
+        if isinstance(m, spec.BasicRecover):
+            self.send(spec.BasicRecoverOk())
+
+    def requeue_all(self) -> None:
+        """Return every unacked message of this channel to its queue (channel close, recover)."""
+        records = list(self.unacked.values())
+        self.unacked.clear()
+        for rec in records:
+            q, msg, seq, _ = rec
+            q.requeue(seq, msg)
+            self._release(rec)
+            self.conn.dispatch_later(q)
+
+    # -- basic class: publish ------------------------------------------------------------------------
+
+    def _basic_publish(self, m: spec.BasicPublish) -> None:
+        # the method is acted on once its content has arrived (see Connection's frame loop)
+        self.pub_method = m
+        self.pub_size = -1
+
+    def publish(self, m: spec.BasicPublish, props_raw: bytes, body: bytes) -> None:
+        """A whole message has arrived: route it, store it, confirm it."""
+        if self.tx:
+            try:
+                self._check_publish(m, props_raw, len(body))
+            except AMQPError as err:
+                err.class_id, err.method_id = 60, 40
+                raise
+            self.tx_publishes.append((m, props_raw, body))
+            return
+        try:
+            self._publish(m, props_raw, body)
+        except AMQPError as err:
+            if not err.class_id:
+                err.class_id, err.method_id = 60, 40
+            raise
+
+    def _check_publish(self, m: spec.BasicPublish, props_raw: bytes, size: int) -> Any:
+        ex = self.vhost.exchanges.get(m.exchange)
+        if ex is None:
+            raise not_found(f"no exchange '{m.exchange}' in vhost '{self.vhost.name}'")
+        if ex.internal:
+            raise access_refused(f"cannot publish to internal exchange '{m.exchange}' in vhost "
+                                 f"'{self.vhost.name}'")
+        if m.immediate:
+            raise ConnectionFault(540, "immediate=true", 60, 40)
+        if props_raw[1] & 0x10:  # user-id present (flag bit 4)
+            uid = props_codec.user_id(props_raw)
+            if uid != self.conn.username:
+                raise precondition_failed(f"user_id property set to '{uid}' but authenticated "
+                                          f"user was '{self.conn.username}'")
+        limit = self.conn.broker.config.max_message_size
+        if size > limit:
+            raise precondition_failed(f"message size {size} is larger than configured max size "
+                                      f"{limit}")
+        return ex
+
+    def _publish(self, m: spec.BasicPublish, props_raw: bytes, body: bytes) -> None:
+        ex = self._check_publish(m, props_raw, len(body))
+        msg = Message(m.exchange, m.routing_key, props_raw, body)
+        queues = self.vhost.route(ex, msg)
+        if queues:
+            for q in queues:
+                q.publish(msg)
+        elif m.mandatory:
+            self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes, msg)
+        if self.confirm:
+            self.publish_seq += 1
+            self.conn.confirms_pending(self)
+
+    def flush_confirms(self) -> None:
+        """Confirm everything published since the last flush: one ack (multiple) per batch."""
+        upto = self.publish_seq
+        start = self.confirmed_upto
+        if upto == start:
+            return
+        tags = sorted(self.nacks)
+        self.nacks.clear()
+        lo = start
+        for t in tags:
+            if t - 1 > lo:
+                self.send(spec.BasicAck(delivery_tag=t - 1, multiple=t - 1 > lo + 1))
+            self.send(spec.BasicNack(delivery_tag=t, multiple=False, requeue=False))
+            lo = t
+        if upto > lo:
+            self.send(spec.BasicAck(delivery_tag=upto, multiple=upto > lo + 1))
+        self.confirmed_upto = upto
+
+    # -- confirm and tx classes ---------------------------------------------------------------------
+
+    def _confirm_select(self, m: spec.ConfirmSelect) -> None:
+        if self.tx:
+            raise precondition_failed("cannot switch from tx to confirm mode")
+        self.confirm = True
+        if not m.nowait:
+            self.send(spec.ConfirmSelectOk())
+
+    def _tx_select(self, m: spec.TxSelect) -> None:
+        if self.confirm:
+            raise precondition_failed("cannot switch from confirm to tx mode")
+        self.tx = True
+        self.send(spec.TxSelectOk())
+
+    def _tx_commit(self, m: spec.TxCommit) -> None:
+        if not self.tx:
+            raise precondition_failed("channel is not transactional")
+        publishes, self.tx_publishes = self.tx_publishes, []
+        acks, self.tx_acks = self.tx_acks, []
+        self.tx = False  # run the buffered work in normal mode
+        try:
+            for pm, props_raw, body in publishes:
+                self._publish(pm, props_raw, body)
+            for kind, tag, multiple, requeue in acks:
+                self.settle(tag, multiple, None if kind == 0 else requeue)
+        finally:
+            self.tx = True
+        self.send(spec.TxCommitOk())
+
+    def _tx_rollback(self, m: spec.TxRollback) -> None:
+        if not self.tx:
+            raise precondition_failed("channel is not transactional")
+        self.tx_publishes.clear()
+        self.tx_acks.clear()
+        self.send(spec.TxRollbackOk())
+
+    # -- closing ------------------------------------------------------------------------------------
+
+    def _channel_open(self, m: spec.ChannelOpen) -> None:
+        raise ConnectionFault(504, "second 'channel.open' seen", 20, 10)
+
+    def close_for_error(self, err: AMQPError) -> None:
+        """Send channel.close for a soft error; drop state now, await close-ok."""
+        self.send(spec.ChannelClose(reply_code=err.code, reply_text=err.reply_text,
+                                    class_id=err.class_id, method_id=err.method_id))
+        self.release()
+        self.state = CLOSING
+
+    def release(self) -> None:
+        """Cancel consumers and requeue unacked messages (channel closing or connection lost)."""
+        self.state = CLOSING
+        self.deliverable = False
+        self.pub_method = None
+        self.pub_body = []
+        for c in list(self.consumers.values()):
+            c.queue.remove_consumer(c)
+        consumers, self.consumers = self.consumers, {}
+        self.requeue_all()
+        for c in consumers.values():
+            self.vhost.consumer_removed(c.queue)
+
+
+_HANDLERS: dict[type[spec.Method], Callable[[Channel, Any], None]] = {
+    spec.ChannelOpen: Channel._channel_open,
+    spec.ChannelFlow: Channel._channel_flow,
+    spec.ChannelFlowOk: Channel._channel_flow_ok,
+    spec.AccessRequest: Channel._access_request,
+    spec.ExchangeDeclare: Channel._exchange_declare,
+    spec.ExchangeDelete: Channel._exchange_delete,
+    spec.ExchangeBind: Channel._exchange_bind,
+    spec.ExchangeUnbind: Channel._exchange_unbind,
+    spec.QueueDeclare: Channel._queue_declare,
+    spec.QueueBind: Channel._queue_bind,
+    spec.QueueUnbind: Channel._queue_unbind,
+    spec.QueuePurge: Channel._queue_purge,
+    spec.QueueDelete: Channel._queue_delete,
+    spec.BasicQos: Channel._basic_qos,
+    spec.BasicConsume: Channel._basic_consume,
+    spec.BasicCancel: Channel._basic_cancel,
+    spec.BasicCancelOk: Channel._basic_cancel_ok,
+    spec.BasicPublish: Channel._basic_publish,
+    spec.BasicGet: Channel._basic_get,
+    spec.BasicAck: Channel._basic_ack,
+    spec.BasicReject: Channel._basic_reject,
+    spec.BasicNack: Channel._basic_nack,
+    spec.BasicRecover: Channel._basic_recover,
+    spec.BasicRecoverAsync: Channel._basic_recover,
+    spec.ConfirmSelect: Channel._confirm_select,
+    spec.TxSelect: Channel._tx_select,
+    spec.TxCommit: Channel._tx_commit,
+    spec.TxRollback: Channel._tx_rollback,
+}

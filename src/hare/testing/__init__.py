@@ -1,0 +1,136 @@
+"""Embed a hare broker in tests or applications.
+
+Synchronous (the broker runs on its own event loop in a background thread)::
+
+    with EmbeddedBroker() as broker:
+        pika.BlockingConnection(pika.URLParameters(broker.url))
+
+asyncio (the broker runs on the caller's event loop)::
+
+    async with AsyncBroker() as broker:
+        await aio_pika.connect(broker.url)
+
+Both listen on 127.0.0.1 on a free port unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import TracebackType
+from typing import Any
+
+from ..broker.broker import Broker, BrokerConfig
+from ..server.server import Server, loop_factory
+
+
+class AsyncBroker:
+    """A broker on the running event loop: ``async with AsyncBroker() as b: ... b.url``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: BrokerConfig | None = None) -> None:
+        self.broker = Broker(config)
+        self.server = Server(self.broker, host, port)
+        self.host = host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        c = self.broker.config
+        return f"amqp://{c.default_user}:{c.default_pass}@{self.host}:{self.port}/"
+
+    async def start(self) -> AsyncBroker:
+        await self.server.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    async def __aenter__(self) -> AsyncBroker:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+
+class EmbeddedBroker:
+    """A broker in a background thread: ``with EmbeddedBroker() as b: ... b.url``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: BrokerConfig | None = None) -> None:
+        self._async = AsyncBroker(host, port, config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def broker(self) -> Broker:
+        return self._async.broker
+
+    @property
+    def port(self) -> int:
+        return self._async.port
+
+    @property
+    def url(self) -> str:
+        return self._async.url
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the broker's loop and return its result (inspect broker state)."""
+        assert self._loop is not None
+
+        async def run() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def start(self) -> EmbeddedBroker:
+        ready = threading.Event()
+
+        def run() -> None:
+            factory = loop_factory()
+            loop = factory() if factory else asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+
+            async def main() -> None:
+                self._stopped = asyncio.Event()
+                try:
+                    await self._async.start()
+                except BaseException as exc:
+                    self._error = exc
+                    ready.set()
+                    return
+                ready.set()
+                await self._stopped.wait()
+                await self._async.stop()
+
+            try:
+                loop.run_until_complete(main())
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="hare-broker", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopped is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+__all__ = ["AsyncBroker", "EmbeddedBroker"]
