@@ -16,10 +16,18 @@ from ..store.memory import MemoryQueueStore
 from .consumer import Consumer
 from .message import Message
 
+# Flow control: while a queue that has consumers holds more than FLOW_HIGH ready messages, the
+# connections publishing into it stop being read until it is back under FLOW_LOW (or a short
+# timeout passes), so publishers go at the pace of consumers instead of growing the backlog.
+# A queue without consumers is never a reason to slow publishers: it is absorbing a peak.
+FLOW_HIGH = 20_000
+FLOW_LOW = FLOW_HIGH // 2
+
 
 class Queue:
     __slots__ = ("name", "vhost_name", "durable", "exclusive", "owner", "auto_delete", "arguments",
-                 "store", "groups", "consumer_count", "exclusive_consumer", "deleted", "had_consumer")
+                 "store", "groups", "consumer_count", "exclusive_consumer", "deleted", "had_consumer",
+                 "flow_waiters")
 
     def __init__(self, name: str, vhost_name: str = "/", durable: bool = False,
                  exclusive: bool = False, owner: Any = None, auto_delete: bool = False,
@@ -38,6 +46,7 @@ class Queue:
         self.exclusive_consumer: Consumer | None = None
         self.deleted = False
         self.had_consumer = False
+        self.flow_waiters: dict[Any, None] = {}  # publishers paused by this queue's backlog
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -45,10 +54,20 @@ class Queue:
     def message_count(self) -> int:
         return len(self.store)
 
-    def publish(self, msg: Message) -> None:
+    def publish(self, msg: Message) -> bool:
+        """Enqueue and dispatch; True when the publisher should be slowed (see FLOW_HIGH)."""
         self.store.push(msg)
         if self.consumer_count:
             self.dispatch()
+            return len(self.store) > FLOW_HIGH
+        return False
+
+    def release_flow(self) -> None:
+        """Let the publishers paused by this queue go on."""
+        waiters = self.flow_waiters
+        self.flow_waiters = {}
+        for conn in waiters:
+            conn.flow_resume(self)
 
     def get(self) -> tuple[Message, int, bool] | None:
         return self.store.pop()
@@ -89,6 +108,8 @@ class Queue:
                 self.consumer_count -= 1
                 if self.exclusive_consumer is consumer:
                     self.exclusive_consumer = None
+                if not self.consumer_count and self.flow_waiters:
+                    self.release_flow()
                 return True
         return False
 
@@ -114,17 +135,19 @@ class Queue:
             while c.ready():
                 entry = store.pop()
                 if entry is None:
-                    return
+                    break
                 deliver(c, entry[0], entry[1], entry[2])
-            return
-        while len(store):
-            c = self._next_ready()
-            if c is None:
-                return
-            entry = store.pop()
-            if entry is None:
-                return
-            c.target.deliver(c, entry[0], entry[1], entry[2])
+        else:
+            while len(store):
+                c = self._next_ready()
+                if c is None:
+                    break
+                entry = store.pop()
+                if entry is None:
+                    break
+                c.target.deliver(c, entry[0], entry[1], entry[2])
+        if self.flow_waiters and len(store) <= FLOW_LOW:
+            self.release_flow()
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={len(self.store)} consumers={self.consumer_count}>"

@@ -213,6 +213,7 @@ class VirtualHost:
         q.deleted = True
         count = q.message_count
         q.purge()
+        q.release_flow()
         for ex in list(self.exchanges.values()):
             if ex.remove_destination(q):
                 self._maybe_auto_delete(ex)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from ..bench import run as bench_run
 from ..broker.broker import Broker
 from ..server.server import Server, loop_factory
 from .config import ServeOptions, load_config
@@ -28,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="data directory (default ./hare-data)")
     s.add_argument("--config", help="configuration file, rabbitmq.conf format")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    b = sub.add_parser("bench", help="measure publish/consume rates against a broker")
+    bench_run.add_arguments(b)
     return p
 
 
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("cannot start: %s", exc)
             return 1
         return 0
+    if args.command == "bench":
+        return bench_run.main(args)
     return 2
 
 

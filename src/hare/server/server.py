@@ -18,6 +18,8 @@ log = logging.getLogger("hare.server")
 
 HANDSHAKE_TIMEOUT = 10.0  # RabbitMQ's handshake_timeout
 CLOSE_TIMEOUT = 1.0  # how long to wait for close-ok after we sent connection.close
+FLOW_PAUSE = 0.05  # longest pause of a throttled publisher before it is read again
+FAIR_READ = 65536  # a read this large suggests more is pending: yield to other sockets
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -32,6 +34,7 @@ class AMQPProtocol(asyncio.Protocol):
         self.missed = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.heartbeat = 0
+        self.flow_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------------
 
@@ -42,7 +45,7 @@ class AMQPProtocol(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
         self.conn = Connection(self.server.broker, transport.get_extra_info("peername"),
-                               wake=self._wake)
+                               wake=self._wake, on_flow_resume=self._flow_resume)
         self.server.protocols.add(self)
         self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
@@ -55,6 +58,33 @@ class AMQPProtocol(asyncio.Protocol):
         self._flush()
         if conn.state != before:
             self._state_changed(before)
+        if conn.throttled and self.transport is not None and not self.transport.is_closing():
+            # a queue we publish to is backed up: stop reading until it drains (or briefly)
+            if self.flow_timer is None:
+                self.transport.pause_reading()
+                self.flow_timer = self.loop.call_later(FLOW_PAUSE, self._flow_timeout)
+        elif len(data) >= FAIR_READ and self.transport is not None and not self.transport.is_closing():
+            # A full read means more is waiting. The event loop would keep reading this socket
+            # before polling the others; pause it for one loop turn so every connection (and the
+            # acks that free consumers) gets its share.
+            self.transport.pause_reading()
+            self.loop.call_soon(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        if self.flow_timer is None and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _flow_resume(self) -> None:
+        if self.flow_timer is not None:
+            self.flow_timer.cancel()
+            self.flow_timer = None
+            self._resume_reading()
+
+    def _flow_timeout(self) -> None:
+        """Never stay paused long: a publisher that also consumes must get its acks read."""
+        self.flow_timer = None
+        self.conn.flow_resume(None)
+        self._resume_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -70,6 +100,9 @@ class AMQPProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.flow_timer is not None:
+            self.flow_timer.cancel()
+            self.flow_timer = None
         self.server.protocols.discard(self)
         self.conn.connection_lost()
         self.conn.wake = _noop

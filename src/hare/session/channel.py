@@ -436,7 +436,8 @@ class Channel:
         queues = self.vhost.route(ex, msg)
         if queues:
             for q in queues:
-                q.publish(msg)
+                if q.publish(msg):
+                    self.conn.throttle(q)
         elif m.mandatory:
             self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes, msg)
         if self.confirm:

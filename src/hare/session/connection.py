@@ -73,10 +73,12 @@ def _is_loopback(peer: Any) -> bool:
 
 
 class Connection:
-    def __init__(self, broker: Broker, peer: Any = None, wake: Callable[[], None] | None = None) -> None:
+    def __init__(self, broker: Broker, peer: Any = None, wake: Callable[[], None] | None = None,
+                 on_flow_resume: Callable[[], None] | None = None) -> None:
         self.broker = broker
         self.peer = peer
-        self.wake = wake or (lambda: None)  # called when output becomes pending
+        self.wake = wake or _noop  # called when output becomes pending
+        self.on_flow_resume = on_flow_resume or _noop  # called when no queue throttles us any more
         self.state = AWAIT_HEADER
         self.buf = b""
         self.out: list[bytes] = []
@@ -98,6 +100,7 @@ class Connection:
         self.closed = False  # the shell should close the socket once output is flushed
         self.close_reason: AMQPError | None = None
         self.blocked = False
+        self.throttled: set[Queue] = set()  # queues whose backlog asks us to stop reading
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -150,6 +153,23 @@ class Connection:
 
     def dispatch_later(self, q: Queue) -> None:
         self.pending_dispatch[q] = None
+
+    def throttle(self, q: Queue) -> None:
+        """A queue we publish to is backed up: the shell should stop reading us for a while."""
+        if q not in self.throttled:
+            self.throttled.add(q)
+            q.flow_waiters[self] = None
+
+    def flow_resume(self, q: Queue | None = None) -> None:
+        """``q`` drained (or, with None, the shell's flow timeout passed): read again."""
+        if q is None:
+            for tq in self.throttled:
+                tq.flow_waiters.pop(self, None)
+            self.throttled.clear()
+        else:
+            self.throttled.discard(q)
+        if not self.throttled:
+            self.on_flow_resume()
 
     def confirms_pending(self, ch: Channel) -> None:
         self.pending_confirms[ch] = None
@@ -484,6 +504,9 @@ class Connection:
             self.vhost.connection_closed(self)
         self.broker.connections.discard(self)
         self.pending_confirms.clear()
+        for q in self.throttled:
+            q.flow_waiters.pop(self, None)
+        self.throttled.clear()
 
     def connection_lost(self) -> None:
         """The socket is gone: requeue unacked messages, drop consumers and exclusive queues."""
@@ -509,3 +532,7 @@ class Connection:
         if self.blocked and self.capabilities.get("connection.blocked") and self.state == OPENED:
             self.send0(spec.ConnectionUnblocked())
         self.blocked = False
+
+
+def _noop() -> None:
+    pass
