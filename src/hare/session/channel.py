@@ -36,6 +36,9 @@ _DELIVER = b"\x00\x3c\x00\x3c"
 _GET_OK = b"\x00\x3c\x00\x47"
 _SMALL_BODY = 4096
 
+# a basic.publish awaiting its content: (exchange, routing key, both as shortstrs, mandatory,
+# immediate)
+Publish = tuple[str, str, bytes, bool, bool]
 # an unacked delivery: (queue, message, seq, consumer or None for basic.get)
 Unacked = tuple[Queue, Message, int, Consumer | None]
 
@@ -50,7 +53,7 @@ class Channel:
     __slots__ = ("conn", "number", "state", "vhost", "deliverable", "flow_active",
                  "next_tag", "unacked", "consumers", "prefetch", "shared", "confirm",
                  "publish_seq", "confirmed_upto", "nacks", "tx", "tx_publishes", "tx_acks",
-                 "last_queue", "pub_method", "pub_props", "pub_size", "pub_body", "pub_received")
+                 "last_queue", "pub", "pub_props", "pub_size", "pub_body", "pub_received")
 
     def __init__(self, conn: Connection, number: int) -> None:
         self.conn = conn
@@ -69,11 +72,11 @@ class Channel:
         self.confirmed_upto = 0
         self.nacks: list[int] = []
         self.tx = False
-        self.tx_publishes: list[tuple[spec.BasicPublish, bytes, bytes]] = []
+        self.tx_publishes: list[tuple[Publish, bytes, bytes]] = []
         self.tx_acks: list[tuple[int, int, bool, bool]] = []  # (method index, tag, multiple, requeue)
         self.last_queue = ""
         # content being received: the publish method, then properties, size and body parts
-        self.pub_method: spec.BasicPublish | None = None
+        self.pub: Publish | None = None
         self.pub_props = b""
         self.pub_size = -1  # -1: header not yet received
         self.pub_body: list[bytes] = []
@@ -389,11 +392,16 @@ class Channel:
     # -- basic class: publish ------------------------------------------------------------------------
 
     def _basic_publish(self, m: spec.BasicPublish) -> None:
-        # the method is acted on once its content has arrived (see Connection's frame loop)
-        self.pub_method = m
+        # The connection's frame loop parses basic.publish itself (see Connection._frames);
+        # this generic path is kept for completeness. The method is acted on once its
+        # content has arrived.
+        ex = m.exchange.encode("utf-8", "surrogateescape")
+        rk = m.routing_key.encode("utf-8", "surrogateescape")
+        self.pub = (m.exchange, m.routing_key, bytes((len(ex),)) + ex + bytes((len(rk),)) + rk,
+                    m.mandatory, m.immediate)
         self.pub_size = -1
 
-    def publish(self, m: spec.BasicPublish, props_raw: bytes, body: bytes) -> None:
+    def publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
         """A whole message has arrived: route it, store it, confirm it."""
         if self.tx:
             try:
@@ -410,14 +418,14 @@ class Channel:
                 err.class_id, err.method_id = 60, 40
             raise
 
-    def _check_publish(self, m: spec.BasicPublish, props_raw: bytes, size: int) -> Any:
-        ex = self.vhost.exchanges.get(m.exchange)
+    def _check_publish(self, m: Publish, props_raw: bytes, size: int) -> Any:
+        ex = self.vhost.exchanges.get(m[0])
         if ex is None:
-            raise not_found(f"no exchange '{m.exchange}' in vhost '{self.vhost.name}'")
+            raise not_found(f"no exchange '{m[0]}' in vhost '{self.vhost.name}'")
         if ex.internal:
-            raise access_refused(f"cannot publish to internal exchange '{m.exchange}' in vhost "
+            raise access_refused(f"cannot publish to internal exchange '{m[0]}' in vhost "
                                  f"'{self.vhost.name}'")
-        if m.immediate:
+        if m[4]:
             raise ConnectionFault(540, "immediate=true", 60, 40)
         if props_raw[1] & 0x10:  # user-id present (flag bit 4)
             uid = props_codec.user_id(props_raw)
@@ -430,15 +438,15 @@ class Channel:
                                       f"{limit}")
         return ex
 
-    def _publish(self, m: spec.BasicPublish, props_raw: bytes, body: bytes) -> None:
+    def _publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
         ex = self._check_publish(m, props_raw, len(body))
-        msg = Message(m.exchange, m.routing_key, props_raw, body)
+        msg = Message(m[0], m[1], props_raw, body, m[2])
         queues = self.vhost.route(ex, msg)
         if queues:
             for q in queues:
                 if q.publish(msg):
                     self.conn.throttle(q)
-        elif m.mandatory:
+        elif m[3]:
             self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes, msg)
         if self.confirm:
             self.publish_seq += 1
@@ -515,7 +523,7 @@ class Channel:
         """Cancel consumers and requeue unacked messages (channel closing or connection lost)."""
         self.state = CLOSING
         self.deliverable = False
-        self.pub_method = None
+        self.pub = None
         self.pub_body = []
         for c in list(self.consumers.values()):
             c.queue.remove_consumer(c)

@@ -223,13 +223,17 @@ class Connection:
         self.closed = True
 
     def _frames(self, data: bytes) -> None:
+        """Parse and act on every complete frame in ``data``; keep a partial tail in self.buf.
+
+        The publish path (basic.publish, content header, body) and basic.ack are handled
+        inline, without building method objects; everything else goes through _method."""
         pos = 0
         n = len(data)
         channels = self.channels
         frame_max = self.frame_max
         while n - pos >= 7 and not self.closed:
             ftype, chnum, size = unpack_header(data, pos)
-            if size > frame_max - 8 and self.state != AWAIT_HEADER:
+            if size > frame_max - 8:
                 self._hard_error(ConnectionFault(
                     501, f"frame size {size + 8} exceeds the negotiated maximum {frame_max}"))
                 return
@@ -243,16 +247,44 @@ class Connection:
                 return
             ch = channels.get(chnum)
             try:
-                if ftype == 1:
-                    if size < 4:
-                        raise SyntaxFault("method frame too short")
-                    idx = _unpack_I(data, start)[0]
-                    if ch is not None and ch.state == OPEN:
-                        if ch.pub_method is not None:
+                if ch is not None and ch.state == OPEN:
+                    pub = ch.pub
+                    if ftype == 3 and pub is not None and ch.pub_size > 0:
+                        # content body: the hot path of every publish
+                        body = data[start:end]
+                        got = ch.pub_received + size
+                        if got < ch.pub_size:
+                            ch.pub_body.append(body)
+                            ch.pub_received = got
+                            continue
+                        if got > ch.pub_size:
+                            raise ConnectionFault(501, f"content body larger than declared ({got} > "
+                                                  f"{ch.pub_size} bytes)")
+                        if ch.pub_body:
+                            ch.pub_body.append(body)
+                            body = b"".join(ch.pub_body)
+                            ch.pub_body = []
+                        ch.pub = None
+                        ch.publish(pub, ch.pub_props, body)
+                        continue
+                    if ftype == 1:
+                        if pub is not None:
                             raise ConnectionFault(505, "expected content header for class 60, "
                                                   "got non content header frame instead")
+                        if size < 4:
+                            raise SyntaxFault("method frame too short")
+                        idx = _unpack_I(data, start)[0]
                         if idx == IDX_PUBLISH:
-                            self._fast_publish(ch, data, start + 4, end)
+                            o = start + 6  # class, method, ticket
+                            ex_end = o + 1 + data[o]
+                            rk_end = ex_end + 1 + data[ex_end]
+                            if rk_end >= end:
+                                raise SyntaxFault("basic.publish arguments malformed")
+                            bits = data[rk_end]
+                            ch.pub = (data[o + 1 : ex_end].decode("utf-8", "surrogateescape"),
+                                      data[ex_end + 1 : rk_end].decode("utf-8", "surrogateescape"),
+                                      data[o:rk_end], bool(bits & 1), bool(bits & 2))
+                            ch.pub_size = -1
                             continue
                         if idx == IDX_ACK:
                             if size != 13:
@@ -260,11 +292,30 @@ class Connection:
                             tag, bits = _unpack_QB(data, start + 4)
                             ch.ack(tag, bool(bits & 1))
                             continue
-                    self._method(chnum, ch, idx, data[start + 4 : end])
-                elif ftype == 2:
-                    self._content_header(chnum, ch, data[start:end])
-                elif ftype == 3:
-                    self._content_body(chnum, ch, data[start:end])
+                        self._method(chnum, ch, idx, data[start + 4 : end])
+                        continue
+                    if ftype == 2 and pub is not None and ch.pub_size < 0:
+                        if size < 14:
+                            raise SyntaxFault("content header frame too short")
+                        class_id, _weight, body_size = _unpack_HHQ(data, start)
+                        if class_id != 60:
+                            raise ConnectionFault(505, f"content header for class {class_id}, "
+                                                  "expected class 60")
+                        props = data[start + 12 : end]
+                        if body_size == 0:
+                            ch.pub = None
+                            ch.publish(pub, props, b"")
+                        else:
+                            ch.pub_props = props
+                            ch.pub_size = body_size
+                            ch.pub_received = 0
+                        continue
+                if ftype == 1:
+                    if size < 4:
+                        raise SyntaxFault("method frame too short")
+                    self._method(chnum, ch, _unpack_I(data, start)[0], data[start + 4 : end])
+                elif ftype == 2 or ftype == 3:
+                    self._stray_content(chnum, ch, ftype)
                 elif ftype == 8:
                     if chnum != 0:
                         raise ConnectionFault(501, "heartbeat frame on a non-zero channel")
@@ -288,54 +339,15 @@ class Connection:
         if pos < n:
             self.buf = data[pos:]
 
-    def _fast_publish(self, ch: Channel, data: bytes, o: int, end: int) -> None:
-        """basic.publish without building a generic object until needed."""
-        m = spec.BasicPublish.decode(data[o:end], 0)
-        ch.pub_method = m
-        ch.pub_size = -1
-
-    def _content_header(self, chnum: int, ch: Channel | None, payload: bytes) -> None:
+    def _stray_content(self, chnum: int, ch: Channel | None, ftype: int) -> None:
+        """A content header or body frame the channel does not expect."""
         if ch is None or ch.state != OPEN:
             if chnum in self.closing_channels:
-                return
-            raise ConnectionFault(504, f"content header on channel {chnum}, which is not open")
-        if ch.pub_method is None or ch.pub_size >= 0:
-            raise ConnectionFault(505, "expected method frame, got non method frame instead")
-        if len(payload) < 14:
-            raise SyntaxFault("content header frame too short")
-        class_id, _weight, size = _unpack_HHQ(payload, 0)
-        if class_id != 60:
-            raise ConnectionFault(505, f"content header for class {class_id}, expected class 60")
-        props = payload[12:]
-        if size == 0:
-            m = ch.pub_method
-            ch.pub_method = None
-            ch.publish(m, props, b"")
-            return
-        ch.pub_props = props
-        ch.pub_size = size
-        ch.pub_received = 0
-        ch.pub_body = []
-
-    def _content_body(self, chnum: int, ch: Channel | None, payload: bytes) -> None:
-        if ch is None or ch.state != OPEN:
-            if chnum in self.closing_channels:
-                return
-            raise ConnectionFault(504, f"content body on channel {chnum}, which is not open")
-        if ch.pub_method is None or ch.pub_size < 0:
-            raise ConnectionFault(505, "expected method frame, got non method frame instead")
-        ch.pub_body.append(payload)
-        ch.pub_received += len(payload)
-        if ch.pub_received < ch.pub_size:
-            return
-        if ch.pub_received > ch.pub_size:
-            raise ConnectionFault(501, f"content body larger than declared ({ch.pub_received} > "
-                                  f"{ch.pub_size} bytes)")
-        m = ch.pub_method
-        parts = ch.pub_body
-        ch.pub_method = None
-        ch.pub_body = []
-        ch.publish(m, ch.pub_props, parts[0] if len(parts) == 1 else b"".join(parts))
+                return  # content of a publish the channel error interrupted: discard
+            raise ConnectionFault(504, f"content frame on channel {chnum}, which is not open")
+        if ftype == 2 and ch.pub is not None:
+            raise ConnectionFault(505, "expected content body, got content header instead")
+        raise ConnectionFault(505, "expected method frame, got non method frame instead")
 
     def _method(self, chnum: int, ch: Channel | None, idx: int, payload: bytes) -> None:
         cls = spec.METHODS.get(idx)
