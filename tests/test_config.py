@@ -1,0 +1,40 @@
+"""The rabbitmq.conf-style configuration file and the `hare serve` options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hare.cli.config import ServeOptions, load_config
+from hare.cli.main import _parser, serve_options
+
+
+def test_config_file_sets_listener_users_and_tuning(tmp_path: Path) -> None:
+    f = tmp_path / "hare.conf"
+    f.write_text("# comment\nlisteners.tcp.default = 127.0.0.1:5673\ndefault_user = app\n"
+                 "default_pass = s3cret\nloopback_users = none\nheartbeat = 30  # trailing\n"
+                 "frame_max = 65536\nchannel_max = 100\ndata_dir = /tmp/x\n")
+    opts = load_config(f, ServeOptions())
+    assert (opts.bind, opts.port, opts.data_dir) == ("127.0.0.1", 5673, "/tmp/x")
+    b = opts.broker
+    assert (b.default_user, b.default_pass, b.heartbeat, b.frame_max, b.channel_max) == (
+        "app", "s3cret", 30, 65536, 100)
+    assert b.loopback_users == ()
+
+
+def test_unknown_key_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "hare.conf"
+    f.write_text("heartbeat = 10\nheartbeet = 10\n")
+    with pytest.raises(ValueError, match=r"hare.conf:2: unknown setting 'heartbeet'"):
+        load_config(f, ServeOptions())
+
+
+def test_flags_override_the_file_and_defaults_match_the_issue(tmp_path: Path) -> None:
+    defaults = serve_options(_parser().parse_args(["serve"]))
+    assert (defaults.bind, defaults.port, defaults.http_port, defaults.data_dir) == (
+        "0.0.0.0", 5672, 15672, "./hare-data")
+    f = tmp_path / "hare.conf"
+    f.write_text("listeners.tcp.default = 5673\n")
+    opts = serve_options(_parser().parse_args(["serve", "--config", str(f), "--port", "5999"]))
+    assert opts.port == 5999
