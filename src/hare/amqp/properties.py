@@ -36,6 +36,8 @@ def decode_properties(raw: bytes | memoryview) -> dict[str, Any]:
     o = 2
     if flags & 1:  # continuation flag words: none defined for basic, skip them
         while True:
+            if o + 2 > len(raw):
+                raise SyntaxFault("content header property flags truncated")
             (more,) = _unpack_H(raw, o)
             o += 2
             if not more & 1:

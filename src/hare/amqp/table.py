@@ -38,6 +38,7 @@ _pack_d = struct.Struct(">d").pack
 _pack_f = struct.Struct(">f").pack
 
 _UTC = datetime.UTC
+_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
 
 
 class Float32(float):
@@ -109,6 +110,8 @@ def decode_value(buf: bytes | memoryview, offset: int, end: int) -> tuple[Any, i
             return _decode_array(buf, offset)
         if tag == 0x54:  # T timestamp (seconds)
             secs = _unpack_Q(buf, offset)[0]
+            if secs > _MAX_TIMESTAMP:  # past datetime's year 9999: RabbitMQ takes it, keep the int
+                return secs, offset + 8
             return datetime.datetime.fromtimestamp(secs, _UTC), offset + 8
         if tag == 0x62:  # b int8
             return _unpack_b(buf, offset)[0], offset + 1
@@ -140,6 +143,8 @@ def decode_value(buf: bytes | memoryview, offset: int, end: int) -> tuple[Any, i
             return bytes(buf[offset : offset + n]), offset + n
     except (struct.error, IndexError) as exc:
         raise SyntaxFault("field value truncated") from exc
+    except RecursionError as exc:  # a table nested a thousand deep: refuse it, do not crash
+        raise SyntaxFault("field table nested too deeply") from exc
     raise SyntaxFault(f"unknown field type {chr(tag)!r}")
 
 
