@@ -18,6 +18,7 @@ from ..amqp.errors import (
     resource_locked,
 )
 from .arguments import check_equivalent_queue_args, validate_queue_arguments
+from .arguments import type_name as arg_type_name
 from .exchanges import EXCHANGE_TYPES, Exchange
 from .exchanges.default import DefaultExchange
 from .message import Message
@@ -29,6 +30,7 @@ STANDARD_EXCHANGES = (
     ("amq.topic", "topic"),
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
+    ("amq.rabbitmq.trace", "topic"),  # internal, as RabbitMQ declares it in every vhost
 )
 
 
@@ -48,7 +50,8 @@ class VirtualHost:
         self.default_exchange = DefaultExchange(self.queues, vhost_name=name)
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
         for ex_name, ex_type in STANDARD_EXCHANGES:
-            self.exchanges[ex_name] = EXCHANGE_TYPES[ex_type](ex_name, durable=True, vhost_name=name)
+            self.exchanges[ex_name] = EXCHANGE_TYPES[ex_type](
+                ex_name, durable=True, internal=ex_name == "amq.rabbitmq.trace", vhost_name=name)
 
     def _in_vhost(self, kind: str, name: str) -> str:
         return f"{kind} '{name}' in vhost '{self.name}'"
@@ -80,20 +83,28 @@ class VirtualHost:
     def declare_exchange(self, name: str, type_name: str, passive: bool = False, durable: bool = False,
                          auto_delete: bool = False, internal: bool = False,
                          arguments: dict[str, Any] | None = None) -> Exchange:
+        # RabbitMQ's order: type (503), default exchange (403), then the 'amq.' prefix only when
+        # the exchange does not exist yet (redeclaring amq.direct as it is succeeds)
         if passive:
+            if not name:
+                raise access_refused("operation not permitted on the default exchange")
             return self.get_exchange(name)
-        if not name:
-            raise access_refused("operation not permitted on the default exchange")
         cls = EXCHANGE_TYPES.get(type_name)
         if cls is None:
             raise ConnectionFault(503, f"unknown exchange type '{type_name}'")
-        if name.startswith("amq."):
-            raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        if not name:
+            raise access_refused("operation not permitted on the default exchange")
         arguments = arguments or {}
         ex = self.exchanges.get(name)
         if ex is not None:
             self._check_exchange_equivalent(ex, type_name, durable, auto_delete, internal, arguments)
             return ex
+        if name.startswith("amq."):
+            raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        if "alternate-exchange" in arguments and not isinstance(arguments["alternate-exchange"], str):
+            raise precondition_failed(  # RabbitMQ's r_arg: only a longstr names an exchange
+                f"invalid type '{arg_type_name(arguments['alternate-exchange'])}' for arg "
+                f"'alternate-exchange' in {self._in_vhost('exchange', name)}")
         ex = cls(name, durable=durable, auto_delete=auto_delete, internal=internal,
                  arguments=arguments, vhost_name=self.name)
         self.exchanges[name] = ex
@@ -122,7 +133,7 @@ class VirtualHost:
         if not name:
             raise access_refused("operation not permitted on the default exchange")
         if name.startswith("amq."):
-            raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+            raise access_refused(f"deletion of system {self._in_vhost('exchange', name)} not allowed")
         ex = self.exchanges.get(name)
         if ex is None:
             return  # RabbitMQ 3.x: deleting a missing exchange is not an error
@@ -144,8 +155,8 @@ class VirtualHost:
                       arguments: dict[str, Any] | None) -> None:
         if not destination or not source:
             raise access_refused("operation not permitted on the default exchange")
+        src = self.get_exchange(source)  # RabbitMQ looks the source up first
         dest = self.get_exchange(destination)
-        src = self.get_exchange(source)
         src.validate_binding(routing_key, arguments or {})
         src.bind(dest, routing_key, arguments)
 
@@ -153,8 +164,10 @@ class VirtualHost:
                         arguments: dict[str, Any] | None) -> None:
         if not destination or not source:
             raise access_refused("operation not permitted on the default exchange")
-        dest = self.get_exchange(destination)
-        src = self.get_exchange(source)
+        src = self.exchanges.get(source)
+        dest = self.exchanges.get(destination)
+        if src is None or dest is None:
+            return  # RabbitMQ 3.x: unbinding a missing exchange is not an error
         if src.unbind(dest, routing_key, arguments):
             self._maybe_auto_delete(src)
 
@@ -168,22 +181,21 @@ class VirtualHost:
                 raise not_found(f"no {self._in_vhost('queue', name)}")
             return self.get_queue(name, conn)
         arguments = arguments or {}
+        durable = durable and not exclusive  # RabbitMQ: an exclusive queue is never durable
         if not name:
             name = server_queue_name()
         elif name.startswith("amq."):
             raise access_refused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         q = self.queues.get(name)
         if q is not None:
-            if q.exclusive and q.owner is not conn:
-                raise self._locked(q)
+            if (q.exclusive and q.owner is not conn) or q.exclusive != exclusive:
+                raise self._locked(q)  # checked before durable/auto_delete, as RabbitMQ
             what = self._in_vhost("queue", name)
             for arg, have, want in (("durable", q.durable, durable),
                                     ("auto_delete", q.auto_delete, auto_delete)):
                 if have != want:
                     raise precondition_failed(f"inequivalent arg '{arg}' for {what}: received "
                                               f"'{_flag(want)}' but current is '{_flag(have)}'")
-            if q.exclusive != exclusive:
-                raise self._locked(q)
             check_equivalent_queue_args(what, q.arguments, arguments)
             return q
         validate_queue_arguments(self._in_vhost("queue", name), arguments)
@@ -199,10 +211,11 @@ class VirtualHost:
             return 0  # RabbitMQ 3.x: deleting a missing queue is not an error
         if q.exclusive and q.owner is not conn:
             raise self._locked(q)
-        if if_unused and q.consumer_count:
-            raise precondition_failed(f"{self._in_vhost('queue', name)} in use")
+        # a classic queue checks if_empty before if_unused
         if if_empty and q.message_count:
             raise precondition_failed(f"{self._in_vhost('queue', name)} not empty")
+        if if_unused and q.consumer_count:
+            raise precondition_failed(f"{self._in_vhost('queue', name)} in use")
         return self.remove_queue(q)
 
     def remove_queue(self, q: Queue) -> int:
@@ -224,15 +237,29 @@ class VirtualHost:
 
     def bind_queue(self, queue: str, exchange: str, routing_key: str,
                    arguments: dict[str, Any] | None, conn: Any = None) -> None:
-        q = self.get_queue(queue, conn)
+        # RabbitMQ's order: default exchange (403), exchange (404), queue (404), binding
+        # arguments (406), exclusive access (405)
+        if not exchange:
+            raise access_refused("operation not permitted on the default exchange")
         ex = self.get_exchange(exchange)
+        q = self.queues.get(queue)
+        if q is None:
+            raise not_found(f"no {self._in_vhost('queue', queue)}")
         ex.validate_binding(routing_key, arguments or {})
+        if q.exclusive and q.owner is not conn:
+            raise self._locked(q)
         ex.bind(q, routing_key, arguments)
 
     def unbind_queue(self, queue: str, exchange: str, routing_key: str,
                      arguments: dict[str, Any] | None, conn: Any = None) -> None:
-        q = self.get_queue(queue, conn)
-        ex = self.get_exchange(exchange)
+        if not exchange:
+            raise access_refused("operation not permitted on the default exchange")
+        ex = self.exchanges.get(exchange)
+        q = self.queues.get(queue)
+        if ex is None or q is None or not ex.has_binding(q, routing_key, arguments):
+            return  # RabbitMQ 3.x: unbinding what does not exist is not an error
+        if q.exclusive and q.owner is not conn:
+            raise self._locked(q)
         if ex.unbind(q, routing_key, arguments):
             self._maybe_auto_delete(ex)
 

@@ -200,15 +200,21 @@ class Channel:
             self.send(spec.QueueDeclareOk(queue=q.name, message_count=q.message_count,
                                           consumer_count=q.consumer_count))
 
+    def _routing_key(self, queue: str, routing_key: str) -> str:
+        """queue.bind/unbind with empty queue and key: the key is the last declared queue's name."""
+        if queue or routing_key:
+            return routing_key
+        return self._queue_name(queue)
+
     def _queue_bind(self, m: spec.QueueBind) -> None:
-        self.vhost.bind_queue(self._queue_name(m.queue), m.exchange, m.routing_key, m.arguments,
-                              conn=self.conn)
+        self.vhost.bind_queue(self._queue_name(m.queue), m.exchange,
+                              self._routing_key(m.queue, m.routing_key), m.arguments, conn=self.conn)
         if not m.nowait:
             self.send(spec.QueueBindOk())
 
     def _queue_unbind(self, m: spec.QueueUnbind) -> None:
-        self.vhost.unbind_queue(self._queue_name(m.queue), m.exchange, m.routing_key, m.arguments,
-                                conn=self.conn)
+        self.vhost.unbind_queue(self._queue_name(m.queue), m.exchange,
+                                self._routing_key(m.queue, m.routing_key), m.arguments, conn=self.conn)
         self.send(spec.QueueUnbindOk())
 
     def _queue_purge(self, m: spec.QueuePurge) -> None:

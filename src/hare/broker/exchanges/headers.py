@@ -29,7 +29,8 @@ class HeadersExchange(Exchange):
     def validate_binding(cls, routing_key: str, arguments: dict[str, Any]) -> None:
         mode = arguments.get("x-match", "all")
         if mode not in _MODES:
-            raise precondition_failed(f"Invalid x-match field value {mode!r}; expected all, any, "
+            shown = f'<<"{mode}">>' if isinstance(mode, str) else repr(mode)  # Erlang's ~p of a binary
+            raise precondition_failed(f"Invalid x-match field value {shown}; expected all, any, "
                                       "all-with-x, or any-with-x")
 
     def _add(self, dest: Any, routing_key: str, arguments: dict[str, Any]) -> None:
@@ -74,4 +75,11 @@ def _matches(headers: dict[str, Any], match_all: bool, pairs: list[tuple[str, An
 
 def _equal(a: Any, b: Any) -> bool:
     # bool is an int in Python; AMQP keeps them distinct
-    return a == b and isinstance(a, bool) == isinstance(b, bool)
+    if a == b:
+        return isinstance(a, bool) == isinstance(b, bool)
+    # RabbitMQ compares a longstr and a byte array ('x') by their bytes
+    if isinstance(a, str) and isinstance(b, bytes):
+        return a.encode("utf-8", "surrogateescape") == b
+    if isinstance(a, bytes) and isinstance(b, str):
+        return a == b.encode("utf-8", "surrogateescape")
+    return False
