@@ -124,7 +124,10 @@ def check_equivalent_queue_args(what: str, have: dict[str, Any], want: dict[str,
             continue
         if key == "x-queue-type" and a in (None, "classic") and b in (None, "classic"):
             continue
-        received = "none" if b is None else f"the value '{_render(b)}' of type '{type_name(b)}'"
-        current = "none" if a is None else f"the value '{_render(a)}' of type '{type_name(a)}'"
+        if a is not None and b is not None:  # RabbitMQ names the types only when one is absent
+            received, current = f"'{_render(b)}'", f"'{_render(a)}'"
+        else:
+            received = "none" if b is None else f"the value '{_render(b)}' of type '{type_name(b)}'"
+            current = "none" if a is None else f"the value '{_render(a)}' of type '{type_name(a)}'"
         raise precondition_failed(f"inequivalent arg '{key}' for {what}: received {received} "
                                   f"but current is {current}")
