@@ -9,12 +9,29 @@ import time
 from typing import Any
 
 from hare.amqp import spec
+from hare.amqp.errors import Utf8Fault
 from hare.amqp.frames import method_frame, pack_header
 from hare.amqp.properties import encode_properties
 
 
 class Closed(Exception):
     pass
+
+
+def decode_method(payload: bytes) -> spec.Method:
+    """A method frame's payload as a method. The reply text of a close may hold octets that are
+    not UTF-8 (RabbitMQ echoes names and frame octets): those are kept as surrogate escapes."""
+    idx = struct.unpack_from(">I", payload, 0)[0]
+    cls = spec.METHODS[idx]
+    try:
+        return cls.decode(payload, 4)
+    except Utf8Fault:
+        if cls not in (spec.ConnectionClose, spec.ChannelClose):
+            raise
+        code, n = struct.unpack_from(">HB", payload, 4)
+        text = payload[7 : 7 + n].decode("utf-8", "surrogateescape")
+        class_id, method_id = struct.unpack_from(">HH", payload, 7 + n)
+        return cls(reply_code=code, reply_text=text, class_id=class_id, method_id=method_id)
 
 
 class RawClient:
@@ -84,8 +101,7 @@ class RawClient:
             if ftype == 8 and skip_heartbeats:
                 continue
             assert ftype == 1, f"expected a method frame, got type {ftype}"
-            idx = struct.unpack_from(">I", payload, 0)[0]
-            return channel, spec.METHODS[idx].decode(payload, 4)
+            return channel, decode_method(payload)
 
     def expect(self, cls: type[spec.Method], timeout: float = 5.0) -> spec.Method:
         channel, m = self.read_method(timeout)

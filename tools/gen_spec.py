@@ -60,7 +60,32 @@ def default_of(arg: dict, typ: str) -> object:
     return ZERO[typ]
 
 
-def gen_decode(fields: list[tuple[str, str]]) -> list[str]:
+WIRE_CODES = {"octet": "B", "short": "H", "long": "I", "longlong": "Q", "timestamp": "Q",
+              "shortstr": "s", "longstr": "S", "table": "F"}
+
+
+def wire_layout(fields: list[tuple[str, str]]) -> str:
+    """The method's argument layout, one letter per wire field ("b" for an octet of packed bits)."""
+    out = []
+    i = 0
+    while i < len(fields):
+        if fields[i][1] == "bit":
+            n = 0
+            while i < len(fields) and fields[i][1] == "bit" and n < 8:
+                n += 1
+                i += 1
+            out.append("b")
+            continue
+        out.append(WIRE_CODES[fields[i][1]])
+        i += 1
+    return "".join(out)
+
+
+def gen_decode(fields: list[tuple[str, str]], content: bool) -> list[str]:
+    # RabbitMQ checks that the short strings of methods without content are UTF-8 (not those of
+    # basic.publish and the other content-carrying methods, for speed); the arguments must fill
+    # the frame exactly.
+    string = "_str" if content else "_ustr"
     lines = ["    @classmethod", "    def decode(cls, buf: bytes | memoryview, o: int) -> Self:",
              "        self = cls.__new__(cls)"]
     i = 0
@@ -82,7 +107,7 @@ def gen_decode(fields: list[tuple[str, str]]) -> list[str]:
             lines.append(f"        o += {size}")
         elif typ == "shortstr":
             lines.append("        n = buf[o]")
-            lines.append(f"        self.{name} = _str(buf, o + 1, n)")
+            lines.append(f"        self.{name} = {string}(buf, o + 1, n)")
             lines.append("        o += 1 + n")
         elif typ == "longstr":
             lines.append("        (n,) = _UI(buf, o)")
@@ -91,8 +116,8 @@ def gen_decode(fields: list[tuple[str, str]]) -> list[str]:
         elif typ == "table":
             lines.append(f"        self.{name}, o = decode_table(buf, o)")
         i += 1
-    lines.append("        if o > len(buf):")
-    lines.append("            raise SyntaxFault(f'{cls.NAME} arguments truncated')")
+    lines.append("        if o != len(buf):")
+    lines.append("            raise SyntaxFault(f'{cls.NAME} arguments malformed')")
     lines.append("        return self")
     return lines
 
@@ -125,6 +150,78 @@ def gen_encode(cid: int, mid: int, fields: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
+UTF8_HELPERS = """\
+def _ustr(buf: bytes | memoryview, o: int, n: int) -> str:
+    if o + n > len(buf):
+        raise SyntaxFault('short string truncated')
+    raw = bytes(buf[o : o + n])
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError:
+        if not erlang_utf8(raw):
+            raise Utf8Fault() from None
+        return raw.decode('utf-8', 'surrogateescape')  # surrogates, or above U+10FFFF
+
+
+def erlang_utf8(raw: bytes) -> bool:
+    \"\"\"Whether RabbitMQ (xmerl_ucs:from_utf8) takes ``raw`` as UTF-8: like Python's strict codec,
+    but surrogates and code points up to U+1FFFFF (four octets) pass.\"\"\"
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC0 <= c < 0xE0:
+            size, value, least = 2, c & 0x1F, 0x80
+        elif 0xE0 <= c < 0xF0:
+            size, value, least = 3, c & 0x0F, 0x800
+        elif 0xF0 <= c < 0xF8:
+            size, value, least = 4, c & 0x07, 0x10000
+        else:
+            return False
+        if i + size > n:
+            return False
+        for k in range(i + 1, i + size):
+            if raw[k] & 0xC0 != 0x80:
+                return False
+            value = value << 6 | raw[k] & 0x3F
+        if value < least:
+            return False
+        i += size
+    return True
+
+
+""".splitlines()
+
+LAYOUT_HELPER = """\
+_WIRE_FIXED = {'B': 1, 'H': 2, 'I': 4, 'Q': 8, 'b': 1}
+
+
+def layout_ok(cls: type[Method], buf: bytes | memoryview, o: int) -> bool:
+    \"\"\"Whether the arguments at ``buf[o:]`` have ``cls``'s layout and fill ``buf`` exactly: every
+    length in range, nothing left over (field tables are not looked into).\"\"\"
+    n = len(buf)
+    for code in cls.WIRE:
+        size = _WIRE_FIXED.get(code)
+        if size is None:
+            if code == 's':
+                if o >= n:
+                    return False
+                size = 1 + buf[o]
+            else:
+                if o + 4 > n:
+                    return False
+                size = 4 + _UI(buf, o)[0]
+        o += size
+        if o > n:
+            return False
+    return o == n
+
+
+""".splitlines()
+
+
 def generate(spec: dict) -> str:
     domains = {d[0]: d[1] for d in spec["domains"]}
     out: list[str] = []
@@ -141,7 +238,7 @@ def generate(spec: dict) -> str:
     out.append("import struct")
     out.append("from typing import Any, ClassVar, Self")
     out.append("")
-    out.append("from .errors import SyntaxFault")
+    out.append("from .errors import SyntaxFault, Utf8Fault")
     out.append("from .table import decode_table, encode_table")
     out.append("")
     for fmt in "BHIQ":
@@ -155,6 +252,7 @@ def generate(spec: dict) -> str:
     out.append("    return bytes(buf[o : o + n]).decode('utf-8', 'surrogateescape')")
     out.append("")
     out.append("")
+    out.extend(UTF8_HELPERS)
     out.append("def _shortstr(s: str) -> bytes:")
     out.append("    b = s.encode('utf-8', 'surrogateescape')")
     out.append("    if len(b) > 255:")
@@ -182,6 +280,7 @@ def generate(spec: dict) -> str:
     out.append("    SYNCHRONOUS: ClassVar[bool]")
     out.append("    CONTENT: ClassVar[bool]")
     out.append("    FIELDS: ClassVar[tuple[str, ...]]")
+    out.append("    WIRE: ClassVar[str]  # argument layout: B H I Q, s shortstr, S longstr, F table, b bits")
     out.append("")
     out.append("    @classmethod")
     out.append("    def decode(cls, buf: bytes | memoryview, o: int) -> Self:")
@@ -219,6 +318,7 @@ def generate(spec: dict) -> str:
             out.append(f"    SYNCHRONOUS = {bool(m.get('synchronous'))}")
             out.append(f"    CONTENT = {bool(m.get('content'))}")
             out.append(f"    FIELDS = {tuple(f for f, _ in fields)!r}")
+            out.append(f"    WIRE = {wire_layout(fields)!r}")
             out.append("")
             if fields:
                 sig = ", ".join(f"{f}: {PY_TYPES[t]} = {d!r}"
@@ -227,11 +327,12 @@ def generate(spec: dict) -> str:
                 for f, _ in fields:
                     out.append(f"        self.{f} = {f}")
                 out.append("")
-            out.extend(gen_decode(fields))
+            out.extend(gen_decode(fields, bool(m.get("content"))))
             out.append("")
             out.extend(gen_encode(cls["id"], m["id"], fields))
             out.append("")
             out.append("")
+    out.extend(LAYOUT_HELPER)
     out.append("METHODS: dict[int, type[Method]] = {")
     for idx, cname in index:
         out.append(f"    {idx:#x}: {cname},")

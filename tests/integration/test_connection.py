@@ -119,7 +119,9 @@ def test_guest_is_refused_from_a_non_loopback_address(hare_broker_factory) -> No
             mechanism="PLAIN", response=b"\x00guest\x00guest"))
         close = c.expect(spec.ConnectionClose)
         assert close.reply_code == 403
-        assert "can only connect via localhost" in close.reply_text
+        # RabbitMQ 3.10 gives the reason ("can only connect via localhost") in its log only
+        assert close.reply_text == ("ACCESS_REFUSED - Login was refused using authentication "
+                                    "mechanism PLAIN. For details see the broker logfile.")
 
 
 @hare_only

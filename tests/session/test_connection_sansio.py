@@ -160,8 +160,8 @@ def test_protocol_header_one_byte_at_a_time() -> None:
     p.expect(spec.ConnectionStart)
 
 
-@pytest.mark.parametrize("header", [b"AMQP\x00\x00\x08\x00", b"AMQP\x01\x01\x00\x09",
-                                    b"GET / HTTP/1.1\r\n\r\n", b"\x01\x00\x00", b"AMQX"])
+@pytest.mark.parametrize("header", [b"AMQP\x00\x00\x08\x00", b"AMQP\x01\x01\x08\x00",
+                                    b"GET / HTTP/1.1\r\n\r\n", b"\x01\x00\x00\x00\x00\x00\x00\x00"])
 def test_bad_protocol_header_gets_ours_back_and_closes(header: bytes) -> None:
     p = Peer()
     p.feed(header)
@@ -171,13 +171,41 @@ def test_bad_protocol_header_gets_ours_back_and_closes(header: bytes) -> None:
     assert p.inbox == b"AMQP\x00\x00\x09\x01"
 
 
+def test_short_garbage_waits_for_eight_octets_like_rabbitmq() -> None:
+    p = Peer()
+    p.feed(b"GET")
+    assert p.inbox == b"" and not p.conn.closed  # (the shell's handshake timeout ends it)
+    p.feed(b" / HTTP")
+    assert p.inbox == b"AMQP\x00\x00\x09\x01" and p.conn.closed
+
+
+def test_amqp_0_9_header_is_taken_as_0_9_1() -> None:
+    p = Peer()
+    p.feed(b"AMQP\x01\x01\x00\x09")
+    (start,) = p.expect(spec.ConnectionStart)
+    assert (start.version_major, start.version_minor) == (0, 9)
+
+
 def test_wrong_password_closes_with_403() -> None:
     p = Peer()
     p.feed(spec.PROTOCOL_HEADER)
     p.expect(spec.ConnectionStart)
     p.send(0, spec.ConnectionStartOk(client_properties={"capabilities": {
         "authentication_failure_close": True}}, mechanism="PLAIN", response=b"\x00guest\x00nope"))
-    assert "ACCESS_REFUSED - Login was refused" in p.expect_close(403, 10, 11)
+    (close,) = p.expect(spec.ConnectionClose)
+    assert (close.reply_code, close.class_id, close.method_id) == (403, 0, 0)
+    assert close.reply_text.startswith("ACCESS_REFUSED - Login was refused")
+    assert p.conn.closed  # the socket closes; no close-ok is awaited
+
+
+def test_wrong_password_without_the_capability_just_closes() -> None:
+    p = Peer()
+    p.feed(spec.PROTOCOL_HEADER)
+    p.expect(spec.ConnectionStart)
+    p.send(0, spec.ConnectionStartOk(client_properties={}, mechanism="PLAIN",
+                                     response=b"\x00guest\x00nope"))
+    assert p.conn.closed
+    assert p.frames() == []
 
 
 def test_frame_error_before_start_ok_just_closes_the_socket() -> None:
@@ -310,9 +338,11 @@ def test_wrong_frame_end_octet_closes_with_501(peer: Peer) -> None:
 
 
 def test_frame_larger_than_frame_max_closes_with_501(peer: Peer) -> None:
-    # only the 7-byte header is needed to know the frame is too large
-    peer.feed(pack_header(3, 1, 131072 - 7))
-    assert "FRAME_ERROR" in peer.expect_close(501)
+    # only the 7-byte header is needed to know the frame is too large; like RabbitMQ, hare takes
+    # payloads of up to frame_max octets (8 more than a frame of frame_max octets holds)
+    peer.feed(pack_header(3, 1, 131073))
+    assert peer.expect_close(501) == ("FRAME_ERROR - type 3, all octets = <<>>: "
+                                      "{frame_too_large,131073,131064}")
 
 
 def test_frame_exactly_frame_max_is_accepted(peer: Peer) -> None:
@@ -329,13 +359,14 @@ def test_frame_max_is_the_negotiated_one() -> None:
     p = Peer()
     p.feed(handshake_bytes(frame_max=4096))
     p.frames()
-    p.feed(method_frame(1, spec.ChannelOpen()) + publish_bytes(1, "q", b"x" * 4089, frame_max=8192))
-    assert "FRAME_ERROR" in p.expect_close(501)
+    p.feed(method_frame(1, spec.ChannelOpen()) + publish_bytes(1, "q", b"x" * 4097, frame_max=8192))
+    assert "{frame_too_large,4097,4088}" in p.expect_close(501)
 
 
-def test_unknown_method_closes_with_540(peer: Peer) -> None:
+def test_unknown_method_closes_with_540_naming_it(peer: Peer) -> None:
+    # (RabbitMQ's reader process dies on a method id it does not know; hare says what it got)
     peer.feed(pack_header(1, 1, 4) + struct.pack(">HH", 60, 99) + b"\xce")
-    assert "NOT_IMPLEMENTED" in peer.expect_close(540, 60, 99)
+    assert peer.expect_close(540, 60, 99) == "NOT_IMPLEMENTED - unknown method (class 60, method 99)"
 
 
 def test_unknown_frame_type_closes_with_501(peer: Peer) -> None:
@@ -343,9 +374,9 @@ def test_unknown_frame_type_closes_with_501(peer: Peer) -> None:
     peer.expect_close(501)
 
 
-def test_heartbeat_on_a_channel_closes_with_501(peer: Peer) -> None:
+def test_heartbeat_on_a_channel_closes_with_505(peer: Peer) -> None:
     peer.feed(pack_header(8, 1, 0) + b"\xce")
-    peer.expect_close(501)
+    assert peer.expect_close(505) == "UNEXPECTED_FRAME - type 8, all octets = <<>>"
 
 
 def test_method_on_unopened_channel_closes_with_504(peer: Peer) -> None:
@@ -381,10 +412,14 @@ def test_header_then_method_instead_of_the_body_closes_with_505(peer: Peer) -> N
     peer.expect_close(505)
 
 
-def test_body_larger_than_declared_closes_with_501(peer: Peer) -> None:
+def test_body_larger_than_declared_keeps_the_channel_awaiting_body(peer: Peer) -> None:
+    # RabbitMQ counts the remaining size down past zero: it awaits body frames for ever
     peer.feed(method_frame(1, spec.BasicPublish(routing_key="q")) + header_frame(1, 2, b"\x00\x00")
-              + pack_header(3, 1, 3) + b"abc\xce")
-    peer.expect_close(501)
+              + pack_header(3, 1, 3) + b"abc\xce" + pack_header(3, 1, 3) + b"def\xce")
+    assert peer.frames() == []
+    peer.send(1, spec.BasicQos())
+    assert peer.expect_close(505, 60, 40) == ("UNEXPECTED_FRAME - expected content body, got non "
+                                              "content body frame instead")
 
 
 def test_content_header_for_another_class_closes_with_505(peer: Peer) -> None:
@@ -393,22 +428,31 @@ def test_content_header_for_another_class_closes_with_505(peer: Peer) -> None:
     peer.expect_close(505)
 
 
-@pytest.mark.parametrize("payload", [
-    b"\x00\x32",  # method frame shorter than class + method ids
-    b"\x00\x32\x00\x0a\x00",  # queue.declare truncated
-    b"\x00\x3c\x00\x28\x00\x00\x05ab",  # basic.publish truncated (fast path)
-    b"\x00\x3c\x00\x50\x00\x00\x00",  # basic.ack truncated (fast path)
-    b"\x00\x32\x00\x0a\x00\x00\x01q\x00\x00\x00\x00\x05\x01kZ\x00\x00",  # bad field table tag
+@pytest.mark.parametrize(("payload", "text", "ids"), [
+    # method frame shorter than class + method ids
+    (b"\x00\x32", "FRAME_ERROR - type 1, all octets = <<0,50>>: unknown_frame", (0, 0)),
+    (b"\x00\x32\x00\x0a\x00", "FRAME_ERROR - cannot decode <<0>>", (50, 10)),  # truncated
+    (b"\x00\x3c\x00\x28\x00\x00\x05ab", "FRAME_ERROR - cannot decode <<0,0,5,97,98>>", (60, 40)),
+    (b"\x00\x3c\x00\x50\x00\x00\x00", "FRAME_ERROR - cannot decode <<0,0,0>>", (60, 80)),
+    (b"\x00\x3c\x00\x0a" + b"\x00" * 8, "FRAME_ERROR - cannot decode <<0,0,0,0,0,0,0,0>>", (60, 10)),
 ])
-def test_malformed_method_arguments_close_with_502(peer: Peer, payload: bytes) -> None:
+def test_malformed_method_arguments_close_with_501(peer: Peer, payload: bytes, text: str,
+                                                   ids: tuple[int, int]) -> None:
     peer.feed(pack_header(1, 1, len(payload)) + payload + b"\xce")
-    assert "SYNTAX_ERROR" in peer.expect_close(502)
+    assert peer.expect_close(501, *ids) == text
+
+
+def test_field_table_with_an_unknown_tag_closes_with_502(peer: Peer) -> None:
+    payload = b"\x00\x32\x00\x0a\x00\x00\x01q\x00\x00\x00\x00\x05\x01kZ\x00\x00"
+    peer.feed(pack_header(1, 1, len(payload)) + payload + b"\xce")
+    # (RabbitMQ's reader dies parsing it; hare says why)
+    assert peer.expect_close(502, 50, 10) == "SYNTAX_ERROR - queue.declare: unknown field type 'Z'"
 
 
 def test_frames_after_a_hard_error_are_ignored_until_close_ok(peer: Peer) -> None:
-    peer.feed(pack_header(1, 1, 4) + struct.pack(">HH", 60, 99) + b"\xce"
+    peer.feed(method_frame(0, spec.ChannelOpen())
               + method_frame(1, spec.QueueDeclare(queue="q")) + method_frame(1, spec.BasicQos()))
-    peer.expect_close(540)
+    peer.expect_close(504, 20, 10)
     assert "q" not in peer.conn.broker.vhosts["/"].queues
 
 
@@ -458,12 +502,13 @@ def test_redeclare_with_unhashable_queue_type_is_406_not_an_internal_error(peer:
 
 
 def test_field_table_nested_thousands_deep_is_502_not_an_internal_error(peer: Peer) -> None:
+    # RabbitMQ parses it; hare refuses it as a table it cannot parse (a deliberate difference)
     table = b"\x00\x00\x00\x00"
     for _ in range(3000):
         table = struct.pack(">I", len(table) + 2) + b"\x00F" + table
     payload = spec.QueueDeclare(queue="deep").encode()[:-4] + table
     peer.feed(pack_header(1, 1, len(payload)) + payload + b"\xce")
-    assert "SYNTAX_ERROR" in peer.expect_close(502)
+    assert peer.expect_close(502, 50, 10) == "SYNTAX_ERROR - queue.declare: field table nested too deeply"
 
 
 def test_timestamp_header_past_year_9999_is_routed_not_an_internal_error(peer: Peer) -> None:
@@ -479,3 +524,4 @@ def test_timestamp_header_past_year_9999_is_routed_not_an_internal_error(peer: P
     assert isinstance(decode_method(frames[0][2]), spec.BasicGetOk)
     assert frames[1][2][12:] == props  # re-sent exactly as published
     assert frames[2][2] == b"ok"
+

@@ -47,11 +47,14 @@ class AMQPError(Exception):
 
     @property
     def reply_text(self) -> str:
-        full = f"{REPLY_NAMES.get(self.code, 'ERROR')} - {self.text}"
-        # reply-text is a shortstr: keep it under 256 bytes.
+        name = REPLY_NAMES.get(self.code, "ERROR")
+        # with no explanation (RabbitMQ's 541 for a crash) the text is the name alone
+        full = f"{name} - {self.text}" if self.text else name
+        # reply-text is a shortstr: past 255 bytes RabbitMQ keeps the first 252 and appends "..."
+        # (cutting bytes, even inside a UTF-8 sequence; surrogateescape keeps those bytes as is).
         encoded = full.encode("utf-8", "surrogateescape")
         if len(encoded) > 255:
-            full = encoded[:255].decode("utf-8", "ignore")
+            full = encoded[:252].decode("utf-8", "surrogateescape") + "..."
         return full
 
     def __repr__(self) -> str:
@@ -71,6 +74,18 @@ class SyntaxFault(ConnectionFault):
 
     def __init__(self, text: str) -> None:
         super().__init__(502, text)
+
+
+class SilentClose(ConnectionFault):
+    """Drop the socket without connection.close: a method of the handshake that does not decode
+    (RabbitMQ ends a handshake it cannot follow without a word)."""
+
+
+class Utf8Fault(SyntaxFault):
+    """A short string of a method that is not UTF-8 (RabbitMQ checks those without content)."""
+
+    def __init__(self) -> None:
+        super().__init__("Malformed UTF-8 in shortstr")
 
 
 def access_refused(text: str) -> ChannelError:

@@ -24,6 +24,7 @@ PROPERTY_FLAGS = {name: 1 << (15 - i) for i, (name, _) in enumerate(BASIC_PROPER
 FLAG_HEADERS = PROPERTY_FLAGS["headers"]
 FLAG_DELIVERY_MODE = PROPERTY_FLAGS["delivery_mode"]
 FLAG_USER_ID = PROPERTY_FLAGS["user_id"]
+FLAG_EXPIRATION = PROPERTY_FLAGS["expiration"]
 
 EMPTY = b"\x00\x00"
 
@@ -125,3 +126,12 @@ def user_id(raw: bytes) -> str | None:
         return None
     o = _skip_to(raw, flags, FLAG_USER_ID)
     return raw[o + 1 : o + 1 + raw[o]].decode("utf-8", "surrogateescape")
+
+
+def expiration(raw: bytes) -> bytes | None:
+    """The expiration property's raw bytes, or None, without decoding the rest."""
+    (flags,) = _unpack_H(raw, 0)
+    if not flags & FLAG_EXPIRATION:
+        return None
+    o = _skip_to(raw, flags, FLAG_EXPIRATION)
+    return bytes(raw[o + 1 : o + 1 + raw[o]])

@@ -39,7 +39,7 @@ from __future__ import annotations
 import struct
 from typing import Any, ClassVar, Self
 
-from .errors import SyntaxFault
+from .errors import SyntaxFault, Utf8Fault
 from .table import decode_table, encode_table
 
 _UB = struct.Struct('>B').unpack_from
@@ -56,6 +56,47 @@ def _str(buf: bytes | memoryview, o: int, n: int) -> str:
     if o + n > len(buf):
         raise SyntaxFault('short string truncated')
     return bytes(buf[o : o + n]).decode('utf-8', 'surrogateescape')
+
+
+def _ustr(buf: bytes | memoryview, o: int, n: int) -> str:
+    if o + n > len(buf):
+        raise SyntaxFault('short string truncated')
+    raw = bytes(buf[o : o + n])
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError:
+        if not erlang_utf8(raw):
+            raise Utf8Fault() from None
+        return raw.decode('utf-8', 'surrogateescape')  # surrogates, or above U+10FFFF
+
+
+def erlang_utf8(raw: bytes) -> bool:
+    """Whether RabbitMQ (xmerl_ucs:from_utf8) takes ``raw`` as UTF-8: like Python's strict codec,
+    but surrogates and code points up to U+1FFFFF (four octets) pass."""
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC0 <= c < 0xE0:
+            size, value, least = 2, c & 0x1F, 0x80
+        elif 0xE0 <= c < 0xF0:
+            size, value, least = 3, c & 0x0F, 0x800
+        elif 0xF0 <= c < 0xF8:
+            size, value, least = 4, c & 0x07, 0x10000
+        else:
+            return False
+        if i + size > n:
+            return False
+        for k in range(i + 1, i + size):
+            if raw[k] & 0xC0 != 0x80:
+                return False
+            value = value << 6 | raw[k] & 0x3F
+        if value < least:
+            return False
+        i += size
+    return True
 
 
 def _shortstr(s: str) -> bytes:
@@ -108,6 +149,7 @@ class Method:
     SYNCHRONOUS: ClassVar[bool]
     CONTENT: ClassVar[bool]
     FIELDS: ClassVar[tuple[str, ...]]
+    WIRE: ClassVar[str]  # argument layout: B H I Q, s shortstr, S longstr, F table, b bits
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
@@ -134,6 +176,7 @@ class ConnectionStart(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('version_major', 'version_minor', 'server_properties', 'mechanisms', 'locales')
+    WIRE = 'BBFSS'
 
     def __init__(self, version_major: int = 0, version_minor: int = 9, server_properties: dict[str, Any] | None = None, mechanisms: bytes = b'PLAIN', locales: bytes = b'en_US') -> None:
         self.version_major = version_major
@@ -156,8 +199,8 @@ class ConnectionStart(Method):
         (n,) = _UI(buf, o)
         self.locales = bytes(buf[o + 4 : o + 4 + n])
         o += 4 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -173,6 +216,7 @@ class ConnectionStartOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('client_properties', 'mechanism', 'response', 'locale')
+    WIRE = 'FsSs'
 
     def __init__(self, client_properties: dict[str, Any] | None = None, mechanism: str = 'PLAIN', response: bytes = b'', locale: str = 'en_US') -> None:
         self.client_properties = client_properties
@@ -185,16 +229,16 @@ class ConnectionStartOk(Method):
         self = cls.__new__(cls)
         self.client_properties, o = decode_table(buf, o)
         n = buf[o]
-        self.mechanism = _str(buf, o + 1, n)
+        self.mechanism = _ustr(buf, o + 1, n)
         o += 1 + n
         (n,) = _UI(buf, o)
         self.response = bytes(buf[o + 4 : o + 4 + n])
         o += 4 + n
         n = buf[o]
-        self.locale = _str(buf, o + 1, n)
+        self.locale = _ustr(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -210,6 +254,7 @@ class ConnectionSecure(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('challenge',)
+    WIRE = 'S'
 
     def __init__(self, challenge: bytes = b'') -> None:
         self.challenge = challenge
@@ -220,8 +265,8 @@ class ConnectionSecure(Method):
         (n,) = _UI(buf, o)
         self.challenge = bytes(buf[o + 4 : o + 4 + n])
         o += 4 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -237,6 +282,7 @@ class ConnectionSecureOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('response',)
+    WIRE = 'S'
 
     def __init__(self, response: bytes = b'') -> None:
         self.response = response
@@ -247,8 +293,8 @@ class ConnectionSecureOk(Method):
         (n,) = _UI(buf, o)
         self.response = bytes(buf[o + 4 : o + 4 + n])
         o += 4 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -264,6 +310,7 @@ class ConnectionTune(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('channel_max', 'frame_max', 'heartbeat')
+    WIRE = 'HIH'
 
     def __init__(self, channel_max: int = 0, frame_max: int = 0, heartbeat: int = 0) -> None:
         self.channel_max = channel_max
@@ -279,8 +326,8 @@ class ConnectionTune(Method):
         o += 4
         (self.heartbeat,) = _UH(buf, o)
         o += 2
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -296,6 +343,7 @@ class ConnectionTuneOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('channel_max', 'frame_max', 'heartbeat')
+    WIRE = 'HIH'
 
     def __init__(self, channel_max: int = 0, frame_max: int = 0, heartbeat: int = 0) -> None:
         self.channel_max = channel_max
@@ -311,8 +359,8 @@ class ConnectionTuneOk(Method):
         o += 4
         (self.heartbeat,) = _UH(buf, o)
         o += 2
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -328,6 +376,7 @@ class ConnectionOpen(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('virtual_host', 'capabilities', 'insist')
+    WIRE = 'ssb'
 
     def __init__(self, virtual_host: str = '/', capabilities: str = '', insist: bool = False) -> None:
         self.virtual_host = virtual_host
@@ -338,16 +387,16 @@ class ConnectionOpen(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.virtual_host = _str(buf, o + 1, n)
+        self.virtual_host = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.capabilities = _str(buf, o + 1, n)
+        self.capabilities = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
         self.insist = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -363,6 +412,7 @@ class ConnectionOpenOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('known_hosts',)
+    WIRE = 's'
 
     def __init__(self, known_hosts: str = '') -> None:
         self.known_hosts = known_hosts
@@ -371,10 +421,10 @@ class ConnectionOpenOk(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.known_hosts = _str(buf, o + 1, n)
+        self.known_hosts = _ustr(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -390,6 +440,7 @@ class ConnectionClose(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('reply_code', 'reply_text', 'class_id', 'method_id')
+    WIRE = 'HsHH'
 
     def __init__(self, reply_code: int = 0, reply_text: str = '', class_id: int = 0, method_id: int = 0) -> None:
         self.reply_code = reply_code
@@ -403,14 +454,14 @@ class ConnectionClose(Method):
         (self.reply_code,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.reply_text = _str(buf, o + 1, n)
+        self.reply_text = _ustr(buf, o + 1, n)
         o += 1 + n
         (self.class_id,) = _UH(buf, o)
         o += 2
         (self.method_id,) = _UH(buf, o)
         o += 2
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -426,12 +477,13 @@ class ConnectionCloseOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -447,6 +499,7 @@ class ConnectionBlocked(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('reason',)
+    WIRE = 's'
 
     def __init__(self, reason: str = '') -> None:
         self.reason = reason
@@ -455,10 +508,10 @@ class ConnectionBlocked(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.reason = _str(buf, o + 1, n)
+        self.reason = _ustr(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -474,12 +527,13 @@ class ConnectionUnblocked(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -495,6 +549,7 @@ class ConnectionUpdateSecret(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('new_secret', 'reason')
+    WIRE = 'Ss'
 
     def __init__(self, new_secret: bytes = b'', reason: str = '') -> None:
         self.new_secret = new_secret
@@ -507,10 +562,10 @@ class ConnectionUpdateSecret(Method):
         self.new_secret = bytes(buf[o + 4 : o + 4 + n])
         o += 4 + n
         n = buf[o]
-        self.reason = _str(buf, o + 1, n)
+        self.reason = _ustr(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -526,12 +581,13 @@ class ConnectionUpdateSecretOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -547,6 +603,7 @@ class ChannelOpen(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('out_of_band',)
+    WIRE = 's'
 
     def __init__(self, out_of_band: str = '') -> None:
         self.out_of_band = out_of_band
@@ -555,10 +612,10 @@ class ChannelOpen(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.out_of_band = _str(buf, o + 1, n)
+        self.out_of_band = _ustr(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -574,6 +631,7 @@ class ChannelOpenOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('channel_id',)
+    WIRE = 'S'
 
     def __init__(self, channel_id: bytes = b'') -> None:
         self.channel_id = channel_id
@@ -584,8 +642,8 @@ class ChannelOpenOk(Method):
         (n,) = _UI(buf, o)
         self.channel_id = bytes(buf[o + 4 : o + 4 + n])
         o += 4 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -601,6 +659,7 @@ class ChannelFlow(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('active',)
+    WIRE = 'b'
 
     def __init__(self, active: bool = False) -> None:
         self.active = active
@@ -611,8 +670,8 @@ class ChannelFlow(Method):
         b = buf[o]
         o += 1
         self.active = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -628,6 +687,7 @@ class ChannelFlowOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('active',)
+    WIRE = 'b'
 
     def __init__(self, active: bool = False) -> None:
         self.active = active
@@ -638,8 +698,8 @@ class ChannelFlowOk(Method):
         b = buf[o]
         o += 1
         self.active = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -655,6 +715,7 @@ class ChannelClose(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('reply_code', 'reply_text', 'class_id', 'method_id')
+    WIRE = 'HsHH'
 
     def __init__(self, reply_code: int = 0, reply_text: str = '', class_id: int = 0, method_id: int = 0) -> None:
         self.reply_code = reply_code
@@ -668,14 +729,14 @@ class ChannelClose(Method):
         (self.reply_code,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.reply_text = _str(buf, o + 1, n)
+        self.reply_text = _ustr(buf, o + 1, n)
         o += 1 + n
         (self.class_id,) = _UH(buf, o)
         o += 2
         (self.method_id,) = _UH(buf, o)
         o += 2
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -691,12 +752,13 @@ class ChannelCloseOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -712,6 +774,7 @@ class AccessRequest(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('realm', 'exclusive', 'passive', 'active', 'write', 'read')
+    WIRE = 'sb'
 
     def __init__(self, realm: str = '/data', exclusive: bool = False, passive: bool = True, active: bool = True, write: bool = True, read: bool = True) -> None:
         self.realm = realm
@@ -725,7 +788,7 @@ class AccessRequest(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.realm = _str(buf, o + 1, n)
+        self.realm = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
@@ -734,8 +797,8 @@ class AccessRequest(Method):
         self.active = bool(b & 4)
         self.write = bool(b & 8)
         self.read = bool(b & 16)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -751,6 +814,7 @@ class AccessRequestOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('ticket',)
+    WIRE = 'H'
 
     def __init__(self, ticket: int = 1) -> None:
         self.ticket = ticket
@@ -760,8 +824,8 @@ class AccessRequestOk(Method):
         self = cls.__new__(cls)
         (self.ticket,) = _UH(buf, o)
         o += 2
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -777,6 +841,7 @@ class ExchangeDeclare(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'exchange', 'type', 'passive', 'durable', 'auto_delete', 'internal', 'nowait', 'arguments')
+    WIRE = 'HssbF'
 
     def __init__(self, ticket: int = 0, exchange: str = '', type: str = 'direct', passive: bool = False, durable: bool = False, auto_delete: bool = False, internal: bool = False, nowait: bool = False, arguments: dict[str, Any] | None = None) -> None:
         self.ticket = ticket
@@ -795,10 +860,10 @@ class ExchangeDeclare(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.exchange = _str(buf, o + 1, n)
+        self.exchange = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.type = _str(buf, o + 1, n)
+        self.type = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
@@ -808,8 +873,8 @@ class ExchangeDeclare(Method):
         self.internal = bool(b & 8)
         self.nowait = bool(b & 16)
         self.arguments, o = decode_table(buf, o)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -825,12 +890,13 @@ class ExchangeDeclareOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -846,6 +912,7 @@ class ExchangeDelete(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'exchange', 'if_unused', 'nowait')
+    WIRE = 'Hsb'
 
     def __init__(self, ticket: int = 0, exchange: str = '', if_unused: bool = False, nowait: bool = False) -> None:
         self.ticket = ticket
@@ -859,14 +926,14 @@ class ExchangeDelete(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.exchange = _str(buf, o + 1, n)
+        self.exchange = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
         self.if_unused = bool(b & 1)
         self.nowait = bool(b & 2)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -882,12 +949,13 @@ class ExchangeDeleteOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -903,6 +971,7 @@ class ExchangeBind(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'destination', 'source', 'routing_key', 'nowait', 'arguments')
+    WIRE = 'HsssbF'
 
     def __init__(self, ticket: int = 0, destination: str = '', source: str = '', routing_key: str = '', nowait: bool = False, arguments: dict[str, Any] | None = None) -> None:
         self.ticket = ticket
@@ -918,20 +987,20 @@ class ExchangeBind(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.destination = _str(buf, o + 1, n)
+        self.destination = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.source = _str(buf, o + 1, n)
+        self.source = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.routing_key = _str(buf, o + 1, n)
+        self.routing_key = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
         self.nowait = bool(b & 1)
         self.arguments, o = decode_table(buf, o)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -947,12 +1016,13 @@ class ExchangeBindOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -968,6 +1038,7 @@ class ExchangeUnbind(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'destination', 'source', 'routing_key', 'nowait', 'arguments')
+    WIRE = 'HsssbF'
 
     def __init__(self, ticket: int = 0, destination: str = '', source: str = '', routing_key: str = '', nowait: bool = False, arguments: dict[str, Any] | None = None) -> None:
         self.ticket = ticket
@@ -983,20 +1054,20 @@ class ExchangeUnbind(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.destination = _str(buf, o + 1, n)
+        self.destination = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.source = _str(buf, o + 1, n)
+        self.source = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.routing_key = _str(buf, o + 1, n)
+        self.routing_key = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
         self.nowait = bool(b & 1)
         self.arguments, o = decode_table(buf, o)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1012,12 +1083,13 @@ class ExchangeUnbindOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1033,6 +1105,7 @@ class QueueDeclare(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'queue', 'passive', 'durable', 'exclusive', 'auto_delete', 'nowait', 'arguments')
+    WIRE = 'HsbF'
 
     def __init__(self, ticket: int = 0, queue: str = '', passive: bool = False, durable: bool = False, exclusive: bool = False, auto_delete: bool = False, nowait: bool = False, arguments: dict[str, Any] | None = None) -> None:
         self.ticket = ticket
@@ -1050,7 +1123,7 @@ class QueueDeclare(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.queue = _str(buf, o + 1, n)
+        self.queue = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
@@ -1060,8 +1133,8 @@ class QueueDeclare(Method):
         self.auto_delete = bool(b & 8)
         self.nowait = bool(b & 16)
         self.arguments, o = decode_table(buf, o)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1077,6 +1150,7 @@ class QueueDeclareOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('queue', 'message_count', 'consumer_count')
+    WIRE = 'sII'
 
     def __init__(self, queue: str = '', message_count: int = 0, consumer_count: int = 0) -> None:
         self.queue = queue
@@ -1087,14 +1161,14 @@ class QueueDeclareOk(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.queue = _str(buf, o + 1, n)
+        self.queue = _ustr(buf, o + 1, n)
         o += 1 + n
         (self.message_count,) = _UI(buf, o)
         o += 4
         (self.consumer_count,) = _UI(buf, o)
         o += 4
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1110,6 +1184,7 @@ class QueueBind(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'queue', 'exchange', 'routing_key', 'nowait', 'arguments')
+    WIRE = 'HsssbF'
 
     def __init__(self, ticket: int = 0, queue: str = '', exchange: str = '', routing_key: str = '', nowait: bool = False, arguments: dict[str, Any] | None = None) -> None:
         self.ticket = ticket
@@ -1125,20 +1200,20 @@ class QueueBind(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.queue = _str(buf, o + 1, n)
+        self.queue = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.exchange = _str(buf, o + 1, n)
+        self.exchange = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.routing_key = _str(buf, o + 1, n)
+        self.routing_key = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
         self.nowait = bool(b & 1)
         self.arguments, o = decode_table(buf, o)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1154,12 +1229,13 @@ class QueueBindOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1175,6 +1251,7 @@ class QueuePurge(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'queue', 'nowait')
+    WIRE = 'Hsb'
 
     def __init__(self, ticket: int = 0, queue: str = '', nowait: bool = False) -> None:
         self.ticket = ticket
@@ -1187,13 +1264,13 @@ class QueuePurge(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.queue = _str(buf, o + 1, n)
+        self.queue = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
         self.nowait = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1209,6 +1286,7 @@ class QueuePurgeOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('message_count',)
+    WIRE = 'I'
 
     def __init__(self, message_count: int = 0) -> None:
         self.message_count = message_count
@@ -1218,8 +1296,8 @@ class QueuePurgeOk(Method):
         self = cls.__new__(cls)
         (self.message_count,) = _UI(buf, o)
         o += 4
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1235,6 +1313,7 @@ class QueueDelete(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'queue', 'if_unused', 'if_empty', 'nowait')
+    WIRE = 'Hsb'
 
     def __init__(self, ticket: int = 0, queue: str = '', if_unused: bool = False, if_empty: bool = False, nowait: bool = False) -> None:
         self.ticket = ticket
@@ -1249,15 +1328,15 @@ class QueueDelete(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.queue = _str(buf, o + 1, n)
+        self.queue = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
         self.if_unused = bool(b & 1)
         self.if_empty = bool(b & 2)
         self.nowait = bool(b & 4)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1273,6 +1352,7 @@ class QueueDeleteOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('message_count',)
+    WIRE = 'I'
 
     def __init__(self, message_count: int = 0) -> None:
         self.message_count = message_count
@@ -1282,8 +1362,8 @@ class QueueDeleteOk(Method):
         self = cls.__new__(cls)
         (self.message_count,) = _UI(buf, o)
         o += 4
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1299,6 +1379,7 @@ class QueueUnbind(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'queue', 'exchange', 'routing_key', 'arguments')
+    WIRE = 'HsssF'
 
     def __init__(self, ticket: int = 0, queue: str = '', exchange: str = '', routing_key: str = '', arguments: dict[str, Any] | None = None) -> None:
         self.ticket = ticket
@@ -1313,17 +1394,17 @@ class QueueUnbind(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.queue = _str(buf, o + 1, n)
+        self.queue = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.exchange = _str(buf, o + 1, n)
+        self.exchange = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.routing_key = _str(buf, o + 1, n)
+        self.routing_key = _ustr(buf, o + 1, n)
         o += 1 + n
         self.arguments, o = decode_table(buf, o)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1339,12 +1420,13 @@ class QueueUnbindOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1360,6 +1442,7 @@ class BasicQos(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('prefetch_size', 'prefetch_count', 'global_')
+    WIRE = 'IHb'
 
     def __init__(self, prefetch_size: int = 0, prefetch_count: int = 0, global_: bool = False) -> None:
         self.prefetch_size = prefetch_size
@@ -1376,8 +1459,8 @@ class BasicQos(Method):
         b = buf[o]
         o += 1
         self.global_ = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1393,12 +1476,13 @@ class BasicQosOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1414,6 +1498,7 @@ class BasicConsume(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'queue', 'consumer_tag', 'no_local', 'no_ack', 'exclusive', 'nowait', 'arguments')
+    WIRE = 'HssbF'
 
     def __init__(self, ticket: int = 0, queue: str = '', consumer_tag: str = '', no_local: bool = False, no_ack: bool = False, exclusive: bool = False, nowait: bool = False, arguments: dict[str, Any] | None = None) -> None:
         self.ticket = ticket
@@ -1431,10 +1516,10 @@ class BasicConsume(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.queue = _str(buf, o + 1, n)
+        self.queue = _ustr(buf, o + 1, n)
         o += 1 + n
         n = buf[o]
-        self.consumer_tag = _str(buf, o + 1, n)
+        self.consumer_tag = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
@@ -1443,8 +1528,8 @@ class BasicConsume(Method):
         self.exclusive = bool(b & 4)
         self.nowait = bool(b & 8)
         self.arguments, o = decode_table(buf, o)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1460,6 +1545,7 @@ class BasicConsumeOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('consumer_tag',)
+    WIRE = 's'
 
     def __init__(self, consumer_tag: str = '') -> None:
         self.consumer_tag = consumer_tag
@@ -1468,10 +1554,10 @@ class BasicConsumeOk(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.consumer_tag = _str(buf, o + 1, n)
+        self.consumer_tag = _ustr(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1487,6 +1573,7 @@ class BasicCancel(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('consumer_tag', 'nowait')
+    WIRE = 'sb'
 
     def __init__(self, consumer_tag: str = '', nowait: bool = False) -> None:
         self.consumer_tag = consumer_tag
@@ -1496,13 +1583,13 @@ class BasicCancel(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.consumer_tag = _str(buf, o + 1, n)
+        self.consumer_tag = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
         self.nowait = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1518,6 +1605,7 @@ class BasicCancelOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('consumer_tag',)
+    WIRE = 's'
 
     def __init__(self, consumer_tag: str = '') -> None:
         self.consumer_tag = consumer_tag
@@ -1526,10 +1614,10 @@ class BasicCancelOk(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.consumer_tag = _str(buf, o + 1, n)
+        self.consumer_tag = _ustr(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1545,6 +1633,7 @@ class BasicPublish(Method):
     SYNCHRONOUS = False
     CONTENT = True
     FIELDS = ('ticket', 'exchange', 'routing_key', 'mandatory', 'immediate')
+    WIRE = 'Hssb'
 
     def __init__(self, ticket: int = 0, exchange: str = '', routing_key: str = '', mandatory: bool = False, immediate: bool = False) -> None:
         self.ticket = ticket
@@ -1568,8 +1657,8 @@ class BasicPublish(Method):
         o += 1
         self.mandatory = bool(b & 1)
         self.immediate = bool(b & 2)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1585,6 +1674,7 @@ class BasicReturn(Method):
     SYNCHRONOUS = False
     CONTENT = True
     FIELDS = ('reply_code', 'reply_text', 'exchange', 'routing_key')
+    WIRE = 'Hsss'
 
     def __init__(self, reply_code: int = 0, reply_text: str = '', exchange: str = '', routing_key: str = '') -> None:
         self.reply_code = reply_code
@@ -1606,8 +1696,8 @@ class BasicReturn(Method):
         n = buf[o]
         self.routing_key = _str(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1623,6 +1713,7 @@ class BasicDeliver(Method):
     SYNCHRONOUS = False
     CONTENT = True
     FIELDS = ('consumer_tag', 'delivery_tag', 'redelivered', 'exchange', 'routing_key')
+    WIRE = 'sQbss'
 
     def __init__(self, consumer_tag: str = '', delivery_tag: int = 0, redelivered: bool = False, exchange: str = '', routing_key: str = '') -> None:
         self.consumer_tag = consumer_tag
@@ -1648,8 +1739,8 @@ class BasicDeliver(Method):
         n = buf[o]
         self.routing_key = _str(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1665,6 +1756,7 @@ class BasicGet(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('ticket', 'queue', 'no_ack')
+    WIRE = 'Hsb'
 
     def __init__(self, ticket: int = 0, queue: str = '', no_ack: bool = False) -> None:
         self.ticket = ticket
@@ -1677,13 +1769,13 @@ class BasicGet(Method):
         (self.ticket,) = _UH(buf, o)
         o += 2
         n = buf[o]
-        self.queue = _str(buf, o + 1, n)
+        self.queue = _ustr(buf, o + 1, n)
         o += 1 + n
         b = buf[o]
         o += 1
         self.no_ack = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1699,6 +1791,7 @@ class BasicGetOk(Method):
     SYNCHRONOUS = False
     CONTENT = True
     FIELDS = ('delivery_tag', 'redelivered', 'exchange', 'routing_key', 'message_count')
+    WIRE = 'QbssI'
 
     def __init__(self, delivery_tag: int = 0, redelivered: bool = False, exchange: str = '', routing_key: str = '', message_count: int = 0) -> None:
         self.delivery_tag = delivery_tag
@@ -1723,8 +1816,8 @@ class BasicGetOk(Method):
         o += 1 + n
         (self.message_count,) = _UI(buf, o)
         o += 4
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1740,6 +1833,7 @@ class BasicGetEmpty(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('cluster_id',)
+    WIRE = 's'
 
     def __init__(self, cluster_id: str = '') -> None:
         self.cluster_id = cluster_id
@@ -1748,10 +1842,10 @@ class BasicGetEmpty(Method):
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
         n = buf[o]
-        self.cluster_id = _str(buf, o + 1, n)
+        self.cluster_id = _ustr(buf, o + 1, n)
         o += 1 + n
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1767,6 +1861,7 @@ class BasicAck(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('delivery_tag', 'multiple')
+    WIRE = 'Qb'
 
     def __init__(self, delivery_tag: int = 0, multiple: bool = False) -> None:
         self.delivery_tag = delivery_tag
@@ -1780,8 +1875,8 @@ class BasicAck(Method):
         b = buf[o]
         o += 1
         self.multiple = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1797,6 +1892,7 @@ class BasicReject(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('delivery_tag', 'requeue')
+    WIRE = 'Qb'
 
     def __init__(self, delivery_tag: int = 0, requeue: bool = True) -> None:
         self.delivery_tag = delivery_tag
@@ -1810,8 +1906,8 @@ class BasicReject(Method):
         b = buf[o]
         o += 1
         self.requeue = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1827,6 +1923,7 @@ class BasicRecoverAsync(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('requeue',)
+    WIRE = 'b'
 
     def __init__(self, requeue: bool = False) -> None:
         self.requeue = requeue
@@ -1837,8 +1934,8 @@ class BasicRecoverAsync(Method):
         b = buf[o]
         o += 1
         self.requeue = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1854,6 +1951,7 @@ class BasicRecover(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('requeue',)
+    WIRE = 'b'
 
     def __init__(self, requeue: bool = False) -> None:
         self.requeue = requeue
@@ -1864,8 +1962,8 @@ class BasicRecover(Method):
         b = buf[o]
         o += 1
         self.requeue = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1881,12 +1979,13 @@ class BasicRecoverOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1902,6 +2001,7 @@ class BasicNack(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ('delivery_tag', 'multiple', 'requeue')
+    WIRE = 'Qb'
 
     def __init__(self, delivery_tag: int = 0, multiple: bool = False, requeue: bool = True) -> None:
         self.delivery_tag = delivery_tag
@@ -1917,8 +2017,8 @@ class BasicNack(Method):
         o += 1
         self.multiple = bool(b & 1)
         self.requeue = bool(b & 2)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1934,12 +2034,13 @@ class TxSelect(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1955,12 +2056,13 @@ class TxSelectOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1976,12 +2078,13 @@ class TxCommit(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -1997,12 +2100,13 @@ class TxCommitOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -2018,12 +2122,13 @@ class TxRollback(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -2039,12 +2144,13 @@ class TxRollbackOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -2060,6 +2166,7 @@ class ConfirmSelect(Method):
     SYNCHRONOUS = True
     CONTENT = False
     FIELDS = ('nowait',)
+    WIRE = 'b'
 
     def __init__(self, nowait: bool = False) -> None:
         self.nowait = nowait
@@ -2070,8 +2177,8 @@ class ConfirmSelect(Method):
         b = buf[o]
         o += 1
         self.nowait = bool(b & 1)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
@@ -2087,16 +2194,41 @@ class ConfirmSelectOk(Method):
     SYNCHRONOUS = False
     CONTENT = False
     FIELDS = ()
+    WIRE = ''
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, o: int) -> Self:
         self = cls.__new__(cls)
-        if o > len(buf):
-            raise SyntaxFault(f'{cls.NAME} arguments truncated')
+        if o != len(buf):
+            raise SyntaxFault(f'{cls.NAME} arguments malformed')
         return self
 
     def encode(self) -> bytes:
         return b''.join((b'\x00U\x00\x0b',))
+
+
+_WIRE_FIXED = {'B': 1, 'H': 2, 'I': 4, 'Q': 8, 'b': 1}
+
+
+def layout_ok(cls: type[Method], buf: bytes | memoryview, o: int) -> bool:
+    """Whether the arguments at ``buf[o:]`` have ``cls``'s layout and fill ``buf`` exactly: every
+    length in range, nothing left over (field tables are not looked into)."""
+    n = len(buf)
+    for code in cls.WIRE:
+        size = _WIRE_FIXED.get(code)
+        if size is None:
+            if code == 's':
+                if o >= n:
+                    return False
+                size = 1 + buf[o]
+            else:
+                if o + 4 > n:
+                    return False
+                size = 4 + _UI(buf, o)[0]
+        o += size
+        if o > n:
+            return False
+    return o == n
 
 
 METHODS: dict[int, type[Method]] = {

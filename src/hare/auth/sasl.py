@@ -12,7 +12,7 @@ def parse_response(mechanism: str, response: bytes) -> tuple[str, str] | None:
     """(username, password) from a start-ok response, or None when it cannot be parsed."""
     if mechanism == "PLAIN":
         parts = response.split(b"\x00")
-        if len(parts) != 3:
+        if len(parts) != 3 or parts[0]:  # RabbitMQ takes no authorization identity
             return None
         return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
     if mechanism == "AMQPLAIN":

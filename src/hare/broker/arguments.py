@@ -6,10 +6,13 @@ kept and ignored, as RabbitMQ does.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 from collections.abc import Callable
 from typing import Any
 
 from ..amqp.errors import precondition_failed
+from ..amqp.table import Float32
 
 
 def type_name(value: Any) -> str:
@@ -18,8 +21,14 @@ def type_name(value: Any) -> str:
         return "bool"
     if isinstance(value, int):
         return "signedint" if -(2**31) <= value < 2**31 else "long"
+    if isinstance(value, Float32):
+        return "float"
     if isinstance(value, float):
         return "double"
+    if isinstance(value, decimal.Decimal):
+        return "decimal"
+    if isinstance(value, datetime.datetime):
+        return "timestamp"
     if isinstance(value, str):
         return "longstr"
     if isinstance(value, dict):

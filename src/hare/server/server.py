@@ -31,7 +31,8 @@ class AMQPProtocol(asyncio.Protocol):
         self.flush_scheduled = False
         self.received = False  # bytes arrived since the last heartbeat check
         self.sent = False  # bytes left since the last heartbeat tick
-        self.missed = 0.0
+        self.ticks = 0  # heartbeat ticks since the connection opened
+        self.silent_checks = 0  # receive checks in a row that saw no byte from the peer
         self.timer: asyncio.TimerHandle | None = None
         self.heartbeat = 0
         self.flow_timer: asyncio.TimerHandle | None = None
@@ -150,19 +151,23 @@ class AMQPProtocol(asyncio.Protocol):
             self._abort()
 
     def _heartbeat_tick(self) -> None:
-        """Every half interval: send a heartbeat if we were silent; drop a peer silent for two."""
+        """RabbitMQ's heartbeaters on one timer. Every half interval: send a heartbeat on the first
+        tick and whenever we were silent since the last one. Every full interval: check the peer;
+        two checks in a row without a byte from it (2 to 3 intervals of silence) drop it."""
         interval = self.heartbeat / 2
-        if self.received:
-            self.received = False
-            self.missed = 0.0
-        else:
-            self.missed += interval
-            if self.missed >= 2 * self.heartbeat:
+        self.ticks += 1
+        if not self.ticks & 1:
+            if self.received:
+                self.received = False
+                self.silent_checks = 0
+            elif self.silent_checks < 1:
+                self.silent_checks += 1
+            else:
                 log.warning("missed heartbeats from client %s, timeout: %ss", self.conn.peer,
                             self.heartbeat)
                 self._abort()
                 return
-        if not self.sent and self.conn.state == OPENED:
+        if (self.ticks == 1 or not self.sent) and self.conn.state == OPENED:
             self.conn.send_heartbeat()
             self._flush()
         self.sent = False

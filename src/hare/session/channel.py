@@ -16,12 +16,14 @@ from ..amqp import properties as props_codec
 from ..amqp import spec
 from ..amqp.errors import (
     AMQPError,
+    ChannelError,
     ConnectionFault,
     access_refused,
     not_found,
     precondition_failed,
 )
 from ..amqp.frames import FRAME_END_BYTE, body_frames, pack_header
+from ..broker.arguments import type_name
 from ..broker.consumer import Consumer, PrefetchLimit
 from ..broker.message import Message
 from ..broker.queue import Queue
@@ -49,11 +51,58 @@ def consumer_tag() -> str:
     return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
+MAX_EXPIRY = 315_360_000_000  # RabbitMQ's largest per-message TTL: ten years, in milliseconds
+MAX_MSG_SIZE = 512 * 1024 * 1024  # RabbitMQ's cap on max_message_size
+_ERL_ESCAPES = {0x22: '\\"', 0x5C: "\\\\", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x0B: "\\v",
+                0x08: "\\b", 0x0C: "\\f", 0x1B: "\\e"}
+
+
+def expiration_error(value: bytes) -> str | None:
+    """RabbitMQ's complaint about an expiration property (None when it is valid): an optional sign
+    and decimal digits, nothing else, from 0 to MAX_EXPIRY. The reason is an Erlang term as ``~p``
+    prints it, wrapped onto an indented line when it does not fit in 80 columns (exact for printable
+    leftovers; Erlang lays out a list of unprintable bytes differently).
+
+    Not yet on the publish path: RabbitMQ refuses an invalid expiration with 406 after the user-id
+    check; calling this from Channel._check_publish when ``props_raw[0] & 0x01`` costs each publish
+    one more flag test."""
+    text = value.decode("latin-1")
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    n = len(digits) - len(digits.lstrip("0123456789"))
+    if not n:
+        reason = "no_integer"
+    else:
+        rest = digits[n:]
+        number = int(text[: len(text) - len(rest)])
+        if rest:
+            if all(32 <= ord(c) <= 126 or 160 <= ord(c) or ord(c) in _ERL_ESCAPES for c in rest):
+                printed = '"' + "".join(_ERL_ESCAPES.get(ord(c), c) for c in rest) + '"'
+            else:
+                printed = "[" + ",".join(str(ord(c)) for c in rest) + "]"
+            tag, term = "leftover_string", printed
+        elif number < 0:
+            tag, term = "value_negative", str(number)
+        elif number > MAX_EXPIRY:
+            tag, term = "value_too_large", str(number)
+        else:
+            return None
+        head = f"invalid expiration '{text}': "
+        col = 0
+        for c in head:  # the column where the term starts, as Erlang's io_lib counts it
+            col = 0 if c == "\n" else (col // 8 + 1) * 8 if c == "\t" else col + 1
+        if col + len(tag) + len(term) + 3 > 78:
+            reason = "{" + tag + ",\n" + " " * (col + 1) + term + "}"
+        else:
+            reason = "{" + tag + "," + term + "}"
+    return (f"invalid expiration '{text}': {reason}").encode("latin-1").decode("utf-8", "surrogateescape")
+
+
 class Channel:
     __slots__ = ("conn", "number", "state", "vhost", "deliverable", "flow_active",
                  "next_tag", "unacked", "consumers", "prefetch", "shared", "confirm",
                  "publish_seq", "confirmed_upto", "nacks", "tx", "tx_publishes", "tx_acks",
-                 "last_queue", "pub", "pub_props", "pub_size", "pub_body", "pub_received")
+                 "tx_taken", "max_size", "last_queue", "pub", "pub_props", "pub_size", "pub_body",
+                 "pub_received")
 
     def __init__(self, conn: Connection, number: int) -> None:
         self.conn = conn
@@ -72,8 +121,14 @@ class Channel:
         self.confirmed_upto = 0
         self.nacks: list[int] = []
         self.tx = False
-        self.tx_publishes: list[tuple[Publish, bytes, bytes]] = []
+        # (message, names of the queues it was routed to at publish, mandatory): RabbitMQ routes a
+        # transactional publish when it arrives and delivers it at commit
+        self.tx_publishes: list[tuple[Message, list[str], bool]] = []
         self.tx_acks: list[tuple[int, int, bool, bool]] = []  # (method index, tag, multiple, requeue)
+        # the deliveries each entry of tx_acks took out of ``unacked`` (as RabbitMQ does: acking
+        # one twice is an error, rollback puts them back): tx_taken[i] goes with tx_acks[i]
+        self.tx_taken: list[list[tuple[int, Unacked]]] = []
+        self.max_size = min(conn.broker.config.max_message_size, MAX_MSG_SIZE)  # RabbitMQ's cap
         self.last_queue = ""
         # content being received: the publish method, then properties, size and body parts
         self.pub: Publish | None = None
@@ -138,21 +193,18 @@ class Channel:
 
     def handle(self, method: spec.Method) -> None:
         handler = _HANDLERS.get(type(method))
-        if handler is None:
-            raise ConnectionFault(540, f"{method.NAME} not implemented" if not method.NAME.startswith(
-                "connection.") else f"unexpected method {method.NAME} on channel {self.number}",
-                method.CLASS_ID, method.METHOD_ID)
+        if handler is None:  # a server's method (or connection.*) from the client: as RabbitMQ
+            raise ConnectionFault(503, "unimplemented method", method.CLASS_ID, method.METHOD_ID)
         handler(self, method)
 
     # -- channel class ----------------------------------------------------------------------------
 
     def _channel_flow(self, m: spec.ChannelFlow) -> None:
+        if not m.active:  # RabbitMQ 3.10 refuses to stop deliveries on a client's request
+            raise ConnectionFault(540, "active=false", 20, 20)
         self.flow_active = m.active
         self.set_deliverable()
         self.send(spec.ChannelFlowOk(active=m.active))
-
-    def _channel_flow_ok(self, m: spec.ChannelFlowOk) -> None:
-        pass
 
     def _access_request(self, m: spec.AccessRequest) -> None:
         self.send(spec.AccessRequestOk(ticket=1))
@@ -224,9 +276,21 @@ class Channel:
             self.send(spec.QueuePurgeOk(message_count=count))
 
     def _queue_delete(self, m: spec.QueueDelete) -> None:
+        out = self.conn.out
+        mark = len(out)
         count = self.vhost.delete_queue(self._queue_name(m.queue), if_unused=m.if_unused,
                                         if_empty=m.if_empty, conn=self.conn)
-        if not m.nowait:
+        if m.nowait:
+            return
+        if len(out) > mark and out is self.conn.out:
+            # The deletion cancelled consumers of this connection and wrote their basic.cancel.
+            # RabbitMQ answers delete-ok first (a channel handles the queue's cancel notice only
+            # after its own queue.delete call returned): put delete-ok ahead of them.
+            payload = spec.QueueDeleteOk(message_count=count).encode()
+            frame = pack_header(1, self.number, len(payload)) + payload + FRAME_END_BYTE
+            out.insert(mark, frame)
+            self.conn.out_size += len(frame)
+        else:
             self.send(spec.QueueDeleteOk(message_count=count))
 
     # -- basic class: consumers ----------------------------------------------------------------------
@@ -249,17 +313,19 @@ class Channel:
             self.conn.dispatch_later(c.queue)
 
     def _basic_consume(self, m: spec.BasicConsume) -> None:
+        # RabbitMQ's order: tag reuse (530), queue (404/405), arguments (406), exclusive use (403)
+        if m.consumer_tag in self.consumers:
+            raise ConnectionFault(530, f"attempt to reuse consumer tag '{m.consumer_tag}'", 60, 20)
         q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
         tag = m.consumer_tag or consumer_tag()
-        if tag in self.consumers:
-            raise ConnectionFault(530, f"attempt to reuse consumer tag '{tag}'", 60, 20)
-        if q.exclusive_consumer is not None or (m.exclusive and q.consumer_count):
-            raise access_refused(f"queue '{q.name}' in vhost '{self.vhost.name}' in exclusive use")
         args = m.arguments or {}
         priority = args.get("x-priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise precondition_failed(f"invalid arg 'x-priority' for queue '{q.name}' in vhost "
-                                      f"'{self.vhost.name}'")
+                                      f"'{self.vhost.name}': \"expected integer, got "
+                                      f"{type_name(priority)}\"")
+        if q.exclusive_consumer is not None or (m.exclusive and q.consumer_count):
+            raise access_refused(f"queue '{q.name}' in vhost '{self.vhost.name}' in exclusive use")
         c = Consumer(tag, q, self, no_ack=m.no_ack, exclusive=m.exclusive, priority=priority,
                      arguments=args, prefetch=self.prefetch, shared=self.shared)
         self.consumers[tag] = c
@@ -275,9 +341,6 @@ class Channel:
         if c is not None:
             c.queue.remove_consumer(c)
             self.vhost.consumer_removed(c.queue)
-
-    def _basic_cancel_ok(self, m: spec.BasicCancelOk) -> None:
-        pass  # a client's reply to our consumer-cancel notification
 
     def _basic_get(self, m: spec.BasicGet) -> None:
         q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
@@ -321,8 +384,17 @@ class Channel:
         if c is not None:
             c.unacked -= 1
             if c.shared is not None:
-                c.shared.unacked -= 1
+                self._release_shared(c.shared)
             self.conn.dispatch_later(c.queue)
+
+    def _release_shared(self, shared: PrefetchLimit) -> None:
+        """A credit of the channel's global (qos global=true) window came back. When that reopens a
+        full window, every consumer of the channel may take deliveries again, not only the one whose
+        message was settled: their queues must dispatch too."""
+        shared.unacked -= 1
+        if shared.unacked == shared.prefetch - 1:
+            for c in self.consumers.values():
+                self.conn.dispatch_later(c.queue)
 
     def settle(self, tag: int, multiple: bool, requeue: bool | None) -> None:
         """Ack (requeue None), or reject/nack with or without requeue."""
@@ -337,29 +409,51 @@ class Channel:
 
     def ack(self, tag: int, multiple: bool) -> None:
         """basic.ack, the hot path: O(1) for a single tag."""
-        if self.tx:
-            self._take_check(tag, multiple)
-            self.tx_acks.append((0, tag, multiple, False))
-            return
-        if not multiple:
+        if not multiple and not self.tx:
             rec = self.unacked.pop(tag, None)
             if rec is None:
-                raise precondition_failed(f"unknown delivery tag {tag}")
+                raise ChannelError(406, f"unknown delivery tag {tag}", 60, 80)
             rec[0].ack(rec[2], rec[1])
             c = rec[3]
             if c is not None:
                 c.unacked -= 1
                 if c.shared is not None:
-                    c.shared.unacked -= 1
+                    self._release_shared(c.shared)
                 self.conn.dispatch_later(c.queue)
             return
-        self.settle(tag, multiple, None)
+        try:
+            if self.tx:
+                self._take_check(tag, multiple)
+                self.tx_acks.append((0, tag, multiple, False))
+            else:
+                self.settle(tag, multiple, None)
+        except ChannelError as err:  # the frame loop parses basic.ack inline: name the method here
+            err.class_id, err.method_id = 60, 80
+            raise
 
     def _take_check(self, tag: int, multiple: bool) -> None:
-        if tag == 0 and multiple:
-            return
-        if tag not in self.unacked:
+        """An ack/reject/nack inside a transaction: take its deliveries out of ``unacked`` now (so a
+        second ack of one is 'unknown delivery tag', as in RabbitMQ) and keep them in tx_taken,
+        beside the tx_acks entry the caller appends, until commit settles them or rollback puts
+        them back."""
+        unacked = self.unacked
+        if multiple and tag == 0:
+            tags = list(unacked)
+        elif tag not in unacked:
             raise precondition_failed(f"unknown delivery tag {tag}")
+        elif multiple:
+            tags = [t for t in unacked if t <= tag]
+        else:
+            tags = [tag]
+        self.tx_taken.append([(t, unacked.pop(t)) for t in tags])
+
+    def _tx_restore(self) -> None:
+        """Put the deliveries acked inside the transaction back among the unacked (rollback, close)."""
+        taken, self.tx_taken = self.tx_taken, []
+        if taken:
+            items = sorted([*self.unacked.items(), *(item for group in taken for item in group)])
+            self.unacked.clear()
+            self.unacked.update(items)
 
     def _basic_ack(self, m: spec.BasicAck) -> None:
         self.ack(m.delivery_tag, m.multiple)
@@ -411,11 +505,12 @@ class Channel:
         """A whole message has arrived: route it, store it, confirm it."""
         if self.tx:
             try:
-                self._check_publish(m, props_raw, len(body))
+                ex = self._check_publish(m, props_raw, len(body))
             except AMQPError as err:
                 err.class_id, err.method_id = 60, 40
                 raise
-            self.tx_publishes.append((m, props_raw, body))
+            msg = Message(m[0], m[1], props_raw, body, m[2])
+            self.tx_publishes.append((msg, [q.name for q in self.vhost.route(ex, msg)], m[3]))
             return
         try:
             self._publish(m, props_raw, body)
@@ -425,24 +520,36 @@ class Channel:
             raise
 
     def _check_publish(self, m: Publish, props_raw: bytes, size: int) -> Any:
+        """RabbitMQ's checks, in its order: immediate, size, exchange, internal, user-id. (RabbitMQ then
+        checks the expiration property: see expiration_error, not called here as it would cost every
+        publish a flag test.)"""
+        if m[4]:
+            raise ConnectionFault(540, "immediate=true", 60, 40)
+        if size > self.max_size:
+            raise precondition_failed(self._size_error(size))
         ex = self.vhost.exchanges.get(m[0])
         if ex is None:
             raise not_found(f"no exchange '{m[0]}' in vhost '{self.vhost.name}'")
         if ex.internal:
             raise access_refused(f"cannot publish to internal exchange '{m[0]}' in vhost "
                                  f"'{self.vhost.name}'")
-        if m[4]:
-            raise ConnectionFault(540, "immediate=true", 60, 40)
-        if props_raw[1] & 0x10:  # user-id present (flag bit 4)
-            uid = props_codec.user_id(props_raw)
-            if uid != self.conn.username:
-                raise precondition_failed(f"user_id property set to '{uid}' but authenticated "
-                                          f"user was '{self.conn.username}'")
-        limit = self.conn.broker.config.max_message_size
-        if size > limit:
-            raise precondition_failed(f"message size {size} is larger than configured max size "
-                                      f"{limit}")
+        # user-id present (flag bit 4) must name the authenticated user
+        if props_raw[1] & 0x10 and props_codec.user_id(props_raw) != self.conn.username:
+            self._check_impersonator(props_raw)
         return ex
+
+    def _size_error(self, size: int) -> str:
+        if self.max_size == MAX_MSG_SIZE:
+            return f"message size {size} is larger than max size {MAX_MSG_SIZE}"
+        return f"message size {size} is larger than configured max size {self.max_size}"
+
+    def _check_impersonator(self, props_raw: bytes) -> None:
+        """A user-id naming someone else: only a user with the impersonator tag may do that."""
+        name = self.conn.username
+        user = self.conn.broker.users.users.get(name)
+        if user is None or "impersonator" not in user.tags:
+            raise precondition_failed(f"user_id property set to '{props_codec.user_id(props_raw)}' "
+                                      f"but authenticated user was '{name}'")
 
     def _publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
         ex = self._check_publish(m, props_raw, len(body))
@@ -496,14 +603,26 @@ class Channel:
             raise precondition_failed("channel is not transactional")
         publishes, self.tx_publishes = self.tx_publishes, []
         acks, self.tx_acks = self.tx_acks, []
-        self.tx = False  # run the buffered work in normal mode
-        try:
-            for pm, props_raw, body in publishes:
-                self._publish(pm, props_raw, body)
-            for kind, tag, multiple, requeue in acks:
-                self.settle(tag, multiple, None if kind == 0 else requeue)
-        finally:
-            self.tx = True
+        taken, self.tx_taken = self.tx_taken, []
+        # Publishes first (to the queues they were routed to, those that still exist; mandatory
+        # ones that reach none come back now, before commit-ok), then the acks, as RabbitMQ does.
+        queues = self.vhost.queues
+        for msg, names, mandatory in publishes:
+            routed = False
+            for name in names:
+                q = queues.get(name)
+                if q is not None:
+                    routed = True
+                    if q.publish(msg):
+                        self.conn.throttle(q)
+            if not routed and mandatory:
+                self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes,
+                                   msg)
+        unacked = self.unacked
+        for (kind, _tag, _multiple, requeue), group in zip(acks, taken, strict=True):
+            for tag, rec in group:
+                unacked[tag] = rec
+                self.settle(tag, False, None if kind == 0 else requeue)
         self.send(spec.TxCommitOk())
 
     def _tx_rollback(self, m: spec.TxRollback) -> None:
@@ -511,6 +630,7 @@ class Channel:
             raise precondition_failed("channel is not transactional")
         self.tx_publishes.clear()
         self.tx_acks.clear()
+        self._tx_restore()
         self.send(spec.TxRollbackOk())
 
     # -- closing ------------------------------------------------------------------------------------
@@ -534,6 +654,8 @@ class Channel:
         for c in list(self.consumers.values()):
             c.queue.remove_consumer(c)
         consumers, self.consumers = self.consumers, {}
+        self._tx_restore()  # acked inside an uncommitted transaction: requeued too
+        self.tx_publishes = []
         self.requeue_all()
         for c in consumers.values():
             self.vhost.consumer_removed(c.queue)
@@ -542,7 +664,6 @@ class Channel:
 _HANDLERS: dict[type[spec.Method], Callable[[Channel, Any], None]] = {
     spec.ChannelOpen: Channel._channel_open,
     spec.ChannelFlow: Channel._channel_flow,
-    spec.ChannelFlowOk: Channel._channel_flow_ok,
     spec.AccessRequest: Channel._access_request,
     spec.ExchangeDeclare: Channel._exchange_declare,
     spec.ExchangeDelete: Channel._exchange_delete,
@@ -556,7 +677,6 @@ _HANDLERS: dict[type[spec.Method], Callable[[Channel, Any], None]] = {
     spec.BasicQos: Channel._basic_qos,
     spec.BasicConsume: Channel._basic_consume,
     spec.BasicCancel: Channel._basic_cancel,
-    spec.BasicCancelOk: Channel._basic_cancel_ok,
     spec.BasicPublish: Channel._basic_publish,
     spec.BasicGet: Channel._basic_get,
     spec.BasicAck: Channel._basic_ack,

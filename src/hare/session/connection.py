@@ -14,11 +14,12 @@ import logging
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..amqp import spec
-from ..amqp.errors import AMQPError, ChannelError, ConnectionFault, SyntaxFault
+from ..amqp.erlterm import frame_error_text, frame_snippet, w_binary, wire_text
+from ..amqp.errors import AMQPError, ChannelError, ConnectionFault, SilentClose, Utf8Fault
 from ..amqp.frames import FRAME_END_BYTE, HEARTBEAT_FRAME, pack_header, unpack_header
 from ..auth.sasl import MECHANISMS, parse_response
 from ..broker.broker import Broker
@@ -29,7 +30,7 @@ from .channel import OPEN, Channel
 log = logging.getLogger("hare.connection")
 
 _unpack_I = struct.Struct(">I").unpack_from
-_unpack_HHQ = struct.Struct(">HHQ").unpack_from
+_unpack_IQ = struct.Struct(">IQ").unpack_from
 _unpack_QB = struct.Struct(">QB").unpack_from
 
 IDX_PUBLISH = 0x3C0028
@@ -37,6 +38,12 @@ IDX_ACK = 0x3C0050
 
 # handshake states
 AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPENED, CLOSING_CONN, CLOSED = range(7)
+# RabbitMQ's names for them, as "unexpected method in connection state ~w" prints them
+STATE_NAMES = {AWAIT_START_OK: "starting", AWAIT_TUNE_OK: "tuning", AWAIT_OPEN: "opening",
+               OPENED: "running", CLOSING_CONN: "closing"}
+# the protocol headers RabbitMQ answers as AMQP 0-9-1 (0-9-1 itself, and 0-9); it also speaks 0-8
+# (AMQP 1 1 8 0 and AMQP 1 1 9 1), which hare refuses like any other version
+HEADERS = (spec.PROTOCOL_HEADER, b"AMQP\x01\x01\x00\x09")
 
 HIGH_WATER = 1 << 20  # pending output bytes above which deliveries pause until the shell flushes
 
@@ -65,6 +72,72 @@ def server_properties(product: str) -> dict[str, Any]:
     }
 
 
+# the content assembler's complaints (rabbit_command_assembler), for the content of basic.publish
+EXPECT_METHOD = "expected method frame, got non method frame instead"
+EXPECT_HEADER = "expected content header for class 60, got non content header frame instead"
+EXPECT_BODY = "expected content body, got non content body frame instead"
+
+
+def _frame_fault(ftype: int, payload: bytes, error: str | tuple[str, ...]) -> ConnectionFault:
+    """501 as rabbit_reader reports a frame it cannot take (unknown type, bad end, too large)."""
+    return ConnectionFault(501, wire_text(frame_error_text(ftype, payload, error)))
+
+
+def _unexpected_frame(ftype: int, payload: bytes) -> ConnectionFault:
+    """505 for a frame on the wrong channel for its type, or before connection.open."""
+    return ConnectionFault(505, wire_text(frame_snippet(ftype, payload)))
+
+
+def _cannot_decode(args: bytes, class_id: int, method_id: int) -> ConnectionFault:
+    """501 for method arguments that do not have the method's layout (short, or too long)."""
+    return ConnectionFault(501, f"cannot decode {w_binary(args)}", class_id, method_id)
+
+
+def _decode_error(cls: type[spec.Method], payload: bytes, exc: Exception) -> ConnectionFault:
+    """A channel's method that does not decode, as RabbitMQ sees it: arguments that do not fill
+    the frame exactly are 501 "cannot decode"; then its short strings must be UTF-8 and its field
+    tables parse. (A table RabbitMQ cannot parse kills its reader and the socket just closes; hare
+    says why, with 502 SYNTAX_ERROR.)"""
+    if not spec.layout_ok(cls, payload, 0):
+        return _cannot_decode(payload, cls.CLASS_ID, cls.METHOD_ID)
+    if isinstance(exc, Utf8Fault):
+        return ConnectionFault(501, exc.text)
+    return ConnectionFault(502, f"{cls.NAME}: {exc}", cls.CLASS_ID, cls.METHOD_ID)
+
+
+def _unknown_method(idx: int) -> ConnectionFault:
+    """540 for a class or method id the spec does not have. (RabbitMQ's reader dies on one and the
+    socket just closes; hare names the problem, as the protocol's NOT_IMPLEMENTED allows.)"""
+    return ConnectionFault(540, f"unknown method (class {idx >> 16}, method {idx & 0xFFFF})", idx >> 16,
+                           idx & 0xFFFF)
+
+
+def _awaiting_content(pub_size: int) -> ConnectionFault:
+    """505 for a frame that is not the content the basic.publish before it announced."""
+    return ConnectionFault(505, EXPECT_BODY if pub_size > 0 else EXPECT_HEADER, 60, 40)
+
+
+class _Sink(list[bytes]):
+    """The body parts of a publish whose body overran its declared size: RabbitMQ keeps awaiting
+    the rest (which never adds up again), so its further body frames are dropped here."""
+
+    def append(self, item: bytes) -> None:
+        pass
+
+
+class _Closing:
+    """A channel that awaits the client's channel.close-ok. Frames for it are discarded, but, as
+    in RabbitMQ, they still have to make sense: a content must follow its basic.publish."""
+
+    __slots__ = ("content", "header_due", "remaining", "by_client")
+
+    def __init__(self, by_client: bool = False) -> None:
+        self.content = 0  # class and method index of the method whose content is due, or 0
+        self.header_due = False  # its content header is due (else body octets are)
+        self.remaining = 0  # the body octets still due (counting down past 0, as RabbitMQ does)
+        self.by_client = by_client  # the client's channel.close: forgotten after this input
+
+
 def _is_loopback(peer: Any) -> bool:
     if not peer:
         return True  # in-process or unix socket
@@ -87,10 +160,11 @@ class Connection:
         self.writable = True
         cfg = broker.config
         self.channel_max = cfg.channel_max
-        self.frame_max = cfg.frame_max
+        self.frame_max = spec.FRAME_MIN_SIZE  # RabbitMQ's initial_frame_max, until tune-ok
         self.heartbeat = cfg.heartbeat
         self.channels: dict[int, Channel] = {}
-        self.closing_channels: set[int] = set()
+        self.closing_channels: dict[int, _Closing] = {}
+        self.client_closed: list[int] = []  # channels the client closed in this input batch
         self.vhost: VirtualHost = None  # type: ignore[assignment]  # set by connection.open
         self.username = ""
         self.client_properties: dict[str, Any] = {}
@@ -197,13 +271,10 @@ class Connection:
             data = self.buf + data
             self.buf = b""
         if self.state == AWAIT_HEADER:
-            if len(data) < 8:
-                if data != b"AMQP\x00\x00\x09\x01"[: len(data)]:
-                    self._bad_header()
-                else:
-                    self.buf = data
+            if len(data) < 8:  # RabbitMQ waits for all 8 octets (or its handshake timeout)
+                self.buf = data
                 return
-            if data[:8] != spec.PROTOCOL_HEADER:
+            if data[:8] not in HEADERS:
                 self._bad_header()
                 return
             data = data[8:]
@@ -215,7 +286,22 @@ class Connection:
         try:
             self._frames(data)
         finally:
+            if self.client_closed:
+                self._forget_client_closed()
             self._finish()
+
+    def _forget_client_closed(self) -> None:
+        """At the end of the input in which the client closed channels: send their close-ok and
+        free their numbers. (RabbitMQ's channel lingers, closing, until its reader has handled the
+        whole read: a channel.open for it in the same read is a second channel.open, a close-ok
+        from the client ends it without a close-ok from the server.)"""
+        for chnum in self.client_closed:
+            closing = self.closing_channels.get(chnum)
+            if closing is not None and closing.by_client:
+                del self.closing_channels[chnum]
+                if self.state == OPENED:
+                    self.write(pack_header(1, chnum, 4) + b"\x00\x14\x00\x29" + FRAME_END_BYTE)
+        self.client_closed.clear()
 
     def _bad_header(self) -> None:
         """A wrong protocol header: answer with ours and close, as the spec says."""
@@ -226,24 +312,28 @@ class Connection:
         """Parse and act on every complete frame in ``data``; keep a partial tail in self.buf.
 
         The publish path (basic.publish, content header, body) and basic.ack are handled
-        inline, without building method objects; everything else goes through _method."""
+        inline, without building method objects; everything else goes through _other_frame.
+        Errors are RabbitMQ's (rabbit_reader, rabbit_command_assembler), code and text."""
         pos = 0
         n = len(data)
         channels = self.channels
         frame_max = self.frame_max
         while n - pos >= 7 and not self.closed:
             ftype, chnum, size = unpack_header(data, pos)
-            if size > frame_max - 8:
-                self._hard_error(ConnectionFault(
-                    501, f"frame size {size + 8} exceeds the negotiated maximum {frame_max}"))
-                return
+            if size > frame_max:  # RabbitMQ allows frame_max octets of payload, 8 more than it says
+                frame_max = self.frame_max  # a tune-ok earlier in this input raised it
+                if size > frame_max:
+                    self._hard_error(_frame_fault(ftype, b"", (
+                        "frame_too_large", str(size), str(frame_max - 8))))
+                    return
             end = pos + 7 + size
             if end >= n:
                 break
             start = pos + 7
             pos = end + 1
             if data[end] != 0xCE:
-                self._hard_error(ConnectionFault(501, f"bad frame end octet {data[end]:#04x}"))
+                self._hard_error(_frame_fault(ftype, data[start:end], (
+                    "invalid_frame_end_marker", str(data[end]))))
                 return
             ch = channels.get(chnum)
             try:
@@ -258,8 +348,10 @@ class Connection:
                             ch.pub_received = got
                             continue
                         if got > ch.pub_size:
-                            raise ConnectionFault(501, f"content body larger than declared ({got} > "
-                                                  f"{ch.pub_size} bytes)")
+                            # RabbitMQ counts down past zero and keeps awaiting body frames
+                            ch.pub_size = 1 << 64
+                            ch.pub_body = _Sink()
+                            continue
                         if ch.pub_body:
                             ch.pub_body.append(body)
                             body = b"".join(ch.pub_body)
@@ -268,18 +360,19 @@ class Connection:
                         ch.publish(pub, ch.pub_props, body)
                         continue
                     if ftype == 1:
-                        if pub is not None:
-                            raise ConnectionFault(505, "expected content header for class 60, "
-                                                  "got non content header frame instead")
                         if size < 4:
-                            raise SyntaxFault("method frame too short")
+                            raise _frame_fault(1, data[start:end], "unknown_frame")
                         idx = _unpack_I(data, start)[0]
+                        if pub is not None:
+                            if idx not in spec.METHODS:
+                                raise _unknown_method(idx)
+                            raise _awaiting_content(ch.pub_size)
                         if idx == IDX_PUBLISH:
                             o = start + 6  # class, method, ticket
                             ex_end = o + 1 + data[o]
                             rk_end = ex_end + 1 + data[ex_end]
-                            if rk_end >= end:
-                                raise SyntaxFault("basic.publish arguments malformed")
+                            if rk_end + 1 != end:
+                                raise _cannot_decode(data[start + 4 : end], 60, 40)
                             bits = data[rk_end]
                             ch.pub = (data[o + 1 : ex_end].decode("utf-8", "surrogateescape"),
                                       data[ex_end + 1 : rk_end].decode("utf-8", "surrogateescape"),
@@ -288,7 +381,7 @@ class Connection:
                             continue
                         if idx == IDX_ACK:
                             if size != 13:
-                                raise SyntaxFault("basic.ack arguments malformed")
+                                raise _cannot_decode(data[start + 4 : end], 60, 80)
                             tag, bits = _unpack_QB(data, start + 4)
                             ch.ack(tag, bool(bits & 1))
                             continue
@@ -296,11 +389,10 @@ class Connection:
                         continue
                     if ftype == 2 and pub is not None and ch.pub_size < 0:
                         if size < 14:
-                            raise SyntaxFault("content header frame too short")
-                        class_id, _weight, body_size = _unpack_HHQ(data, start)
-                        if class_id != 60:
-                            raise ConnectionFault(505, f"content header for class {class_id}, "
-                                                  "expected class 60")
+                            raise self._bad_content_header(data[start:end])
+                        class_weight, body_size = _unpack_IQ(data, start)
+                        if class_weight != 0x3C0000:  # class 60, weight 0
+                            raise self._bad_content_header(data[start:end])
                         props = data[start + 12 : end]
                         if body_size == 0:
                             ch.pub = None
@@ -310,94 +402,193 @@ class Connection:
                             ch.pub_size = body_size
                             ch.pub_received = 0
                         continue
-                if ftype == 1:
-                    if size < 4:
-                        raise SyntaxFault("method frame too short")
-                    self._method(chnum, ch, _unpack_I(data, start)[0], data[start + 4 : end])
-                elif ftype == 2 or ftype == 3:
-                    self._stray_content(chnum, ch, ftype)
-                elif ftype == 8:
-                    if chnum != 0:
-                        raise ConnectionFault(501, "heartbeat frame on a non-zero channel")
-                else:
-                    raise ConnectionFault(501, f"unknown frame type {ftype}")
+                self._other_frame(ftype, chnum, ch, data[start:end])
             except ChannelError as err:
                 if ch is None or ch.state != OPEN:
                     self._hard_error(ConnectionFault(504, err.text))
                     return
+                if not err.class_id and ftype == 1:  # basic.ack's inline path
+                    idx = _unpack_I(data, start)[0]
+                    err.class_id, err.method_id = idx >> 16, idx & 0xFFFF
                 self._channel_error(ch, err)
             except AMQPError as err:
                 self._hard_error(err)
                 return
-            except (struct.error, IndexError, UnicodeError) as exc:
-                self._hard_error(SyntaxFault(f"malformed frame: {exc}"))
-                return
-            except Exception:  # never let a bug take the broker down
-                log.exception("internal error on connection from %s", self.peer)
-                self._hard_error(ConnectionFault(541, "internal error"))
+            except Exception as exc:  # never let a bug (or a frame we misread) take the broker down
+                self._hard_error(self._internal_error(exc, ftype, data[start:end]))
                 return
         if pos < n:
             self.buf = data[pos:]
 
-    def _stray_content(self, chnum: int, ch: Channel | None, ftype: int) -> None:
-        """A content header or body frame the channel does not expect."""
-        if ch is None or ch.state != OPEN:
-            if chnum in self.closing_channels:
-                return  # content of a publish the channel error interrupted: discard
-            raise ConnectionFault(504, f"content frame on channel {chnum}, which is not open")
-        if ftype == 2 and ch.pub is not None:
-            raise ConnectionFault(505, "expected content body, got content header instead")
-        raise ConnectionFault(505, "expected method frame, got non method frame instead")
+    def _internal_error(self, exc: Exception, ftype: int, payload: bytes) -> AMQPError:
+        """An exception from a frame: method arguments the inline paths misread (basic.publish
+        shorter than its lengths say) are RabbitMQ's 501; anything else is a bug: 541."""
+        if ftype == 1 and len(payload) >= 4:
+            idx = _unpack_I(payload, 0)[0]
+            cls = spec.METHODS.get(idx)
+            if cls is not None and not spec.layout_ok(cls, payload, 4):
+                return _cannot_decode(payload[4:], cls.CLASS_ID, cls.METHOD_ID)
+        log.error("internal error on connection from %s", self.peer, exc_info=exc)
+        return ConnectionFault(541, "")  # RabbitMQ's crash: "INTERNAL_ERROR", (0, 0)
+
+    @staticmethod
+    def _bad_content_header(payload: bytes) -> AMQPError:
+        """A content header that is not the one a basic.publish awaits: too short to be a header
+        (501), properties too short to decode (RabbitMQ's channel crashes: 541), another class
+        or a non-zero weight (505)."""
+        if len(payload) < 12:
+            return _frame_fault(2, payload, "unknown_frame")
+        class_id, weight = struct.unpack_from(">HH", payload, 0)
+        if class_id != 60 and not weight:
+            return ConnectionFault(505, f"expected content header for class 60, got one for class "
+                                   f"{class_id} instead", 60, 40)
+        if weight:
+            return ConnectionFault(505, EXPECT_HEADER, 60, 40)
+        return ConnectionFault(541, "")
+
+    def _other_frame(self, ftype: int, chnum: int, ch: Channel | None, payload: bytes) -> None:
+        """Every frame the inline paths do not take, sorted as rabbit_reader sorts them."""
+        if chnum and self.state != OPENED:
+            raise _unexpected_frame(ftype, payload)  # channels before connection.open-ok
+        if ftype == 1 and len(payload) >= 4:
+            self._method(chnum, ch, _unpack_I(payload, 0)[0], payload[4:])
+        elif ftype == 8 and not payload:
+            if chnum:
+                raise _unexpected_frame(8, payload)
+        elif ftype == 3 or (ftype == 2 and len(payload) >= 12):
+            if not chnum:
+                raise _unexpected_frame(ftype, payload)
+            self._content_frame(chnum, ch, ftype, payload)
+        else:
+            raise _frame_fault(ftype, payload, "unknown_frame")
+
+    def _content_frame(self, chnum: int, ch: Channel | None, ftype: int, payload: bytes) -> None:
+        """A content header or body the inline path did not take: on an open channel it is not
+        the frame due; on a closing one it may be the content of a publish, to be discarded."""
+        if ch is not None and ch.state == OPEN:
+            if ch.pub is None:
+                raise ConnectionFault(505, EXPECT_METHOD)
+            raise _awaiting_content(ch.pub_size)
+        closing = self.closing_channels.get(chnum)
+        if closing is None:
+            self._count_channel()  # RabbitMQ makes a channel for any frame on a new number
+            raise ConnectionFault(505, EXPECT_METHOD)
+        due = closing.content
+        if not due:
+            raise ConnectionFault(505, EXPECT_METHOD)
+        if closing.header_due:
+            class_id, weight, body_size = struct.unpack_from(">HHQ", payload, 0) if ftype == 2 else (
+                0, 1, 0)
+            if weight:
+                raise ConnectionFault(505, EXPECT_HEADER, due >> 16, due & 0xFFFF)
+            if class_id != due >> 16:
+                raise ConnectionFault(505, f"expected content header for class {due >> 16}, got one "
+                                      f"for class {class_id} instead", due >> 16, due & 0xFFFF)
+            closing.header_due = False
+            closing.remaining = body_size
+            if not body_size:
+                closing.content = 0
+        elif ftype != 3:
+            raise ConnectionFault(505, EXPECT_BODY, due >> 16, due & 0xFFFF)
+        else:
+            closing.remaining -= len(payload)
+            if not closing.remaining:
+                closing.content = 0
 
     def _method(self, chnum: int, ch: Channel | None, idx: int, payload: bytes) -> None:
         cls = spec.METHODS.get(idx)
         if cls is None:
-            raise ConnectionFault(540, f"unknown method (class {idx >> 16}, method {idx & 0xFFFF})",
-                                  idx >> 16, idx & 0xFFFF)
-        try:
-            method = cls.decode(payload, 0)
-        except (struct.error, IndexError) as exc:
-            raise SyntaxFault(f"{cls.NAME} arguments malformed") from exc
-        try:
-            if chnum == 0:
+            raise _unknown_method(idx)
+        if chnum == 0:
+            method = self._decode0(cls, payload)
+            try:
                 self._connection_method(method)
-            elif self.state != OPENED:
-                raise ConnectionFault(504, f"channel {chnum} used before the connection was opened")
-            elif ch is not None and ch.state == OPEN:
-                if type(method) is spec.ChannelClose:
-                    ch.release()
-                    del self.channels[chnum]
-                    self.write(pack_header(1, chnum, 4) + b"\x00\x14\x00\x29" + FRAME_END_BYTE)
-                elif type(method) is spec.ChannelCloseOk:
-                    pass
-                else:
-                    ch.handle(method)
-            elif chnum in self.closing_channels:
-                # after our channel.close, only close-ok (or a crossing close) matters
-                if type(method) is spec.ChannelCloseOk:
-                    self.closing_channels.discard(chnum)
-                elif type(method) is spec.ChannelClose:
-                    self.closing_channels.discard(chnum)
-                    self.write(pack_header(1, chnum, 4) + b"\x00\x14\x00\x29" + FRAME_END_BYTE)
-            elif type(method) is spec.ChannelOpen:
-                self._open_channel(chnum)
+            except AMQPError as err:
+                if not err.class_id:
+                    err.class_id, err.method_id = cls.CLASS_ID, cls.METHOD_ID
+                raise
+            return
+        if ch is not None and ch.state == OPEN:
+            try:
+                method = cls.decode(payload, 0)
+            except Exception as exc:
+                raise _decode_error(cls, payload, exc) from exc
+            t = type(method)
+            if t is spec.ChannelClose:  # close-ok at the end of this input (_forget_client_closed)
+                ch.release()
+                del self.channels[chnum]
+                self.closing_channels[chnum] = _Closing(by_client=True)
+                self.client_closed.append(chnum)
+            elif cls.CONTENT or t is spec.ChannelCloseOk:
+                # a client's basic.deliver, get-ok or return (RabbitMQ says so once their content
+                # has arrived), or a channel.close-ok for a channel nobody closed
+                raise ConnectionFault(503, "unimplemented method", cls.CLASS_ID, cls.METHOD_ID)
             else:
-                raise ConnectionFault(504, f"expected 'channel.open' on channel {chnum}")
-        except AMQPError as err:
-            if not err.class_id:
-                err.class_id, err.method_id = cls.CLASS_ID, cls.METHOD_ID
-            raise
+                try:
+                    ch.handle(method)
+                except AMQPError as err:
+                    if not err.class_id:
+                        err.class_id, err.method_id = cls.CLASS_ID, cls.METHOD_ID
+                    raise
+            return
+        closing = self.closing_channels.get(chnum)
+        if closing is not None:
+            # a closing channel ignores everything but close and close-ok (and a second open)
+            due = closing.content
+            if due:
+                raise ConnectionFault(505, EXPECT_HEADER if closing.header_due else EXPECT_BODY,
+                                      due >> 16, due & 0xFFFF)
+            t = type(self._decode(cls, payload))
+            if cls.CONTENT:
+                closing.content = idx
+                closing.header_due = True
+            elif t is spec.ChannelOpen:
+                raise ConnectionFault(504, "second 'channel.open' seen", 20, 10)
+            elif t is spec.ChannelCloseOk:
+                del self.closing_channels[chnum]
+            elif t is spec.ChannelClose:  # crossing closes: answer, keep awaiting the close-ok
+                self.write(pack_header(1, chnum, 4) + b"\x00\x14\x00\x29" + FRAME_END_BYTE)
+            return
+        self._count_channel()
+        if type(self._decode(cls, payload)) is spec.ChannelOpen:
+            self._open_channel(chnum)
+        else:  # (a basic.publish: RabbitMQ says so once its content has arrived)
+            raise ConnectionFault(504, "expected 'channel.open'", cls.CLASS_ID, cls.METHOD_ID)
+
+    @staticmethod
+    def _decode(cls: type[spec.Method], payload: bytes) -> spec.Method:
+        try:
+            return cls.decode(payload, 0)
+        except Exception as exc:
+            raise _decode_error(cls, payload, exc) from exc
+
+    def _decode0(self, cls: type[spec.Method], payload: bytes) -> spec.Method:
+        """Decode a method on channel 0. RabbitMQ reports a UTF-8 error with the method; any
+        other failure is not an AMQP error to it: 541 once open, the end of the handshake before."""
+        try:
+            return cls.decode(payload, 0)
+        except Exception as exc:
+            if isinstance(exc, Utf8Fault) and spec.layout_ok(cls, payload, 0):
+                raise ConnectionFault(501, exc.text, cls.CLASS_ID, cls.METHOD_ID) from exc
+            if self.state == OPENED:
+                raise ConnectionFault(541, "") from exc
+            raise SilentClose(502, f"{cls.NAME}: {exc}") from exc
+
+    def _count_channel(self) -> None:
+        """RabbitMQ limits how many channels are open (closing ones count), not their numbers."""
+        count = len(self.channels) + len(self.closing_channels)
+        if self.channel_max and count >= self.channel_max:
+            raise ConnectionFault(530, f"number of channels opened ({count}) has reached the "
+                                  f"negotiated channel_max ({self.channel_max})")
 
     def _open_channel(self, chnum: int) -> None:
-        if chnum > self.channel_max:
-            raise ConnectionFault(504, f"channel number {chnum} exceeds channel_max {self.channel_max}")
         ch = Channel(self, chnum)
         self.channels[chnum] = ch
         self.write(pack_header(1, chnum, 8) + b"\x00\x14\x00\x0b\x00\x00\x00\x00" + FRAME_END_BYTE)
 
     def _channel_error(self, ch: Channel, err: ChannelError) -> None:
         del self.channels[ch.number]
-        self.closing_channels.add(ch.number)
+        self.closing_channels[ch.number] = _Closing()
         ch.close_for_error(err)
 
     # -- connection class -------------------------------------------------------------------------
@@ -411,58 +602,69 @@ class Connection:
                     self.send0(spec.ConnectionCloseOk())
                 self.closed = True
             return
-        if t is spec.ConnectionClose:
-            self.send0(spec.ConnectionCloseOk())
-            self._release_all()
-            self.closed = True
-            return
-        if state == AWAIT_START_OK and t is spec.ConnectionStartOk:
+        if state == OPENED:
+            if t is spec.ConnectionClose:
+                if self.client_closed:  # their close-ok first, whatever the input's segmentation
+                    self._forget_client_closed()
+                self.send0(spec.ConnectionCloseOk())
+                self._release_all()
+                self.closed = True
+            elif t is spec.ConnectionUpdateSecret:  # RabbitMQ's internal users take any secret
+                self.send0(spec.ConnectionUpdateSecretOk())
+            else:
+                raise ConnectionFault(504, "unexpected method in connection state running")
+        elif state == AWAIT_START_OK and t is spec.ConnectionStartOk:
             self._start_ok(m)  # type: ignore[arg-type]
         elif state == AWAIT_TUNE_OK and t is spec.ConnectionTuneOk:
             self._tune_ok(m)  # type: ignore[arg-type]
         elif state == AWAIT_OPEN and t is spec.ConnectionOpen:
             self._open(m)  # type: ignore[arg-type]
-        elif state == OPENED and t is spec.ConnectionUpdateSecret:
-            self.send0(spec.ConnectionUpdateSecretOk())
-        elif state == OPENED and t in (spec.ConnectionBlocked, spec.ConnectionUnblocked):
-            pass
-        elif state == OPENED and t is spec.ConnectionCloseOk:
-            self.closed = True
-        else:
-            raise ConnectionFault(503, f"unexpected method {m.NAME} in this connection state")
+        else:  # connection.close too: RabbitMQ takes it once the connection is open
+            raise ConnectionFault(504, f"unexpected method in connection state {STATE_NAMES[state]}")
 
     def _start_ok(self, m: spec.ConnectionStartOk) -> None:
+        # (errors before tune-ok close the socket silently, see _hard_error)
+        if m.mechanism not in ("PLAIN", "AMQPLAIN"):
+            raise ConnectionFault(503, f"unknown authentication mechanism '{m.mechanism}'")
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
-        if m.mechanism not in ("PLAIN", "AMQPLAIN"):
-            raise ConnectionFault(
-                403, f"unsupported authentication mechanism '{m.mechanism}'")
         creds = parse_response(m.mechanism, m.response)
-        user = self.broker.users.authenticate(*creds) if creds else None
+        if creds is None:
+            raise ConnectionFault(502, f"{m.mechanism} response {m.response[:64]!r} invalid")
+        user = self.broker.users.authenticate(*creds)
         if user is None:
-            raise ConnectionFault(
-                403, f"Login was refused using authentication mechanism {m.mechanism}. For details "
-                "see the broker logfile.")
+            self._auth_failed(m.mechanism, f"user '{creds[0]}' - invalid credentials")
         if user.loopback_only and not _is_loopback(self.peer):
-            raise ConnectionFault(403, f"User '{user.name}' can only connect via localhost")
+            self._auth_failed(m.mechanism, f"user '{user.name}' can only connect via localhost")
         self.username = user.name
         self.state = AWAIT_TUNE_OK
         cfg = self.broker.config
         self.send0(spec.ConnectionTune(channel_max=cfg.channel_max, frame_max=cfg.frame_max,
                                        heartbeat=cfg.heartbeat))
 
+    def _auth_failed(self, mechanism: str, reason: str) -> NoReturn:
+        """Refused credentials: a client that says it can take it (capability
+        authentication_failure_close) gets connection.close 403 with RabbitMQ's safe text (the
+        reason is only logged); then the socket closes, as for every error before tune-ok."""
+        if self.capabilities.get("authentication_failure_close") is True:
+            self.send0(spec.ConnectionClose(
+                reply_code=403, reply_text=f"ACCESS_REFUSED - Login was refused using authentication "
+                f"mechanism {mechanism}. For details see the broker logfile."))
+        raise ConnectionFault(403, f"{mechanism} login refused: {reason}")
+
     def _tune_ok(self, m: spec.ConnectionTuneOk) -> None:
         cfg = self.broker.config
-        if m.frame_max and m.frame_max < spec.FRAME_MIN_SIZE:
-            raise ConnectionFault(530, f"frame_max={m.frame_max} < {spec.FRAME_MIN_SIZE} min size")
-        if cfg.frame_max and (m.frame_max == 0 or m.frame_max > cfg.frame_max):
-            raise ConnectionFault(530, f"frame_max={m.frame_max} > {cfg.frame_max} max size")
-        if cfg.channel_max and (m.channel_max == 0 or m.channel_max > cfg.channel_max):
-            if m.channel_max:
-                raise ConnectionFault(530, f"channel_max={m.channel_max} > {cfg.channel_max} max size")
+        for field, value, least, most in (("frame_max", m.frame_max, spec.FRAME_MIN_SIZE, cfg.frame_max),
+                                          ("channel_max", m.channel_max, 1, cfg.channel_max)):
+            if value and value < least:
+                raise ConnectionFault(530, f"negotiated {field} = {value} is lower than the minimum "
+                                      f"allowed value ({least})")
+            if most and (value == 0 or value > most):
+                raise ConnectionFault(530, f"negotiated {field} = {value} is higher than the maximum "
+                                      f"allowed value ({most})")
         self.frame_max = m.frame_max or cfg.frame_max
-        self.channel_max = m.channel_max or cfg.channel_max
+        self.channel_max = m.channel_max
         self.heartbeat = m.heartbeat
         self.state = AWAIT_OPEN
 
@@ -482,18 +684,15 @@ class Connection:
     # -- closing ----------------------------------------------------------------------------------
 
     def _hard_error(self, err: AMQPError) -> None:
-        """Send connection.close with the error; ignore everything but close-ok from now on."""
+        """Send connection.close with the error; ignore everything but close-ok from now on.
+
+        Until tune-ok RabbitMQ tells the client nothing (it waits 3 s, then closes the socket;
+        hare closes it at once)."""
         if self.state == CLOSING_CONN or self.closed:
             return
         log.info("closing connection from %s: %s", self.peer, err.reply_text)
         self.close_reason = err
-        if self.state == AWAIT_START_OK and not self.client_properties:
-            # before start-ok the client cannot take connection.close: just close the socket
-            self.closed = True
-            self._release_all()
-            return
-        if self.state == AWAIT_START_OK and err.code == 403 and not self.capabilities.get(
-                "authentication_failure_close"):
+        if isinstance(err, SilentClose) or self.state in (AWAIT_START_OK, AWAIT_TUNE_OK):
             self.closed = True
             self._release_all()
             return
