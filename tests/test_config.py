@@ -38,3 +38,19 @@ def test_flags_override_the_file_and_defaults_match_the_issue(tmp_path: Path) ->
     f.write_text("listeners.tcp.default = 5673\n")
     opts = serve_options(_parser().parse_args(["serve", "--config", str(f), "--port", "5999"]))
     assert opts.port == 5999
+
+
+@pytest.mark.parametrize(("value", "limit"), [("50000000", 50_000_000), ("50MB", 50_000_000),
+                                              ("2GiB", 2 << 30), ("512kB", 512_000), ("1 gb", 10**9)])
+def test_disk_free_limit_takes_rabbitmq_sizes(tmp_path: Path, value: str, limit: int) -> None:
+    f = tmp_path / "hare.conf"
+    f.write_text(f"disk_free_limit.absolute = {value}\n")
+    assert load_config(f, ServeOptions()).broker.disk_free_limit == limit
+
+
+def test_disk_free_limit_default_is_rabbitmqs_and_garbage_is_refused(tmp_path: Path) -> None:
+    assert ServeOptions().broker.disk_free_limit == 50_000_000
+    f = tmp_path / "hare.conf"
+    f.write_text("disk_free_limit.absolute = lots\n")
+    with pytest.raises(ValueError, match="hare.conf:1: not a size"):
+        load_config(f, ServeOptions())

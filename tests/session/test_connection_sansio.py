@@ -525,3 +525,62 @@ def test_timestamp_header_past_year_9999_is_routed_not_an_internal_error(peer: P
     assert frames[1][2][12:] == props  # re-sent exactly as published
     assert frames[2][2] == b"ok"
 
+
+# -- confirms and the disk store (group commit) ------------------------------------------------------
+
+
+def stored_peer(tmp_path: Any) -> Peer:
+    p = Peer(broker=Broker(data_dir=tmp_path))
+    p.handshake()
+    p.open_channel(1)
+    p.send(1, spec.QueueDeclare(queue="d", durable=True))
+    p.send(1, spec.QueueDeclare(queue="t", durable=False))
+    p.send(1, spec.ConfirmSelect())
+    p.expect(spec.QueueDeclareOk, spec.QueueDeclareOk, spec.ConfirmSelectOk)
+    return p
+
+
+def test_confirm_of_a_persistent_message_to_a_durable_queue_waits_for_the_sync(tmp_path: Any) -> None:
+    p = stored_peer(tmp_path)
+    store = p.broker.store
+    assert store is not None
+    p.feed(publish_bytes(1, "d", b"keep me", {"delivery_mode": 2}))
+    assert p.methods() == []  # not on stable storage yet: no confirm
+    job = store.start_sync()
+    assert job is not None and job.fds  # the queue's segment file is in the sync
+    p.feed(publish_bytes(1, "t", b"transient queue", {"delivery_mode": 2}))
+    assert p.methods() == []  # queued behind the first: confirms stay in order
+    job.run()
+    store.finish_sync(job)
+    p.inbox += b"".join(p.conn.data_to_send())
+    (ack,) = p.expect(spec.BasicAck)
+    assert (ack.delivery_tag, ack.multiple) == (1, False)
+    store.sync_now()
+    p.inbox += b"".join(p.conn.data_to_send())
+    (ack,) = p.expect(spec.BasicAck)
+    assert ack.delivery_tag == 2
+
+
+def test_confirms_that_need_no_disk_are_sent_at_once(tmp_path: Any) -> None:
+    p = stored_peer(tmp_path)
+    p.feed(publish_bytes(1, "d", b"transient message", {"delivery_mode": 1})
+           + publish_bytes(1, "t", b"persistent, transient queue", {"delivery_mode": 2})
+           + publish_bytes(1, "nowhere", b"unroutable", {"delivery_mode": 2}))
+    (ack,) = p.expect(spec.BasicAck)
+    assert (ack.delivery_tag, ack.multiple) == (3, True)
+
+
+def test_tx_commit_ok_waits_for_the_sync(tmp_path: Any) -> None:
+    p = Peer(broker=Broker(data_dir=tmp_path))
+    p.handshake()
+    p.open_channel(1)
+    p.send(1, spec.QueueDeclare(queue="d", durable=True))
+    p.send(1, spec.TxSelect())
+    p.expect(spec.QueueDeclareOk, spec.TxSelectOk)
+    p.feed(publish_bytes(1, "d", b"in a transaction", {"delivery_mode": 2}))
+    p.send(1, spec.TxCommit())
+    assert p.methods() == []
+    assert p.broker.store is not None
+    p.broker.store.sync_now()
+    p.inbox += b"".join(p.conn.data_to_send())
+    p.expect(spec.TxCommitOk)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ..auth.users import UserStore
+from ..store.definitions import Definitions
+from ..store.message_store import MessageStore
 from .vhost import VirtualHost
+
+log = logging.getLogger("hare.broker")
 
 
 @dataclass
@@ -20,22 +28,83 @@ class BrokerConfig:
     default_vhost: str = "/"
     loopback_users: tuple[str, ...] = ("guest",)
     max_message_size: int = 128 * 1024 * 1024  # RabbitMQ 3.10 default: 128 MiB
+    disk_free_limit: int = 50_000_000  # RabbitMQ's default: block publishers under 50 MB free
     product: str = "hare"
 
 
 class Broker:
-    def __init__(self, config: BrokerConfig | None = None) -> None:
+    """Everything one node serves. With a ``data_dir`` the durable definitions and messages are
+    kept there and restored at start; without one, everything is in memory."""
+
+    def __init__(self, config: BrokerConfig | None = None, data_dir: Path | str | None = None) -> None:
         self.config = config or BrokerConfig()
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.store: MessageStore | None = None
+        self.definitions: Definitions | None = None
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.store = MessageStore(self.data_dir)
+            self.definitions = Definitions(self.data_dir / "definitions.sqlite3")
         self.vhosts: dict[str, VirtualHost] = {}
         self.users = UserStore()
         self.add_vhost(self.config.default_vhost)
         c = self.config
         self.users.add(c.default_user, c.default_pass, tags=["administrator"],
                        vhosts={c.default_vhost}, loopback_only=c.default_user in c.loopback_users)
-        self.connections: set[object] = set()
+        self.connections: set[Any] = set()
+        self.alarms: set[str] = set()  # resource alarms in effect ("disk"): publishers are blocked
+        if self.definitions is not None:
+            self._restore()
 
     def add_vhost(self, name: str) -> VirtualHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = self.vhosts[name] = VirtualHost(name)
+            vhost = self.vhosts[name] = VirtualHost(name, self.store, self.definitions)
+            if self.definitions is not None:
+                self.definitions.add_vhost(name)
         return vhost
+
+    def _restore(self) -> None:
+        """Durable exchanges, queues (with their messages) and bindings, as the last run left them."""
+        assert self.definitions is not None and self.store is not None
+        started = time.monotonic()
+        defs = self.definitions
+        kept = set()
+        queues = messages = 0
+        for vname in defs.vhosts():
+            vhost = self.add_vhost(vname)
+            for name, type_name, auto_delete, internal, arguments in defs.exchanges(vname):
+                vhost.restore_exchange(name, type_name, auto_delete, internal, arguments)
+            for name, arguments in defs.queues(vname):
+                q = vhost.restore_queue(name, arguments)
+                kept.add(self.store.queue_dir(vname, name, True))
+                queues += 1
+                messages += q.message_count
+            for source, kind, destination, routing_key, arguments in defs.bindings(vname):
+                vhost.restore_binding(source, kind, destination, routing_key, arguments)
+        self.store.remove_orphans(kept)
+        if queues:
+            log.info("recovered %d durable queues with %d messages in %.2fs", queues, messages,
+                     time.monotonic() - started)
+
+    def set_disk_alarm(self, on: bool, free: int = 0) -> None:
+        """Free disk space fell under ``disk_free_limit`` (or came back): block publishers (or
+        let them go), as RabbitMQ's disk alarm does."""
+        if on == ("disk" in self.alarms):
+            return
+        if on:
+            log.warning("free disk space (%d bytes) is under the limit of %d bytes: publishers are "
+                        "blocked", free, self.config.disk_free_limit)
+            self.alarms.add("disk")
+        else:
+            log.info("free disk space (%d bytes) is back over the limit: publishers may go on", free)
+            self.alarms.discard("disk")
+        for conn in list(self.connections):
+            conn.alarm_changed()
+
+    def close(self) -> None:
+        """Write out and close the store (after the connections are gone)."""
+        if self.store is not None:
+            self.store.close()
+        if self.definitions is not None:
+            self.definitions.close()

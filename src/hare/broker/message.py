@@ -12,10 +12,11 @@ from ..amqp import properties as _props
 
 
 class Message:
-    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "_properties", "route_bytes")
+    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "_properties", "route_bytes",
+                 "_persistent", "needs_sync")
 
     def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes,
-                 route_bytes: bytes | None = None) -> None:
+                 route_bytes: bytes | None = None, persistent: bool | None = None) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.properties_raw = properties_raw
@@ -27,6 +28,8 @@ class Message:
             rk = routing_key.encode("utf-8", "surrogateescape")
             route_bytes = bytes((len(ex),)) + ex + bytes((len(rk),)) + rk
         self.route_bytes = route_bytes
+        self._persistent = persistent  # None: not looked at yet
+        self.needs_sync = False  # written to a durable queue's log: confirm it once synced
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -43,7 +46,11 @@ class Message:
 
     @property
     def persistent(self) -> bool:
-        return _props.delivery_mode(self.properties_raw) == 2
+        """delivery_mode == 2, read from the raw properties once."""
+        p = self._persistent
+        if p is None:
+            p = self._persistent = _props.delivery_mode(self.properties_raw) == 2
+        return p
 
     @property
     def body_size(self) -> int:

@@ -20,7 +20,7 @@ from .message import Message
 # connections publishing into it stop being read until it is back under FLOW_LOW (or a short
 # timeout passes), so publishers go at the pace of consumers instead of growing the backlog.
 # A queue without consumers is never a reason to slow publishers: it is absorbing a peak.
-FLOW_HIGH = 20_000
+FLOW_HIGH = 8_000  # below a queue's memory window (store/paged.py), so a queue that keeps up stays in memory
 FLOW_LOW = FLOW_HIGH // 2
 
 

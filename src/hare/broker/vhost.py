@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..amqp.errors import (
     ChannelError,
@@ -17,12 +17,18 @@ from ..amqp.errors import (
     precondition_failed,
     resource_locked,
 )
+from ..store.paged import PagedQueueStore
 from .arguments import check_equivalent_queue_args, validate_queue_arguments
 from .arguments import type_name as arg_type_name
 from .exchanges import EXCHANGE_TYPES, Exchange
 from .exchanges.default import DefaultExchange
 from .message import Message
 from .queue import Queue
+
+if TYPE_CHECKING:
+    from ..store.base import QueueStore
+    from ..store.definitions import Definitions
+    from ..store.message_store import MessageStore
 
 STANDARD_EXCHANGES = (
     ("amq.direct", "direct"),
@@ -44,8 +50,11 @@ def _flag(value: bool) -> str:
 
 
 class VirtualHost:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, store: MessageStore | None = None,
+                 definitions: Definitions | None = None) -> None:
         self.name = name
+        self.store = store  # None: messages in memory only (no data directory)
+        self.definitions = definitions  # where durable exchanges, queues and bindings are kept
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self.queues, vhost_name=name)
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
@@ -108,6 +117,8 @@ class VirtualHost:
         ex = cls(name, durable=durable, auto_delete=auto_delete, internal=internal,
                  arguments=arguments, vhost_name=self.name)
         self.exchanges[name] = ex
+        if durable and self.definitions is not None:
+            self.definitions.add_exchange(self.name, name, type_name, auto_delete, internal, arguments)
         return ex
 
     def _check_exchange_equivalent(self, ex: Exchange, type_name: str, durable: bool,
@@ -143,6 +154,8 @@ class VirtualHost:
 
     def _remove_exchange(self, ex: Exchange) -> None:
         del self.exchanges[ex.name]
+        if ex.durable and self.definitions is not None:
+            self.definitions.remove_exchange(self.name, ex.name)
         for other in list(self.exchanges.values()):
             if other.remove_destination(ex):
                 self._maybe_auto_delete(other)
@@ -158,7 +171,8 @@ class VirtualHost:
         src = self.get_exchange(source)  # RabbitMQ looks the source up first
         dest = self.get_exchange(destination)
         src.validate_binding(routing_key, arguments or {})
-        src.bind(dest, routing_key, arguments)
+        if src.bind(dest, routing_key, arguments) and src.durable and dest.durable:
+            self._save_binding(src, "exchange", dest.name, routing_key, arguments)
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str,
                         arguments: dict[str, Any] | None) -> None:
@@ -169,6 +183,9 @@ class VirtualHost:
         if src is None or dest is None:
             return  # RabbitMQ 3.x: unbinding a missing exchange is not an error
         if src.unbind(dest, routing_key, arguments):
+            if src.durable and dest.durable and self.definitions is not None:
+                self.definitions.remove_binding(self.name, src.name, "exchange", dest.name, routing_key,
+                                                arguments)
             self._maybe_auto_delete(src)
 
     # -- queues ---------------------------------------------------------------------------------
@@ -199,10 +216,52 @@ class VirtualHost:
             check_equivalent_queue_args(what, q.arguments, arguments)
             return q
         validate_queue_arguments(self._in_vhost("queue", name), arguments)
+        # exclusive and auto-delete queues never outlive the broker: only others are kept
+        kept = durable and not auto_delete
         q = Queue(name, vhost_name=self.name, durable=durable, exclusive=exclusive,
-                  owner=conn if exclusive else None, auto_delete=auto_delete, arguments=arguments)
+                  owner=conn if exclusive else None, auto_delete=auto_delete, arguments=arguments,
+                  store=self._queue_store(name, kept))
+        self.queues[name] = q
+        if kept and self.definitions is not None:
+            self.definitions.add_queue(self.name, name, arguments)
+        return q
+
+    def _queue_store(self, name: str, kept: bool, recovered: Any = None) -> QueueStore | None:
+        """The message store of a queue: in memory only without a data directory; else paged to
+        the queue's log (which a queue that survives restarts also uses for persistent messages)."""
+        store = self.store
+        if store is None:
+            return None
+        vhost = self.name
+        return PagedQueueStore(lambda: store.open_log(vhost, name, kept), Message, kept, log=recovered)
+
+    def restore_queue(self, name: str, arguments: dict[str, Any]) -> Queue:
+        """A durable queue as the last run left it, with the messages of its log (at startup)."""
+        recovered = self.store.recover_log(self.name, name) if self.store is not None else None
+        q = Queue(name, vhost_name=self.name, durable=True, arguments=arguments,
+                  store=self._queue_store(name, True, recovered))
         self.queues[name] = q
         return q
+
+    def restore_exchange(self, name: str, type_name: str, auto_delete: bool, internal: bool,
+                         arguments: dict[str, Any]) -> None:
+        cls = EXCHANGE_TYPES.get(type_name)
+        if cls is None or name in self.exchanges:
+            return
+        self.exchanges[name] = cls(name, durable=True, auto_delete=auto_delete, internal=internal,
+                                   arguments=arguments, vhost_name=self.name)
+
+    def restore_binding(self, source: str, kind: str, destination: str, routing_key: str,
+                        arguments: dict[str, Any]) -> None:
+        src = self.exchanges.get(source)
+        dest = self.queues.get(destination) if kind == "queue" else self.exchanges.get(destination)
+        if src is not None and dest is not None:
+            src.bind(dest, routing_key, arguments)
+
+    def _save_binding(self, src: Exchange, kind: str, dest: str, routing_key: str,
+                      arguments: dict[str, Any] | None) -> None:
+        if self.definitions is not None:
+            self.definitions.add_binding(self.name, src.name, kind, dest, routing_key, arguments)
 
     def delete_queue(self, name: str, if_unused: bool = False, if_empty: bool = False,
                      conn: Any = None) -> int:
@@ -226,6 +285,9 @@ class VirtualHost:
         q.deleted = True
         count = q.message_count
         q.purge()
+        q.store.destroy()
+        if q.durable and not q.auto_delete and self.definitions is not None:
+            self.definitions.remove_queue(self.name, q.name)
         q.release_flow()
         for ex in list(self.exchanges.values()):
             if ex.remove_destination(q):
@@ -248,7 +310,8 @@ class VirtualHost:
         ex.validate_binding(routing_key, arguments or {})
         if q.exclusive and q.owner is not conn:
             raise self._locked(q)
-        ex.bind(q, routing_key, arguments)
+        if ex.bind(q, routing_key, arguments) and ex.durable and q.durable and not q.auto_delete:
+            self._save_binding(ex, "queue", q.name, routing_key, arguments)
 
     def unbind_queue(self, queue: str, exchange: str, routing_key: str,
                      arguments: dict[str, Any] | None, conn: Any = None) -> None:
@@ -261,6 +324,8 @@ class VirtualHost:
         if q.exclusive and q.owner is not conn:
             raise self._locked(q)
         if ex.unbind(q, routing_key, arguments):
+            if ex.durable and q.durable and not q.auto_delete and self.definitions is not None:
+                self.definitions.remove_binding(self.name, ex.name, "queue", q.name, routing_key, arguments)
             self._maybe_auto_delete(ex)
 
     def consumer_removed(self, q: Queue) -> None:

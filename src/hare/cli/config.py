@@ -28,6 +28,20 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def _size(value: str) -> int:
+    """A byte count as rabbitmq.conf writes it: ``50000000``, ``50MB``, ``1GiB``, ``2gb``."""
+    v = value.strip()
+    digits = v.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    unit = v[len(digits):].strip().lower()
+    if unit not in _UNITS or not digits.strip().isdigit():
+        raise ValueError(f"not a size: {value!r}")
+    return int(digits) * _UNITS[unit]
+
+
 def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
     loopback = set(opts.broker.loopback_users)
     for lineno, raw in enumerate(Path(path).read_text().splitlines(), 1):
@@ -64,6 +78,8 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
                 b.channel_max = int(value)
             elif key == "max_message_size":
                 b.max_message_size = int(value)
+            elif key == "disk_free_limit.absolute":
+                b.disk_free_limit = _size(value)
             elif key == "loopback_users":
                 if value != "none":
                     raise ValueError("only 'loopback_users = none' is supported")

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from .. import __version__
 from ..bench import run as bench_run
@@ -52,8 +51,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
 
 
 async def serve(opts: ServeOptions) -> None:
-    Path(opts.data_dir).mkdir(parents=True, exist_ok=True)
-    broker = Broker(opts.broker)
+    broker = Broker(opts.broker, data_dir=opts.data_dir)
     server = Server(broker, opts.bind, opts.port)
     await server.start()
     log.info("hare %s ready: amqp://%s:%s (data in %s)", __version__, opts.bind, server.port,

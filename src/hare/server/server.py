@@ -13,6 +13,7 @@ from typing import Any
 
 from ..broker.broker import Broker
 from ..session.connection import CLOSING_CONN, OPENED, Connection
+from .storage import StoreDriver
 
 log = logging.getLogger("hare.server")
 
@@ -59,7 +60,9 @@ class AMQPProtocol(asyncio.Protocol):
         self._flush()
         if conn.state != before:
             self._state_changed(before)
-        if conn.throttled and self.transport is not None and not self.transport.is_closing():
+        if conn.alarm_paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()  # a resource alarm: read again when it clears
+        elif conn.throttled and self.transport is not None and not self.transport.is_closing():
             # a queue we publish to is backed up: stop reading until it drains (or briefly)
             if self.flow_timer is None:
                 self.transport.pause_reading()
@@ -72,14 +75,15 @@ class AMQPProtocol(asyncio.Protocol):
             self.loop.call_soon(self._resume_reading)
 
     def _resume_reading(self) -> None:
-        if self.flow_timer is None and self.transport is not None and not self.transport.is_closing():
+        if (self.flow_timer is None and not self.conn.alarm_paused and self.transport is not None
+                and not self.transport.is_closing()):
             self.transport.resume_reading()
 
     def _flow_resume(self) -> None:
         if self.flow_timer is not None:
             self.flow_timer.cancel()
             self.flow_timer = None
-            self._resume_reading()
+        self._resume_reading()
 
     def _flow_timeout(self) -> None:
         """Never stay paused long: a publisher that also consumes must get its acks read."""
@@ -157,7 +161,7 @@ class AMQPProtocol(asyncio.Protocol):
         interval = self.heartbeat / 2
         self.ticks += 1
         if not self.ticks & 1:
-            if self.received:
+            if self.received or self.conn.alarm_paused:  # not read while blocked: not silent
                 self.received = False
                 self.silent_checks = 0
             elif self.silent_checks < 1:
@@ -201,9 +205,12 @@ class Server:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.protocols: set[AMQPProtocol] = set()
         self._server: asyncio.base_events.Server | None = None
+        self.storage: StoreDriver | None = None
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.broker.store is not None and self.storage is None:
+            self.storage = StoreDriver(self.broker, self.broker.store, self.loop)
         self._server = await self.loop.create_server(
             lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024)
         sockets = self._server.sockets or []
@@ -225,6 +232,10 @@ class Server:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        await asyncio.sleep(0)  # let the aborted connections release their messages
+        if self.storage is not None:
+            await self.storage.close()
+            self.storage = None
 
 
 def loop_factory() -> Any:

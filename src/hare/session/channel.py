@@ -100,7 +100,8 @@ def expiration_error(value: bytes) -> str | None:
 class Channel:
     __slots__ = ("conn", "number", "state", "vhost", "deliverable", "flow_active",
                  "next_tag", "unacked", "consumers", "prefetch", "shared", "confirm",
-                 "publish_seq", "confirmed_upto", "nacks", "tx", "tx_publishes", "tx_acks",
+                 "publish_seq", "confirmed_upto", "queued_upto", "sync_upto", "sync_waits", "nacks",
+                 "tx", "tx_publishes", "tx_acks",
                  "tx_taken", "max_size", "last_queue", "pub", "pub_props", "pub_size", "pub_body",
                  "pub_received")
 
@@ -118,7 +119,10 @@ class Channel:
         self.shared: PrefetchLimit | None = None  # qos global=true
         self.confirm = False
         self.publish_seq = 0
-        self.confirmed_upto = 0
+        self.confirmed_upto = 0  # confirms sent up to this publish sequence number
+        self.queued_upto = 0  # confirms decided up to here (sent, or waiting for a sync)
+        self.sync_upto = 0  # the last publish whose message must be on disk before its confirm
+        self.sync_waits = 0  # batches of confirms waiting for the store's sync
         self.nacks: list[int] = []
         self.tx = False
         # (message, names of the queues it was routed to at publish, mandatory): RabbitMQ routes a
@@ -503,6 +507,10 @@ class Channel:
 
     def publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
         """A whole message has arrived: route it, store it, confirm it."""
+        conn = self.conn
+        conn.published = True
+        if conn.broker.alarms:
+            conn.publish_blocked()
         if self.tx:
             try:
                 ex = self._check_publish(m, props_raw, len(body))
@@ -562,17 +570,38 @@ class Channel:
         elif m[3]:
             self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes, msg)
         if self.confirm:
-            self.publish_seq += 1
+            seq = self.publish_seq = self.publish_seq + 1
+            if msg.needs_sync:
+                self.sync_upto = seq
             self.conn.confirms_pending(self)
 
     def flush_confirms(self) -> None:
-        """Confirm everything published since the last flush: one ack (multiple) per batch."""
+        """End of an input batch: confirm everything published in it with one ack (multiple).
+        When a message of the batch went to a durable queue's log, the confirms wait for the
+        store's next sync (group commit); later batches queue behind, so confirms stay in order."""
         upto = self.publish_seq
-        start = self.confirmed_upto
-        if upto == start:
+        if upto == self.queued_upto:
             return
-        tags = sorted(self.nacks)
-        self.nacks.clear()
+        if self.sync_upto > self.queued_upto or self.sync_waits:
+            store = self.conn.broker.store
+            assert store is not None
+            self.queued_upto = upto
+            self.sync_waits += 1
+            store.after_sync(lambda: self._synced_confirms(upto))
+            return
+        self.queued_upto = upto
+        self._send_confirms(upto)
+
+    def _synced_confirms(self, upto: int) -> None:
+        self.sync_waits -= 1
+        if self.state == OPEN:
+            self._send_confirms(upto)
+
+    def _send_confirms(self, upto: int) -> None:
+        start = self.confirmed_upto
+        tags = sorted(t for t in self.nacks if t <= upto) if self.nacks else ()
+        if tags:
+            self.nacks = [t for t in self.nacks if t > upto]
         lo = start
         for t in tags:
             if t - 1 > lo:
@@ -623,7 +652,15 @@ class Channel:
             for tag, rec in group:
                 unacked[tag] = rec
                 self.settle(tag, False, None if kind == 0 else requeue)
-        self.send(spec.TxCommitOk())
+        store = self.conn.broker.store
+        if store is not None and any(msg.needs_sync for msg, _, _ in publishes):
+            store.after_sync(self._commit_ok)  # committed = on stable storage
+        else:
+            self.send(spec.TxCommitOk())
+
+    def _commit_ok(self) -> None:
+        if self.state == OPEN:
+            self.send(spec.TxCommitOk())
 
     def _tx_rollback(self, m: spec.TxRollback) -> None:
         if not self.tx:

@@ -173,7 +173,9 @@ class Connection:
         self.pending_confirms: dict[Channel, None] = {}
         self.closed = False  # the shell should close the socket once output is flushed
         self.close_reason: AMQPError | None = None
-        self.blocked = False
+        self.blocked = False  # connection.blocked was sent (or would be, without the capability)
+        self.published = False  # a publisher: resource alarms block it
+        self.alarm_paused = False  # blocked by a resource alarm: the shell does not read us
         self.throttled: set[Queue] = set()  # queues whose backlog asks us to stop reading
 
     # -- output ---------------------------------------------------------------------------------
@@ -743,6 +745,27 @@ class Connection:
         if self.blocked and self.capabilities.get("connection.blocked") and self.state == OPENED:
             self.send0(spec.ConnectionUnblocked())
         self.blocked = False
+
+    def alarm_changed(self) -> None:
+        """A resource alarm went on or off. As RabbitMQ: publishers are told (connection.blocked)
+        at once; a connection is no longer read once it publishes during the alarm; when every
+        alarm is clear, blocked connections are told (connection.unblocked) and read again."""
+        if self.broker.alarms:
+            if self.published:
+                self.block(_alarm_reason(self.broker.alarms))
+        elif self.blocked or self.alarm_paused:
+            self.unblock()
+            self.alarm_paused = False
+            self.on_flow_resume()
+
+    def publish_blocked(self) -> None:
+        """A publish arrived during a resource alarm: it is taken; then stop reading."""
+        self.block(_alarm_reason(self.broker.alarms))
+        self.alarm_paused = True
+
+
+def _alarm_reason(alarms: set[str]) -> str:
+    return "low on memory" if "memory" in alarms else "low on disk"
 
 
 def _noop() -> None:

@@ -30,5 +30,11 @@ class QueueStore(Protocol):
     def purge(self) -> int:
         """Drop every ready message; return how many."""
 
+    def close(self) -> None:
+        """The broker stops: write out what is buffered (the queue lives on)."""
+
+    def destroy(self) -> None:
+        """The queue is deleted: free everything, on disk too."""
+
     def __len__(self) -> int:
         """Number of ready messages (not counting delivered, unacked ones)."""

@@ -48,5 +48,11 @@ class MemoryQueueStore:
         self.requeued.clear()
         return n
 
+    def close(self) -> None:
+        pass
+
+    def destroy(self) -> None:
+        self.purge()
+
     def __len__(self) -> int:
         return len(self.ready) + len(self.requeued)

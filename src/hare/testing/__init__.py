@@ -10,13 +10,18 @@ asyncio (the broker runs on the caller's event loop)::
     async with AsyncBroker() as broker:
         await aio_pika.connect(broker.url)
 
-Both listen on 127.0.0.1 on a free port unless told otherwise.
+Both listen on 127.0.0.1 on a free port unless told otherwise, and keep their data in a
+temporary directory removed when they stop; pass ``data_dir`` to keep it (and to restart a broker
+on the data a previous one left).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -27,8 +32,11 @@ from ..server.server import Server, loop_factory
 class AsyncBroker:
     """A broker on the running event loop: ``async with AsyncBroker() as b: ... b.url``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: BrokerConfig | None = None) -> None:
-        self.broker = Broker(config)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: BrokerConfig | None = None,
+                 data_dir: str | Path | None = None) -> None:
+        self._temp_dir = tempfile.mkdtemp(prefix="hare-") if data_dir is None else None
+        self.data_dir = Path(data_dir if data_dir is not None else self._temp_dir)  # type: ignore[arg-type]
+        self.broker = Broker(config, data_dir=self.data_dir)
         self.server = Server(self.broker, host, port)
         self.host = host
 
@@ -47,6 +55,8 @@ class AsyncBroker:
 
     async def stop(self) -> None:
         await self.server.stop()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
 
     async def __aenter__(self) -> AsyncBroker:
         return await self.start()
@@ -58,8 +68,9 @@ class AsyncBroker:
 class EmbeddedBroker:
     """A broker in a background thread: ``with EmbeddedBroker() as b: ... b.url``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: BrokerConfig | None = None) -> None:
-        self._async = AsyncBroker(host, port, config)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: BrokerConfig | None = None,
+                 data_dir: str | Path | None = None) -> None:
+        self._async = AsyncBroker(host, port, config, data_dir)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -76,6 +87,10 @@ class EmbeddedBroker:
     @property
     def url(self) -> str:
         return self._async.url
+
+    @property
+    def data_dir(self) -> Path:
+        return self._async.data_dir
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the broker's loop and return its result (inspect broker state)."""

@@ -1,0 +1,78 @@
+"""The message store's side of the asyncio shell.
+
+- Flush: when a queue log has buffered writes, one flush runs at the end of the loop turn.
+- Group commit: when confirms or tx.commits wait for stable storage, the files written since the
+  last sync are fdatasync'ed in a worker thread; the next sync starts as soon as one ends, so
+  every waiter that arrived meanwhile shares it.
+- Free disk: checked every second; under ``disk_free_limit`` the broker raises its disk alarm
+  (publishers are blocked) and clears it when space returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+from ..broker.broker import Broker
+from ..store.message_store import MessageStore, SyncJob
+
+log = logging.getLogger("hare.server")
+
+DISK_CHECK_INTERVAL = 1.0
+
+
+class StoreDriver:
+    def __init__(self, broker: Broker, store: MessageStore, loop: asyncio.AbstractEventLoop) -> None:
+        self.broker = broker
+        self.store = store
+        self.loop = loop
+        self.scheduled = False
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="hare-sync")
+        self.running: asyncio.Future[None] | None = None
+        self.disk_timer: asyncio.TimerHandle | None = None
+        store.on_wake = self.wake
+        self.check_disk()
+
+    def wake(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.tick)
+
+    def tick(self) -> None:
+        self.scheduled = False
+        job = self.store.start_sync()  # flushes; None when there is nothing to sync (or one runs)
+        if job is not None:
+            self.running = self.loop.run_in_executor(self.executor, job.run)
+            self.running.add_done_callback(lambda _f: self._synced(job))
+
+    def _synced(self, job: SyncJob) -> None:
+        self.running = None
+        self.store.finish_sync(job)
+        if self.store.sync_wanted:
+            self.wake()
+
+    def check_disk(self) -> None:
+        try:
+            free = shutil.disk_usage(self.store.data_dir).free
+        except OSError as exc:
+            log.warning("cannot read free disk space of %s: %s", self.store.data_dir, exc)
+        else:
+            self.broker.set_disk_alarm(free < self.broker.config.disk_free_limit, free)
+        self.disk_timer = self.loop.call_later(DISK_CHECK_INTERVAL, self.check_disk)
+
+    async def close(self) -> None:
+        """After the connections are gone: finish the running sync, then close the store."""
+        if self.disk_timer is not None:
+            self.disk_timer.cancel()
+        while self.running is not None:
+            await asyncio.shield(self.running)
+            await asyncio.sleep(0)
+        self.store.on_wake = _noop
+        self.broker.close()
+        self.executor.shutdown(wait=True)
+
+
+def _noop() -> None:
+    pass

@@ -1,0 +1,143 @@
+"""Durable definitions (vhosts, exchanges, queues, bindings) in SQLite.
+
+Definitions are small and change rarely; SQLite gives atomic, crash-safe updates without
+rewriting everything on each change. Every change is its own transaction, committed with
+``synchronous=FULL`` before the client gets its declare-ok. Argument tables are stored as their
+AMQP field-table encoding, so every value type survives a restart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from ..amqp.table import decode_table, encode_table
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vhosts (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS exchanges (
+    vhost TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, auto_delete INTEGER NOT NULL,
+    internal INTEGER NOT NULL, arguments BLOB NOT NULL, PRIMARY KEY (vhost, name));
+CREATE TABLE IF NOT EXISTS queues (
+    vhost TEXT NOT NULL, name TEXT NOT NULL, arguments BLOB NOT NULL, PRIMARY KEY (vhost, name));
+CREATE TABLE IF NOT EXISTS bindings (
+    vhost TEXT NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL, destination TEXT NOT NULL,
+    routing_key TEXT NOT NULL, arguments BLOB NOT NULL,
+    PRIMARY KEY (vhost, source, kind, destination, routing_key, arguments));
+"""
+SCHEMA_VERSION = "1"
+
+# a binding's destination kind
+QUEUE, EXCHANGE = "queue", "exchange"
+
+
+def _has_surrogates(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+def _args(table: dict[str, Any] | None) -> bytes:
+    return encode_table(table or {})[4:]  # without the length prefix
+
+
+def _table(blob: bytes) -> dict[str, Any]:
+    return decode_table(len(blob).to_bytes(4, "big") + blob, 0)[0]
+
+
+class Definitions:
+    """The durable definitions of one broker (``data_dir/definitions.sqlite3``)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    def _run(self, sql: str, *params: Any) -> None:
+        self.db.execute(sql, params)
+
+    @staticmethod
+    def _s(s: str) -> bytes | str:
+        # store names byte-exact: text when it is valid UTF-8, else the raw bytes
+        return s.encode("utf-8", "surrogateescape") if _has_surrogates(s) else s
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def add_vhost(self, name: str) -> None:
+        self._run("INSERT OR IGNORE INTO vhosts VALUES (?)", self._s(name))
+
+    def add_exchange(self, vhost: str, name: str, type_name: str, auto_delete: bool, internal: bool,
+                     arguments: dict[str, Any] | None) -> None:
+        self._run("INSERT OR REPLACE INTO exchanges VALUES (?, ?, ?, ?, ?, ?)", self._s(vhost),
+                  self._s(name), type_name, int(auto_delete), int(internal), _args(arguments))
+
+    def remove_exchange(self, vhost: str, name: str) -> None:
+        v, n = self._s(vhost), self._s(name)
+        self.db.execute("BEGIN")
+        try:
+            self._run("DELETE FROM exchanges WHERE vhost = ? AND name = ?", v, n)
+            self._run("DELETE FROM bindings WHERE vhost = ? AND (source = ? OR (kind = ? AND "
+                      "destination = ?))", v, n, EXCHANGE, n)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def add_queue(self, vhost: str, name: str, arguments: dict[str, Any] | None) -> None:
+        self._run("INSERT OR REPLACE INTO queues VALUES (?, ?, ?)", self._s(vhost), self._s(name),
+                  _args(arguments))
+
+    def remove_queue(self, vhost: str, name: str) -> None:
+        v, n = self._s(vhost), self._s(name)
+        self.db.execute("BEGIN")
+        try:
+            self._run("DELETE FROM queues WHERE vhost = ? AND name = ?", v, n)
+            self._run("DELETE FROM bindings WHERE vhost = ? AND kind = ? AND destination = ?", v,
+                      QUEUE, n)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def add_binding(self, vhost: str, source: str, kind: str, destination: str, routing_key: str,
+                    arguments: dict[str, Any] | None) -> None:
+        self._run("INSERT OR IGNORE INTO bindings VALUES (?, ?, ?, ?, ?, ?)", self._s(vhost),
+                  self._s(source), kind, self._s(destination), self._s(routing_key), _args(arguments))
+
+    def remove_binding(self, vhost: str, source: str, kind: str, destination: str, routing_key: str,
+                       arguments: dict[str, Any] | None) -> None:
+        self._run("DELETE FROM bindings WHERE vhost = ? AND source = ? AND kind = ? AND destination = ? "
+                  "AND routing_key = ? AND arguments = ?", self._s(vhost), self._s(source), kind,
+                  self._s(destination), self._s(routing_key), _args(arguments))
+
+    # -- reads (at startup) -------------------------------------------------------------------------
+
+    def vhosts(self) -> list[str]:
+        return [_str(r[0]) for r in self.db.execute("SELECT name FROM vhosts ORDER BY name")]
+
+    def exchanges(self, vhost: str) -> list[tuple[str, str, bool, bool, dict[str, Any]]]:
+        """(name, type, auto_delete, internal, arguments) of each durable exchange."""
+        return [(_str(r[0]), _str(r[1]), bool(r[2]), bool(r[3]), _table(r[4])) for r in self.db.execute(
+            "SELECT name, type, auto_delete, internal, arguments FROM exchanges WHERE vhost = ? "
+            "ORDER BY name", (self._s(vhost),))]
+
+    def queues(self, vhost: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(_str(r[0]), _table(r[1])) for r in self.db.execute(
+            "SELECT name, arguments FROM queues WHERE vhost = ? ORDER BY name", (self._s(vhost),))]
+
+    def bindings(self, vhost: str) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        """(source, kind, destination, routing_key, arguments) of each durable binding."""
+        return [(_str(r[0]), _str(r[1]), _str(r[2]), _str(r[3]), _table(r[4])) for r in self.db.execute(
+            "SELECT source, kind, destination, routing_key, arguments FROM bindings WHERE vhost = ? "
+            "ORDER BY rowid", (self._s(vhost),))]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _str(value: str | bytes) -> str:
+    """A name stored as a BLOB (it was not valid UTF-8) back to the surrogate-escaped str."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value

@@ -1,0 +1,211 @@
+"""The message store: every queue log under one data directory, and the group commit.
+
+Queue logs buffer their writes and register here as dirty; ``flush`` writes every dirty log
+(the shell calls it once per event-loop turn, through ``on_wake``). A publisher confirm or a
+tx.commit that needs its messages on stable storage waits with ``after_sync``; ``start_sync``
+takes every file written since the last sync and every waiter into one ``SyncJob``, which the
+shell runs in a thread (fdatasync releases the GIL) and then hands to ``finish_sync``, which
+runs the waiters. One fdatasync per file covers every message written before it: however many
+publishers wait, the number of syncs per second stays bounded by the disk, not by messages.
+
+Layout of the data directory::
+
+    definitions.sqlite3        exchanges, queues, bindings (definitions.py)
+    queues/<id>/               the log of each durable queue (queue_log.py)
+    transient/<id>/            logs of non-durable queues paging to disk; wiped at startup
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from .queue_log import QueueLog
+
+log = logging.getLogger("hare.store")
+
+
+def queue_id(vhost: str, name: str) -> str:
+    """A queue's directory name: names may hold any byte, so a digest of vhost and name."""
+    return hashlib.sha1(f"{vhost}\x00{name}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class SyncJob:
+    """Files to make durable, run in a worker thread; then the waiters run on the loop."""
+
+    __slots__ = ("fds", "retired", "dirs", "waiters", "error")
+
+    def __init__(self, fds: list[int], retired: list[tuple[int, bool]], dirs: list[Path],
+                 waiters: list[Callable[[], None]]) -> None:
+        self.fds = fds
+        self.retired = retired  # (fd, needs sync): closed once synced
+        self.dirs = dirs
+        self.waiters = waiters
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            for fd in self.fds:
+                os.fdatasync(fd)
+            for fd, needs_sync in self.retired:
+                if needs_sync:
+                    os.fdatasync(fd)
+            for d in self.dirs:
+                try:
+                    dfd = os.open(d, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # the queue was deleted meanwhile: nothing to make durable
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:  # reported by finish_sync on the loop
+            self.error = exc
+
+
+class MessageStore:
+    def __init__(self, data_dir: Path | str) -> None:
+        self.data_dir = Path(data_dir)
+        self.queues_dir = self.data_dir / "queues"
+        self.transient_dir = self.data_dir / "transient"
+        self.queues_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.transient_dir, ignore_errors=True)  # transient queues did not survive
+        self.dirty: list[QueueLog] = []
+        self.sync_fds: dict[int, None] = {}
+        self.retired: list[tuple[int, bool]] = []
+        self.dirs: dict[Path, None] = {}
+        self.waiters: list[Callable[[], None]] = []
+        self.syncing = False
+        self.on_wake: Callable[[], None] = _noop  # the shell: schedule flush / sync soon
+        self.logs: dict[Path, QueueLog] = {}
+
+    # -- queue logs --------------------------------------------------------------------------------
+
+    def queue_dir(self, vhost: str, name: str, durable: bool) -> Path:
+        return (self.queues_dir if durable else self.transient_dir) / queue_id(vhost, name)
+
+    def open_log(self, vhost: str, name: str, durable: bool) -> QueueLog:
+        """A new, empty log for a queue (a durable one's leftovers from an older queue of the
+        same name are removed)."""
+        d = self.queue_dir(vhost, name, durable)
+        old = self.logs.pop(d, None)
+        if old is not None:
+            old.destroy()
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        if durable:
+            (d / "name").write_text(f"{vhost}\n{name}\n", encoding="utf-8", errors="surrogateescape")
+        qlog = self.logs[d] = QueueLog(d, durable, self)
+        return qlog
+
+    def recover_log(self, vhost: str, name: str) -> QueueLog | None:
+        """The log of a durable queue as the last run left it, or None when it has none."""
+        d = self.queue_dir(vhost, name, True)
+        if not d.is_dir():
+            return None
+        qlog = self.logs[d] = QueueLog(d, True, self)
+        qlog.recover()
+        return qlog
+
+    def forget(self, qlog: QueueLog) -> None:
+        self.logs.pop(qlog.dir, None)
+
+    def remove_orphans(self, keep: set[Path]) -> None:
+        """Delete the logs of durable queues that no longer exist."""
+        for d in self.queues_dir.iterdir():
+            if d not in keep and d not in self.logs:
+                log.info("removing the log of a deleted queue: %s", d)
+                shutil.rmtree(d, ignore_errors=True)
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def mark_dirty(self, qlog: QueueLog) -> None:
+        if not self.dirty:
+            self.on_wake()
+        self.dirty.append(qlog)
+
+    def flush(self) -> None:
+        """Write what every dirty log buffered (to the OS: it survives a crash of the process)."""
+        dirty = self.dirty
+        if dirty:
+            self.dirty = []
+            for qlog in dirty:
+                qlog.flush()
+
+    def sync_fd(self, fd: int) -> None:
+        self.sync_fds[fd] = None
+
+    def retire_fd(self, fd: int, needs_sync: bool) -> None:
+        """A log is done with a file: close it after the next sync (synced first if asked)."""
+        if fd < 0:
+            return
+        if fd in self.sync_fds:
+            del self.sync_fds[fd]
+            needs_sync = True
+        self.retired.append((fd, needs_sync))
+        self.on_wake()
+
+    def sync_dir(self, path: Path) -> None:
+        self.dirs[path] = None
+
+    # -- group commit ------------------------------------------------------------------------------
+
+    def after_sync(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once everything written so far is on stable storage."""
+        if not self.waiters:
+            self.on_wake()
+        self.waiters.append(callback)
+
+    @property
+    def sync_wanted(self) -> bool:
+        return bool(self.waiters or self.retired)
+
+    def start_sync(self) -> SyncJob | None:
+        """Flush, then take the files to sync and the waiters into a job (None: nothing to do,
+        or a sync is already running: its end starts the next)."""
+        self.flush()
+        if self.syncing or not (self.waiters or self.retired):
+            return None
+        job = SyncJob(list(self.sync_fds), self.retired, list(self.dirs), self.waiters)
+        self.sync_fds = {}
+        self.retired = []
+        self.dirs = {}
+        self.waiters = []
+        self.syncing = True
+        return job
+
+    def finish_sync(self, job: SyncJob) -> None:
+        self.syncing = False
+        for fd, _ in job.retired:
+            os.close(fd)
+        if job.error is not None:
+            # The data may not be on disk: never confirm it. RabbitMQ stops the node on a failed
+            # write; hare logs it, and the waiters (confirms) stay unanswered.
+            log.critical("fdatasync failed: %s; confirms withheld", job.error)
+            return
+        for waiter in job.waiters:
+            waiter()
+
+    def sync_now(self) -> None:
+        """Flush and sync in this thread (shutdown, tests without an event loop)."""
+        while True:
+            job = self.start_sync()
+            if job is None:
+                return
+            job.run()
+            self.finish_sync(job)
+
+    def close(self) -> None:
+        """Clean shutdown: flush every log, sync, close the files."""
+        for qlog in list(self.logs.values()):
+            qlog.close()
+        self.logs.clear()
+        self.sync_now()
+
+
+def _noop() -> None:
+    pass

@@ -1,0 +1,160 @@
+"""A queue's messages: an in-memory window at the head, the rest in the queue's log on disk.
+
+While the backlog is small every message is in memory (``mem``), and only persistent messages
+of a durable queue are also written to the log. Once the window is full, new messages go to the
+log only (transient ones too) and are paged back in, in order, as consumers drain the window:
+memory stays bounded whatever the backlog.
+
+Each entry has an id ``seq = position << 1 | in_log``: ``position`` orders the queue (requeued
+messages return by it), the low bit says whether an ack must be written to the log.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .segment import FLAG_PERSISTENT, decode_message
+
+if TYPE_CHECKING:
+    from ..broker.message import Message
+    from .queue_log import QueueLog
+
+# builds a message read back from the log: (exchange, routing_key, properties, body, route_bytes,
+# persistent); the broker passes its Message class (the store sits below the broker)
+MessageFactory = Callable[[str, str, bytes, bytes, bytes, bool], "Message"]
+
+WINDOW_MESSAGES = 16384
+WINDOW_BYTES = 16 << 20
+
+
+class PagedQueueStore:
+    __slots__ = ("mem", "mem_bytes", "requeued", "disk", "log", "open_log", "make_message", "durable",
+                 "next_pos", "window", "window_bytes")
+
+    def __init__(self, open_log: Callable[[], QueueLog], make_message: MessageFactory, durable: bool,
+                 log: QueueLog | None = None, window: int = WINDOW_MESSAGES,
+                 window_bytes: int = WINDOW_BYTES) -> None:
+        self.mem: deque[tuple[int, Message]] = deque()  # the head of the queue, in memory
+        self.mem_bytes = 0
+        self.requeued: list[tuple[int, Message]] = []  # heap by seq: back at their old place
+        self.disk = 0  # ready messages in the log only, after those in mem
+        self.log = log  # opened on first need
+        self.open_log = open_log
+        self.make_message = make_message
+        self.durable = durable
+        self.next_pos = 0
+        self.window = window
+        self.window_bytes = window_bytes
+        if log is not None:
+            self.disk = log.live
+            last = max((s.last for s in log.segments), default=-1)
+            self.next_pos = max(last, log.delivered) + 1
+
+    def _log(self) -> QueueLog:
+        log = self.log
+        if log is None:
+            log = self.log = self.open_log()
+        return log
+
+    def push(self, msg: Message) -> None:
+        pos = self.next_pos
+        self.next_pos = pos + 1
+        persistent = self.durable and msg.persistent
+        if not self.disk and len(self.mem) < self.window and self.mem_bytes < self.window_bytes:
+            if persistent:
+                msg.needs_sync = True
+                log = self.log or self._log()
+                log.append(pos, time.time_ns() // 1_000_000, FLAG_PERSISTENT, msg.route_bytes,
+                           msg.properties_raw, msg.body)
+                log.skip_to_tail()
+                self.mem.append((pos << 1 | 1, msg))
+            else:
+                self.mem.append((pos << 1, msg))
+            self.mem_bytes += len(msg.body)
+        else:
+            if persistent:
+                msg.needs_sync = True
+            log = self.log or self._log()
+            log.append(pos, time.time_ns() // 1_000_000, FLAG_PERSISTENT if persistent else 0,
+                       msg.route_bytes, msg.properties_raw, msg.body)
+            self.disk += 1
+
+    def pop(self) -> tuple[Message, int, bool] | None:
+        if self.requeued:
+            seq, msg = heapq.heappop(self.requeued)
+            return msg, seq, True
+        mem = self.mem
+        if not mem:
+            if not self.disk or not self._page_in():
+                return None
+        seq, msg = mem.popleft()
+        self.mem_bytes -= len(msg.body)
+        if seq & 1:
+            log = self.log
+            assert log is not None
+            position = seq >> 1
+            log.mark_delivered(position)
+            return msg, seq, position <= log.redelivered_upto
+        return msg, seq, False
+
+    def _page_in(self) -> int:
+        """Read the next messages of the log into the window; return how many."""
+        log = self._log()
+        records = log.read(max(1, self.window // 2), max(1, self.window_bytes // 2))
+        if not records:
+            self.disk = 0  # the log has nothing more (it lost a corrupt tail): trust it
+            return 0
+        self.disk = max(0, self.disk - len(records))
+        mem = self.mem
+        make = self.make_message
+        size = 0
+        for position, payload in records:
+            _pos, _ms, flags, route, exchange, routing_key, props, body = decode_message(payload)
+            mem.append((position << 1 | 1, make(exchange, routing_key, props, body, route,
+                                                bool(flags & FLAG_PERSISTENT))))
+            size += len(body)
+        self.mem_bytes += size
+        return len(records)
+
+    def requeue(self, seq: int, msg: Message) -> None:
+        heapq.heappush(self.requeued, (seq, msg))
+
+    def ack(self, seq: int, msg: Message) -> None:
+        if seq & 1:
+            log = self.log
+            assert log is not None
+            log.ack(seq >> 1)
+
+    def purge(self) -> int:
+        n = len(self)
+        log = self.log
+        if log is not None:
+            for seq, _ in self.mem:
+                if seq & 1:
+                    log.ack(seq >> 1)
+            for seq, _ in self.requeued:
+                if seq & 1:
+                    log.ack(seq >> 1)
+            if self.disk:
+                log.drop_unread()
+        self.mem.clear()
+        self.requeued.clear()
+        self.mem_bytes = 0
+        self.disk = 0
+        return n
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+    def destroy(self) -> None:
+        if self.log is not None:
+            self.log.destroy()
+            self.log = None
+
+    def __len__(self) -> int:
+        return len(self.mem) + len(self.requeued) + self.disk

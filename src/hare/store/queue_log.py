@@ -1,0 +1,456 @@
+"""One queue's log on disk: append-only segment files, ack files, and a read cursor.
+
+Directory of a queue::
+
+    0000000001.seg   records (see segment.py), appended in queue order
+    0000000001.ack   acks of records in 0000000001.seg: position:u64, ~position:u32 (12 bytes)
+    delivered        position:u64, the highest position handed to a consumer (pwrite in place)
+
+Every record carries its queue ``position`` (a number that grows with each message the queue
+takes). Acks name positions; a segment whose records are all acked is deleted with its ack file.
+The queue reads records back in order through a cursor, skipping acked ones, when its in-memory
+window runs dry (see paged.py). After a restart, records at or below the ``delivered`` mark come
+back with redelivered=true.
+
+Writes go to a buffer and reach the file when the store flushes (once per event-loop batch); a
+durable log's persistent writes are then fdatasync'ed by the store's group commit. A
+non-durable log (a transient queue paging to disk) is never synced and is wiped at startup.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .segment import (
+    FLAG_PERSISTENT,
+    HEADER_SIZE,
+    MAGIC,
+    RECORD,
+    RECORD_SIZE,
+    CorruptRecord,
+    encode_message,
+    message_position,
+    scan,
+    segment_name,
+)
+
+if TYPE_CHECKING:
+    from .message_store import MessageStore
+
+log = logging.getLogger("hare.store")
+
+SEGMENT_SIZE = 8 << 20  # a segment is closed and a new one started past this size
+READ_CHUNK = 256 << 10  # bytes read at a time when paging messages back in
+ACK = struct.Struct("<QI")
+ACK_SIZE = ACK.size
+_pack_ack = ACK.pack
+_pack_q = struct.Struct("<Q").pack
+_unpack_record = RECORD.unpack_from
+_O_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+class Segment:
+    """What the log keeps in memory of one segment file: a few numbers and an acked bitmap."""
+
+    __slots__ = ("id", "path", "first", "last", "count", "live", "size", "acked", "ack_buf", "ack_fd")
+
+    def __init__(self, segment_id: int, path: Path) -> None:
+        self.id = segment_id
+        self.path = path
+        self.first = -1  # position of its first record (-1: none yet)
+        self.last = -1
+        self.count = 0  # records in the file
+        self.live = 0  # records not yet acked
+        self.size = HEADER_SIZE  # bytes of valid records (file size, once flushed)
+        self.acked = bytearray()  # bit (position - first): acked, or not a live record
+        self.ack_buf = bytearray()
+        self.ack_fd = -1
+
+    def is_acked(self, position: int) -> bool:
+        i = position - self.first
+        byte = i >> 3
+        return byte < len(self.acked) and bool(self.acked[byte] & (1 << (i & 7)))
+
+    def set_acked(self, position: int) -> bool:
+        """Mark acked; False when it already was."""
+        i = position - self.first
+        byte = i >> 3
+        acked = self.acked
+        if byte >= len(acked):
+            acked.extend(bytes(byte + 1 - len(acked) + 64))
+        bit = 1 << (i & 7)
+        if acked[byte] & bit:
+            return False
+        acked[byte] |= bit
+        return True
+
+    @property
+    def ack_path(self) -> Path:
+        return self.path.with_suffix(".ack")
+
+
+class QueueLog:
+    __slots__ = ("dir", "durable", "store", "segments", "firsts", "wseg", "wfd", "wbuf", "rseg", "roff",
+                 "rfd", "rfd_seg", "delivered", "delivered_saved", "delivered_fd", "dirty", "needs_sync",
+                 "redelivered_upto", "live", "closed")
+
+    def __init__(self, directory: Path, durable: bool, store: MessageStore) -> None:
+        self.dir = directory
+        self.durable = durable
+        self.store = store
+        self.segments: list[Segment] = []
+        self.firsts: list[int] = []  # first position of each segment, for bisect
+        self.wseg: Segment | None = None  # the segment appends go to
+        self.wfd = -1
+        self.wbuf = bytearray()
+        self.rseg: Segment | None = None  # read cursor: segment and offset of the next record
+        self.roff = HEADER_SIZE
+        self.rfd = -1
+        self.rfd_seg: Segment | None = None
+        self.delivered = -1  # highest position delivered (persisted for redelivered flags)
+        self.delivered_saved = -1
+        self.delivered_fd = -1
+        self.dirty = False
+        self.needs_sync = False
+        self.redelivered_upto = -1  # after recovery: positions <= this were delivered before
+        self.live = 0  # records not acked, in all segments
+        self.closed = False
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def append(self, position: int, enqueued_ms: int, flags: int, route_bytes: bytes, properties: bytes,
+               body: bytes) -> None:
+        seg = self.wseg
+        if seg is None or seg.size >= SEGMENT_SIZE:
+            seg = self._roll()
+        if seg.first < 0:
+            seg.first = position
+            self.firsts[-1] = position
+        seg.size += encode_message(self.wbuf, position, enqueued_ms, flags, route_bytes, properties, body)
+        seg.last = position
+        seg.count += 1
+        seg.live += 1
+        self.live += 1
+        if flags & FLAG_PERSISTENT and self.durable:
+            self.needs_sync = True
+        if not self.dirty:
+            self.dirty = True
+            self.store.mark_dirty(self)
+
+    def skip_to_tail(self) -> None:
+        """Move the read cursor past everything appended so far (they are held in memory)."""
+        self.rseg = self.wseg
+        self.roff = self.wseg.size if self.wseg is not None else HEADER_SIZE
+
+    def _roll(self) -> Segment:
+        """Start a new segment (the old one's fd is synced, if needed, and closed by the store)."""
+        if self.wseg is not None:
+            self._flush_writes()
+            self.store.retire_fd(self.wfd, self.needs_sync)
+            self.needs_sync = False
+            self.wfd = -1
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        next_id = self.segments[-1].id + 1 if self.segments else 1
+        seg = Segment(next_id, self.dir / segment_name(next_id))
+        fd = os.open(seg.path, _O_APPEND, 0o644)
+        os.write(fd, MAGIC)
+        self.wfd = fd
+        self.wseg = seg
+        self.segments.append(seg)
+        self.firsts.append(self.firsts[-1] if self.firsts else 0)
+        if self.durable:
+            self.store.sync_dir(self.dir)
+        if self.rseg is None:
+            self.rseg = seg
+            self.roff = HEADER_SIZE
+        return seg
+
+    def _flush_writes(self) -> None:
+        buf = self.wbuf
+        if buf:
+            view = memoryview(buf)
+            while view:
+                n = os.write(self.wfd, view)
+                view = view[n:]
+            view.release()
+            buf.clear()
+
+    def flush(self) -> None:
+        """Write buffered records, acks and the delivered mark (called by the store)."""
+        self.dirty = False
+        if self.closed:
+            return
+        self._flush_writes()
+        if self.durable:
+            for seg in self.segments:
+                if seg.ack_buf:
+                    if seg.ack_fd < 0:
+                        seg.ack_fd = os.open(seg.ack_path, _O_APPEND, 0o644)
+                    os.write(seg.ack_fd, seg.ack_buf)
+                    seg.ack_buf.clear()
+            if self.delivered != self.delivered_saved:
+                if self.delivered_fd < 0:
+                    self.delivered_fd = os.open(self.dir / "delivered",
+                                                os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                                                0o644)
+                os.pwrite(self.delivered_fd, _pack_q(self.delivered), 0)
+                self.delivered_saved = self.delivered
+        if self.needs_sync:
+            self.needs_sync = False
+            self.store.sync_fd(self.wfd)
+
+    # -- acks -------------------------------------------------------------------------------------
+
+    def segment_of(self, position: int) -> Segment | None:
+        i = bisect.bisect_right(self.firsts, position) - 1
+        if i < 0:
+            return None
+        seg = self.segments[i]
+        return seg if seg.first <= position <= seg.last else None
+
+    def ack(self, position: int) -> None:
+        seg = self.segment_of(position)
+        if seg is None or not seg.set_acked(position):
+            return
+        seg.live -= 1
+        self.live -= 1
+        if self.durable:
+            seg.ack_buf += _pack_ack(position, ~position & 0xFFFFFFFF)
+            if not self.dirty:
+                self.dirty = True
+                self.store.mark_dirty(self)
+        if not seg.live and seg is not self.wseg:
+            self._drop_segment(seg)
+
+    def mark_delivered(self, position: int) -> None:
+        if position > self.delivered:
+            self.delivered = position
+            if self.durable and not self.dirty:
+                self.dirty = True
+                self.store.mark_dirty(self)
+
+    def _drop_segment(self, seg: Segment) -> None:
+        i = self.segments.index(seg)
+        if self.rseg is seg:
+            nxt = self.segments[i + 1] if i + 1 < len(self.segments) else None
+            self.rseg = nxt
+            self.roff = HEADER_SIZE
+        del self.segments[i]
+        del self.firsts[i]
+        if self.rfd_seg is seg:
+            os.close(self.rfd)
+            self.rfd = -1
+            self.rfd_seg = None
+        if seg.ack_fd >= 0:
+            os.close(seg.ack_fd)
+            seg.ack_fd = -1
+        for path in (seg.path, seg.ack_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def read(self, max_count: int, max_bytes: int) -> list[tuple[int, bytes]]:
+        """Up to ``max_count`` records (and about ``max_bytes``) from the cursor on, skipping
+        acked ones: [(position, payload)]."""
+        out: list[tuple[int, bytes]] = []
+        taken = 0
+        while len(out) < max_count and taken < max_bytes:
+            seg = self.rseg
+            if seg is None:
+                break
+            if self.roff >= seg.size:
+                if seg is self.wseg:
+                    break
+                i = self.segments.index(seg)
+                self.rseg = self.segments[i + 1] if i + 1 < len(self.segments) else None
+                self.roff = HEADER_SIZE
+                continue
+            if seg is self.wseg and self.wbuf:
+                self._flush_writes()
+            want = min(max(READ_CHUNK, max_bytes - taken), seg.size - self.roff)
+            data = self._pread(seg, want, self.roff)
+            o = 0
+            end = len(data)
+            while o + RECORD_SIZE <= end and len(out) < max_count:
+                size = _unpack_record(data, o)[0]
+                if o + RECORD_SIZE + size > end:
+                    if o == 0:  # one record larger than the chunk: read exactly it
+                        data = self._pread(seg, RECORD_SIZE + size, self.roff)
+                        end = len(data)
+                        continue
+                    break
+                p = o + RECORD_SIZE
+                position = message_position(data, p)[0]
+                if not seg.is_acked(position):
+                    out.append((position, data[p : p + size]))
+                    taken += size
+                o = p + size
+            if o == 0:  # nothing parsed: the file is shorter than we think; stop at it
+                log.error("queue log %s: segment %s ends early at offset %d", self.dir, seg.path.name,
+                          self.roff)
+                seg.size = self.roff
+                continue
+            self.roff += o
+        return out
+
+    def _pread(self, seg: Segment, size: int, offset: int) -> bytes:
+        if self.rfd_seg is not seg:
+            if self.rfd >= 0:
+                os.close(self.rfd)
+            self.rfd = os.open(seg.path, _O_READ)
+            self.rfd_seg = seg
+        return os.pread(self.rfd, size, offset)
+
+    def drop_unread(self) -> None:
+        """Ack every record not yet read (purge). Segments wholly after the cursor hold nothing
+        that was delivered: they go at once; the cursor's own segment is read to its end."""
+        seg = self.rseg
+        if seg is None:
+            return
+        i = self.segments.index(seg)
+        for later in self.segments[i + 1 :]:
+            self.live -= later.live
+            later.live = 0
+            if later is self.wseg:
+                self._flush_writes()
+                self.store.retire_fd(self.wfd, False)
+                self.wfd = -1
+                self.wseg = None
+                self.needs_sync = False
+            self._drop_segment(later)
+        while self.rseg is seg:
+            batch = self.read(1 << 16, SEGMENT_SIZE)
+            for position, _ in batch:
+                self.ack(position)
+            if not batch:
+                break
+        if self.rseg is seg:  # the cursor stays at the end of the write segment
+            return
+        self.rseg = self.wseg
+        self.roff = self.wseg.size if self.wseg is not None else HEADER_SIZE
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Rebuild the in-memory index from the files; return the number of live records.
+
+        A torn or corrupt record ends its segment: what precedes it is kept, what follows it in
+        that file is reported (with the path) and never served."""
+        paths = sorted(self.dir.glob("*.seg"))
+        for path in paths:
+            try:
+                segment_id = int(path.stem)
+            except ValueError:
+                continue
+            seg = Segment(segment_id, path)
+            self._recover_segment(seg, is_last=path == paths[-1])
+            if seg.count:
+                self.segments.append(seg)
+                self.firsts.append(seg.first)
+            else:
+                os.unlink(path)
+                if seg.ack_path.exists():
+                    os.unlink(seg.ack_path)
+        try:
+            raw = (self.dir / "delivered").read_bytes()
+            if len(raw) >= 8:
+                self.redelivered_upto = self.delivered = self.delivered_saved = int.from_bytes(
+                    raw[:8], "little")
+        except FileNotFoundError:
+            pass
+        for seg in list(self.segments):
+            if not seg.live:
+                self._drop_segment(seg)
+        self.live = sum(seg.live for seg in self.segments)
+        self.rseg = self.segments[0] if self.segments else None
+        self.roff = HEADER_SIZE
+        return self.live
+
+    def _recover_segment(self, seg: Segment, is_last: bool) -> None:
+        data = seg.path.read_bytes()
+        if data[:HEADER_SIZE] != MAGIC:
+            log.error("queue log: %s is not a segment file (bad header); skipped", seg.path)
+            return
+        view = memoryview(data)
+        records: list[tuple[int, int]] = []
+        try:
+            for off, p, e in scan(view):
+                position, flags = message_position(view, p)
+                if records and position <= records[-1][0]:
+                    raise CorruptRecord(off, "position out of order")
+                records.append((position, flags))
+                seg.size = e
+        except CorruptRecord as err:
+            if is_last:  # a crash mid-write leaves a torn record at the very end
+                log.warning("queue log: torn tail in %s at offset %d (%s): %d bytes dropped", seg.path,
+                            err.offset, err.reason, len(data) - err.offset)
+            else:
+                log.error("queue log: corrupt segment %s at offset %d (%s): the %d bytes from there on "
+                          "are not served", seg.path, err.offset, err.reason, len(data) - err.offset)
+        finally:
+            view.release()
+        if not records:
+            return
+        seg.first = records[0][0]
+        seg.last = records[-1][0]
+        seg.count = len(records)
+        # every position in the span starts acked; the live records (persistent ones, in a durable
+        # log) are cleared, then the ack file sets its records again
+        acked = seg.acked = bytearray(b"\xff") * ((seg.last - seg.first + 8) // 8)
+        live = 0
+        for position, flags in records:
+            if flags & FLAG_PERSISTENT or not self.durable:
+                i = position - seg.first
+                acked[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+                live += 1
+        try:
+            acks = seg.ack_path.read_bytes()
+        except FileNotFoundError:
+            acks = b""
+        for i in range(0, len(acks) - ACK_SIZE + 1, ACK_SIZE):
+            position, check = ACK.unpack_from(acks, i)
+            if check == ~position & 0xFFFFFFFF and seg.first <= position <= seg.last:
+                if seg.set_acked(position):
+                    live -= 1
+        seg.live = live
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush and close every file (clean shutdown); a durable log's files are synced first.
+        Files a sync may be using are handed to the store, which closes them after it."""
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self._close_fds(sync=self.durable)
+
+    def _close_fds(self, sync: bool) -> None:
+        store = self.store
+        store.retire_fd(self.wfd, sync)
+        store.retire_fd(self.delivered_fd, sync)
+        for seg in self.segments:
+            store.retire_fd(seg.ack_fd, sync)
+            seg.ack_fd = -1
+        if self.rfd >= 0:
+            os.close(self.rfd)
+        self.wfd = self.rfd = self.delivered_fd = -1
+        self.rfd_seg = None
+
+    def destroy(self) -> None:
+        """The queue is deleted: close and remove its files."""
+        self.closed = True
+        self._close_fds(sync=False)
+        self.store.forget(self)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,203 @@
+"""What survives a restart of the broker on the same data directory, and what does not."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import ChannelClosedByBroker
+
+from hare.testing import EmbeddedBroker
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("HARE_TEST_URL")), reason="restarts a private hare")
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+TRANSIENT = pika.BasicProperties(delivery_mode=1)
+
+
+class Restartable:
+    """A broker on one data directory that a test stops and starts again."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.broker: EmbeddedBroker | None = None
+        self.conns: list[pika.BlockingConnection] = []
+
+    def start(self) -> Restartable:
+        self.broker = EmbeddedBroker(data_dir=self.data_dir).start()
+        return self
+
+    def channel(self) -> BlockingChannel:
+        assert self.broker is not None
+        conn = pika.BlockingConnection(pika.URLParameters(self.broker.url))
+        self.conns.append(conn)
+        return conn.channel()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        for conn in self.conns:
+            if conn.is_open:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+        self.conns.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Restartable]:
+    n = Restartable(tmp_path / "data").start()
+    yield n
+    n.stop()
+
+
+def drain(ch: BlockingChannel, queue: str, ack: bool = True) -> list[tuple[bytes, bool]]:
+    out = []
+    while True:
+        method, _props, body = ch.basic_get(queue, auto_ack=ack)
+        if method is None:
+            return out
+        out.append((body, method.redelivered))
+
+
+def exists(node: Restartable, kind: str, name: str) -> bool:
+    ch = node.channel()
+    declare: Callable[..., object] = ch.exchange_declare if kind == "exchange" else ch.queue_declare
+    try:
+        declare(name, passive=True)
+        return True
+    except ChannelClosedByBroker as err:
+        assert err.reply_code == 404
+        return False
+
+
+def test_durable_definitions_survive_and_transient_ones_do_not(node: Restartable) -> None:
+    ch = node.channel()
+    ch.exchange_declare("d-ex", "topic", durable=True, arguments={"alternate-exchange": "ae"})
+    ch.exchange_declare("t-ex", "fanout", durable=False)
+    ch.queue_declare("d-q", durable=True, arguments={"x-max-priority": 5})
+    ch.queue_declare("t-q", durable=False)
+    ch.queue_declare("ad-q", durable=True, auto_delete=True)
+    ch.queue_declare("x-q", durable=True, exclusive=True)
+    node.restart()
+    assert exists(node, "exchange", "d-ex")
+    assert not exists(node, "exchange", "t-ex")
+    assert exists(node, "queue", "d-q")
+    assert not exists(node, "queue", "t-q")
+    assert not exists(node, "queue", "ad-q")  # auto-delete and exclusive queues never survive
+    assert not exists(node, "queue", "x-q")
+    ch = node.channel()
+    # the same properties and arguments as before: an equivalent redeclare passes, another fails
+    ch.exchange_declare("d-ex", "topic", durable=True, arguments={"alternate-exchange": "ae"})
+    ch.queue_declare("d-q", durable=True, arguments={"x-max-priority": 5})
+    with pytest.raises(ChannelClosedByBroker) as info:
+        ch.queue_declare("d-q", durable=True)
+    assert info.value.reply_code == 406
+
+
+def test_durable_bindings_route_after_a_restart(node: Restartable) -> None:
+    ch = node.channel()
+    ch.exchange_declare("logs", "topic", durable=True)
+    ch.exchange_declare("fan", "fanout", durable=True)
+    ch.exchange_declare("transient", "direct", durable=False)
+    ch.queue_declare("errors", durable=True)
+    ch.queue_bind("errors", "logs", "*.error")
+    ch.queue_bind("errors", "amq.direct", "err")
+    ch.exchange_bind("logs", "fan")  # exchange to exchange: logs receives what fan gets
+    ch.queue_bind("errors", "logs", "*.gone")
+    ch.queue_unbind("errors", "logs", "*.gone")
+    node.restart()
+    ch = node.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("logs", "app.error", b"1")
+    ch.basic_publish("amq.direct", "err", b"2")
+    ch.basic_publish("fan", "db.error", b"3")
+    ch.basic_publish("logs", "app.gone", b"never")
+    assert [b for b, _ in drain(ch, "errors")] == [b"1", b"2", b"3"]
+
+
+def test_deleted_things_stay_deleted(node: Restartable) -> None:
+    ch = node.channel()
+    ch.exchange_declare("gone-ex", "direct", durable=True)
+    ch.queue_declare("gone-q", durable=True)
+    ch.queue_bind("gone-q", "gone-ex", "k")
+    ch.basic_publish("", "gone-q", b"x", PERSISTENT)
+    ch.queue_delete("gone-q")
+    ch.exchange_delete("gone-ex")
+    node.restart()
+    assert not exists(node, "queue", "gone-q")
+    assert not exists(node, "exchange", "gone-ex")
+    ch = node.channel()
+    ch.queue_declare("gone-q", durable=True)  # a new queue of the same name starts empty
+    assert drain(ch, "gone-q") == []
+
+
+def test_persistent_messages_in_durable_queues_survive_in_order(node: Restartable) -> None:
+    ch = node.channel()
+    ch.queue_declare("d", durable=True)
+    ch.queue_declare("t", durable=False)
+    ch.confirm_delivery()
+    for i in range(100):
+        ch.basic_publish("", "d", b"p%d" % i, PERSISTENT)
+        ch.basic_publish("", "d", b"t%d" % i, TRANSIENT)
+        ch.basic_publish("", "t", b"p%d" % i, PERSISTENT)
+    node.restart()
+    ch = node.channel()
+    assert drain(ch, "d") == [(b"p%d" % i, False) for i in range(100)]
+    assert not exists(node, "queue", "t")
+
+
+def test_unacked_messages_come_back_redelivered_and_acked_ones_do_not(node: Restartable) -> None:
+    ch = node.channel()
+    ch.queue_declare("work", durable=True)
+    ch.confirm_delivery()
+    for i in range(10):
+        ch.basic_publish("", "work", b"%d" % i, PERSISTENT)
+    got = []
+    for _ in range(6):
+        method, _props, body = ch.basic_get("work")
+        got.append((method.delivery_tag, body))
+    for tag, _ in got[:3]:
+        ch.basic_ack(tag)
+    ch.queue_declare("work", durable=True, passive=True)  # a round trip: the acks are in
+    node.restart()  # messages 3..5 delivered, not acked
+    ch = node.channel()
+    assert drain(ch, "work") == [(b"3", True), (b"4", True), (b"5", True)] + [
+        (b"%d" % i, False) for i in range(6, 10)]
+
+
+def test_a_backlog_larger_than_the_window_survives_and_drains_in_order(node: Restartable) -> None:
+    ch = node.channel()
+    ch.queue_declare("big", durable=True)
+    ch.confirm_delivery()
+    body = b"x" * 1000
+    for i in range(30_000):  # past the in-memory window: most of it only on disk
+        ch.basic_publish("", "big", b"%06d" % i + body, PERSISTENT)
+    assert ch.queue_declare("big", durable=True, passive=True).method.message_count == 30_000
+    node.restart()
+    ch = node.channel()
+    assert ch.queue_declare("big", durable=True, passive=True).method.message_count == 30_000
+    ch.basic_qos(prefetch_count=500)
+    seen = []
+    for method, _props, body in ch.consume("big", inactivity_timeout=5):
+        if method is None:
+            break
+        seen.append(int(body[:6]))
+        ch.basic_ack(method.delivery_tag)
+        if len(seen) == 30_000:
+            break
+    ch.cancel()
+    assert seen == list(range(30_000))
+    log_dirs = list((node.data_dir / "queues").iterdir())
+    segments = [p for d in log_dirs for p in d.glob("*.seg")]
+    assert sum(p.stat().st_size for p in segments) < 9 << 20  # acked segments were reclaimed
