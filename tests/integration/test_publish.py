@@ -21,7 +21,7 @@ from rawamqp import RawClient
 
 from hare.amqp import spec
 from hare.broker.broker import BrokerConfig
-from hare.session.channel import expiration_error
+from hare.broker.expiration import expiration_error
 
 hare_only = pytest.mark.skipif(bool(os.environ.get("HARE_TEST_URL")), reason="needs a private hare")
 
@@ -517,8 +517,6 @@ INVALID_EXPIRATIONS = {
 }
 
 
-@pytest.mark.skipif(not os.environ.get("HARE_TEST_URL"),
-                    reason="hare does not check the expiration on publish yet (hot path)")
 @pytest.mark.parametrize("value", list(INVALID_EXPIRATIONS))
 def test_invalid_expiration_is_406(raw: RawClient, queue: str, value: str) -> None:
     publish(raw, 1, "", queue, b"x", props(0x0100, ss(value)))
@@ -529,7 +527,7 @@ def test_invalid_expiration_is_406(raw: RawClient, queue: str, value: str) -> No
 @hare_only
 @pytest.mark.parametrize("value", list(INVALID_EXPIRATIONS))
 def test_expiration_error_has_rabbitmqs_text(value: str) -> None:
-    """hare's check (ready, not yet on the publish path) words it as RabbitMQ does (test above)."""
+    """hare's check on its own words it as RabbitMQ does (the test above, over a socket)."""
     assert expiration_error(value.encode()) == f"invalid expiration '{value}': {INVALID_EXPIRATIONS[value]}"
     assert expiration_error(b"315360000000") is None and expiration_error(b"-0") is None
 

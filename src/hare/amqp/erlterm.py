@@ -54,6 +54,14 @@ def p_binary(data: bytes, col: int) -> str:
     return "".join(out)
 
 
+def p_string(data: bytes) -> str:
+    """``~p`` of an Erlang string (a list of octets): ``"abc"`` when every octet is printable,
+    else the list of numbers ``[1,2,3]``."""
+    if all(b in _PRINTABLE for b in data):
+        return '"' + "".join(_ESCAPES.get(b, chr(b)) for b in data) + '"'
+    return "[" + ",".join(map(str, data)) + "]"
+
+
 def p_tuple(items: list[str], col: int) -> str:
     """``~p`` of a flat tuple whose first element is an atom, at 1-based column ``col``: one
     line if it fits, else the tag and then one element per line under the brace. (Checked against
@@ -65,8 +73,12 @@ def p_tuple(items: list[str], col: int) -> str:
 
 
 def column(text: str) -> int:
-    """The 1-based column after ``text`` (io_lib counts from the last line break)."""
-    return len(text) - (text.rfind("\n") + 1) + 1
+    """The 1-based column after ``text`` (io_lib counts from the last line break; a tab moves to
+    the next multiple of 8)."""
+    col = 0
+    for c in text[text.rfind("\n") + 1 :]:
+        col = (col // 8 + 1) * 8 if c == "\t" else col + 1
+    return col + 1
 
 
 def frame_snippet(ftype: int, payload: bytes) -> str:

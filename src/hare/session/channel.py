@@ -25,6 +25,7 @@ from ..amqp.errors import (
 from ..amqp.frames import FRAME_END_BYTE, body_frames, pack_header
 from ..broker.arguments import type_name
 from ..broker.consumer import Consumer, PrefetchLimit
+from ..broker.expiration import expiration_error
 from ..broker.message import Message
 from ..broker.queue import Queue
 
@@ -51,50 +52,7 @@ def consumer_tag() -> str:
     return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
-MAX_EXPIRY = 315_360_000_000  # RabbitMQ's largest per-message TTL: ten years, in milliseconds
 MAX_MSG_SIZE = 512 * 1024 * 1024  # RabbitMQ's cap on max_message_size
-_ERL_ESCAPES = {0x22: '\\"', 0x5C: "\\\\", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x0B: "\\v",
-                0x08: "\\b", 0x0C: "\\f", 0x1B: "\\e"}
-
-
-def expiration_error(value: bytes) -> str | None:
-    """RabbitMQ's complaint about an expiration property (None when it is valid): an optional sign
-    and decimal digits, nothing else, from 0 to MAX_EXPIRY. The reason is an Erlang term as ``~p``
-    prints it, wrapped onto an indented line when it does not fit in 80 columns (exact for printable
-    leftovers; Erlang lays out a list of unprintable bytes differently).
-
-    Not yet on the publish path: RabbitMQ refuses an invalid expiration with 406 after the user-id
-    check; calling this from Channel._check_publish when ``props_raw[0] & 0x01`` costs each publish
-    one more flag test."""
-    text = value.decode("latin-1")
-    digits = text[1:] if text[:1] in ("+", "-") else text
-    n = len(digits) - len(digits.lstrip("0123456789"))
-    if not n:
-        reason = "no_integer"
-    else:
-        rest = digits[n:]
-        number = int(text[: len(text) - len(rest)])
-        if rest:
-            if all(32 <= ord(c) <= 126 or 160 <= ord(c) or ord(c) in _ERL_ESCAPES for c in rest):
-                printed = '"' + "".join(_ERL_ESCAPES.get(ord(c), c) for c in rest) + '"'
-            else:
-                printed = "[" + ",".join(str(ord(c)) for c in rest) + "]"
-            tag, term = "leftover_string", printed
-        elif number < 0:
-            tag, term = "value_negative", str(number)
-        elif number > MAX_EXPIRY:
-            tag, term = "value_too_large", str(number)
-        else:
-            return None
-        head = f"invalid expiration '{text}': "
-        col = 0
-        for c in head:  # the column where the term starts, as Erlang's io_lib counts it
-            col = 0 if c == "\n" else (col // 8 + 1) * 8 if c == "\t" else col + 1
-        if col + len(tag) + len(term) + 3 > 78:
-            reason = "{" + tag + ",\n" + " " * (col + 1) + term + "}"
-        else:
-            reason = "{" + tag + "," + term + "}"
-    return (f"invalid expiration '{text}': {reason}").encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 class Channel:
@@ -528,9 +486,7 @@ class Channel:
             raise
 
     def _check_publish(self, m: Publish, props_raw: bytes, size: int) -> Any:
-        """RabbitMQ's checks, in its order: immediate, size, exchange, internal, user-id. (RabbitMQ then
-        checks the expiration property: see expiration_error, not called here as it would cost every
-        publish a flag test.)"""
+        """RabbitMQ's checks, in its order: immediate, size, exchange, internal, user-id, expiration."""
         if m[4]:
             raise ConnectionFault(540, "immediate=true", 60, 40)
         if size > self.max_size:
@@ -544,6 +500,10 @@ class Channel:
         # user-id present (flag bit 4) must name the authenticated user
         if props_raw[1] & 0x10 and props_codec.user_id(props_raw) != self.conn.username:
             self._check_impersonator(props_raw)
+        if props_raw[0] & 0x01:  # expiration present (flag bit 8)
+            err = expiration_error(props_codec.expiration(props_raw) or b"")
+            if err is not None:
+                raise precondition_failed(err)
         return ex
 
     def _size_error(self, size: int) -> str:
