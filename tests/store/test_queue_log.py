@@ -213,3 +213,35 @@ def test_corrupt_middle_segment_is_reported_and_the_rest_still_served(
     assert got == sorted(got)
     assert 0 < len(lost) < middle.count  # the records before the damage survive
     assert set(range(200)) - lost == set(got)
+
+
+def test_segments_pinned_by_a_few_unacked_records_are_compacted(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_log, "SEGMENT_SIZE", 64 << 10)
+    monkeypatch.setattr(queue_log, "COMPACT_MIN", 0)
+    store, qlog = new_log(tmp_path)
+    body = b"b" * 100
+    for i in range(3000):
+        append(qlog, i, b"%04d" % i + body)
+    assert len(qlog.segments) >= 5
+    qlog.read(1 << 20, 1 << 30)
+    pinned = list(range(0, 3000, 50))  # delivered long ago and never acked (slow consumers)
+    for i in range(3000):
+        if i % 50:
+            qlog.ack(i)
+    store.flush()
+    live_bytes = len(pinned) * (len(body) + 4)
+    segments = sum(p.stat().st_size for p in qlog.dir.glob("*.seg"))
+    assert segments <= 2 * live_bytes + queue_log.SEGMENT_SIZE  # without compaction: ~400 KB
+    wseg = qlog.wseg
+    assert wseg is not None
+    compacted_acks = [p for p in qlog.dir.glob("*.ack") if p != wseg.ack_path]
+    # emptied with their segments (only acks made since the last compaction remain)
+    assert sum(p.stat().st_size for p in compacted_acks) < 3000 * queue_log.ACK_SIZE // 4
+    # a crash now: exactly the unacked records come back, in order
+    assert [int(b[:4]) for b in bodies(recovered(tmp_path))] == pinned
+    # and acking them all still frees every segment but the one being written
+    for i in pinned:
+        qlog.ack(i)
+    store.flush()
+    assert len(list(qlog.dir.glob("*.seg"))) == 1

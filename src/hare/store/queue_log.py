@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("hare.store")
 
 SEGMENT_SIZE = 8 << 20  # a segment is closed and a new one started past this size
+# a segment read through whose live records are under 1/COMPACT_RATIO of its records (and that
+# holds at least COMPACT_MIN bytes) is rewritten with only those: disk use follows live messages
+COMPACT_RATIO = 4
+COMPACT_MIN = 1 << 20
 READ_CHUNK = 256 << 10  # bytes read at a time when paging messages back in
 ACK = struct.Struct("<QI")
 ACK_SIZE = ACK.size
@@ -227,8 +231,55 @@ class QueueLog:
             if not self.dirty:
                 self.dirty = True
                 self.store.mark_dirty(self)
-        if not seg.live and seg is not self.wseg:
-            self._drop_segment(seg)
+        if seg is not self.wseg:
+            if not seg.live:
+                self._drop_segment(seg)
+            elif (seg.live * COMPACT_RATIO < seg.count and seg.size >= COMPACT_MIN
+                  and (self.rseg is None or self.rseg.id > seg.id)):
+                self._compact(seg)
+
+    def _compact(self, seg: Segment) -> None:
+        """Rewrite a segment that was read through and is mostly acked with only its live records
+        (old unacked deliveries pin it). The new file is synced and renamed over the old one, then
+        the ack file emptied: a crash in between leaves acks of records that are gone, which
+        recovery ignores."""
+        fd = os.open(seg.path, _O_READ)
+        try:
+            data = os.pread(fd, seg.size, 0)
+        finally:
+            os.close(fd)
+        out = bytearray(MAGIC)
+        kept = 0
+        for off, p, e in scan(data, verify=False):
+            if not seg.is_acked(message_position(data, p)[0]):
+                out += data[off:e]
+                kept += 1
+        tmp = seg.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            os.write(fd, out)
+            if self.durable:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, seg.path)
+        if self.rfd_seg is seg:
+            os.close(self.rfd)
+            self.rfd = -1
+            self.rfd_seg = None
+        if self.durable:
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            seg.ack_buf.clear()  # acks of records that are gone
+            if seg.ack_fd >= 0:
+                os.ftruncate(seg.ack_fd, 0)
+            elif seg.ack_path.exists():
+                os.truncate(seg.ack_path, 0)
+        seg.size = len(out)
+        seg.count = kept
 
     def mark_delivered(self, position: int) -> None:
         if position > self.delivered:
