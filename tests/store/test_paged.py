@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -178,3 +179,23 @@ def test_rolled_segments_are_synced_then_closed(tmp_path: Path, monkeypatch: pyt
     for fd in fds:
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_a_failed_write_keeps_the_data_and_withholds_confirms(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    store, paged = make(tmp_path)
+    paged.push(msg(1))
+    ran: list[int] = []
+    store.after_sync(lambda: ran.append(1))
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    assert store.start_sync() is None  # nothing confirmed while the data is not written
+    assert ran == [] and store.write_error is not None
+    monkeypatch.setattr(os, "write", real_write)
+    store.sync_now()  # the disk has room again: the retry writes it, then confirms
+    assert ran == [1] and store.write_error is None
+    assert [b for b, _ in drain(restarted(tmp_path))] == [b"1"]

@@ -60,6 +60,8 @@ class StoreDriver:
             log.warning("cannot read free disk space of %s: %s", self.store.data_dir, exc)
         else:
             self.broker.set_disk_alarm(free < self.broker.config.disk_free_limit, free)
+        if self.store.write_error is not None:
+            self.wake()  # retry the writes that failed
         self.disk_timer = self.loop.call_later(DISK_CHECK_INTERVAL, self.check_disk)
 
     async def close(self) -> None:

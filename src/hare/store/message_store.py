@@ -80,6 +80,7 @@ class MessageStore:
         self.dirs: dict[Path, None] = {}
         self.waiters: list[Callable[[], None]] = []
         self.syncing = False
+        self.write_error: OSError | None = None  # the last flush failed: retry before confirming
         self.on_wake: Callable[[], None] = _noop  # the shell: schedule flush / sync soon
         self.logs: dict[Path, QueueLog] = {}
 
@@ -129,12 +130,25 @@ class MessageStore:
         self.dirty.append(qlog)
 
     def flush(self) -> None:
-        """Write what every dirty log buffered (to the OS: it survives a crash of the process)."""
+        """Write what every dirty log buffered (to the OS: it survives a crash of the process).
+        A log whose write fails (a full disk) keeps its data and stays dirty; until every write
+        has gone through, no sync answers its waiters."""
         dirty = self.dirty
         if dirty:
             self.dirty = []
+            failed = None
             for qlog in dirty:
-                qlog.flush()
+                try:
+                    qlog.flush()
+                except OSError as exc:
+                    failed = exc
+                    qlog.dirty = True
+                    self.dirty.append(qlog)
+            if failed is not None and self.write_error is None:
+                log.error("cannot write the message store: %s; confirms wait until it can", failed)
+            elif failed is None and self.write_error is not None:
+                log.info("the message store can write again")
+            self.write_error = failed
 
     def sync_fd(self, fd: int) -> None:
         self.sync_fds[fd] = None
@@ -168,7 +182,7 @@ class MessageStore:
         """Flush, then take the files to sync and the waiters into a job (None: nothing to do,
         or a sync is already running: its end starts the next)."""
         self.flush()
-        if self.syncing or not (self.waiters or self.retired):
+        if self.syncing or self.write_error is not None or not (self.waiters or self.retired):
             return None
         job = SyncJob(list(self.sync_fds), self.retired, list(self.dirs), self.waiters)
         self.sync_fds = {}

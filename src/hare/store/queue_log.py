@@ -178,14 +178,16 @@ class QueueLog:
         return seg
 
     def _flush_writes(self) -> None:
+        """Write the buffered records; on an error (a full disk) what was not written stays
+        buffered for the next flush."""
         buf = self.wbuf
-        if buf:
-            view = memoryview(buf)
-            while view:
-                n = os.write(self.wfd, view)
-                view = view[n:]
-            view.release()
-            buf.clear()
+        written = 0
+        try:
+            while written < len(buf):
+                written += os.write(self.wfd, buf if not written else bytes(buf[written:]))
+        finally:
+            if written:
+                del buf[:written]
 
     def flush(self) -> None:
         """Write buffered records, acks and the delivered mark (called by the store)."""
