@@ -40,7 +40,7 @@ def msg(i: int, persistent: bool = True) -> Message:
 def drain(paged: PagedQueueStore, ack: bool = True) -> list[tuple[bytes, bool]]:
     out = []
     while (entry := paged.pop()) is not None:
-        m, seq, redelivered = entry
+        m, seq, redelivered, _exp = entry
         out.append((m.body, redelivered))
         if ack:
             paged.ack(seq, m)
@@ -92,7 +92,7 @@ def test_requeued_messages_return_to_their_original_place(tmp_path: Path) -> Non
     for i in range(20):
         paged.push(msg(i))
     taken = [paged.pop() for _ in range(6)]
-    for m, seq, _ in reversed(taken[1:4]):  # requeue 1, 2, 3 in reverse order
+    for m, seq, _, _ in reversed(taken[1:4]):  # requeue 1, 2, 3 in reverse order
         paged.requeue(seq, m)
     got = drain(paged)
     assert [int(b) for b, _ in got] == [1, 2, 3] + list(range(6, 20))
@@ -104,7 +104,7 @@ def test_purge_drops_memory_and_disk_and_counts_both(tmp_path: Path) -> None:
     store, paged = make(tmp_path, window=4)
     for i in range(1000):
         paged.push(msg(i))
-    m, seq, _ = paged.pop()  # delivered, unacked: purge leaves it
+    m, seq, _, _ = paged.pop()  # delivered, unacked: purge leaves it
     assert paged.purge() == 999
     assert len(paged) == 0 and paged.pop() is None
     store.flush()
@@ -120,11 +120,11 @@ def test_restart_keeps_persistent_unacked_messages_with_redelivered_flags(tmp_pa
     for i in range(30):
         paged.push(msg(i, persistent=i % 3 != 0))
     delivered = [paged.pop() for _ in range(10)]
-    for m, seq, _ in delivered[::2]:
+    for m, seq, _, _ in delivered[::2]:
         paged.ack(seq, m)
     store.flush()  # then "kill -9"
     again = restarted(tmp_path)
-    acked = {int(m.body) for m, _, _ in delivered[::2]}
+    acked = {int(m.body) for m, _, _, _ in delivered[::2]}
     want = [i for i in range(30) if i % 3 and i not in acked]
     got = drain(again)
     assert [int(b) for b, _ in got] == want

@@ -11,6 +11,7 @@ from typing import Any
 from ..auth.users import UserStore
 from ..store.definitions import Definitions
 from ..store.message_store import MessageStore
+from .timers import Timers
 from .vhost import VirtualHost
 
 log = logging.getLogger("hare.broker")
@@ -45,6 +46,7 @@ class Broker:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.store = MessageStore(self.data_dir)
             self.definitions = Definitions(self.data_dir / "definitions.sqlite3")
+        self.timers = Timers()  # expiries and timeouts; the shell runs them when due
         self.vhosts: dict[str, VirtualHost] = {}
         self.users = UserStore()
         self.add_vhost(self.config.default_vhost)
@@ -59,7 +61,7 @@ class Broker:
     def add_vhost(self, name: str) -> VirtualHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = self.vhosts[name] = VirtualHost(name, self.store, self.definitions)
+            vhost = self.vhosts[name] = VirtualHost(name, self.store, self.definitions, self.timers)
             if self.definitions is not None:
                 self.definitions.add_vhost(name)
         return vhost

@@ -53,6 +53,26 @@ class Message:
         return p
 
     @property
+    def expiration(self) -> int | None:
+        """The per-message TTL in ms (the expiration property), or None. (The channel refused
+        invalid values at publish; a message read back from disk was valid when published.)"""
+        if not self.properties_raw[0] & 0x01:
+            return None
+        raw = _props.expiration(self.properties_raw)
+        try:
+            return max(0, int(raw)) if raw is not None else None
+        except ValueError:
+            return None
+
+    def with_properties(self, properties: dict[str, Any], exchange: str | None = None,
+                        routing_key: str | None = None) -> Message:
+        """A copy with other properties (re-encoded) and, optionally, another exchange and routing
+        key: for the rare paths that change a message (dead-lettering, reply-to, headers)."""
+        return Message(self.exchange if exchange is None else exchange,
+                       self.routing_key if routing_key is None else routing_key,
+                       _props.encode_properties(properties), self.body, None, self._persistent)
+
+    @property
     def body_size(self) -> int:
         return len(self.body)
 

@@ -4,17 +4,27 @@ Consumers are kept in groups of equal priority, highest first (``x-priority``); 
 delivery goes round-robin. A consumer is ready when its channel can take output and its prefetch
 window has room; dispatch stops when no consumer is ready and resumes when one becomes ready
 (ack, qos change, channel flow, the connection's output draining).
+
+The queue also enforces its settings (``queue_settings.py``: arguments and policy): message TTL
+and per-message expiration (at the head, as RabbitMQ), length limits with their overflow
+behaviour, queue expiry, and dead-lettering (``deadletter.py``) of what it gives up on.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..store.base import QueueStore
-from ..store.memory import MemoryQueueStore
+from ..store.paged import PagedQueueStore
 from .consumer import Consumer
+from .deadletter import EXPIRED, MAXLEN, REJECTED, dead_letter
 from .message import Message
+from .queue_settings import QueueSettings, queue_settings
+from .timers import Timer, now_ms
+
+if TYPE_CHECKING:
+    from .vhost import VirtualHost
 
 # Flow control: while a queue that has consumers holds more than FLOW_HIGH ready messages, the
 # connections publishing into it stop being read until it is back under FLOW_LOW (or a short
@@ -23,23 +33,30 @@ from .message import Message
 FLOW_HIGH = 8_000  # below a queue's memory window (store/paged.py), so a queue that keeps up stays in memory
 FLOW_LOW = FLOW_HIGH // 2
 
+# what Queue.publish answers (bits)
+THROTTLE = 1  # slow the publisher down (flow control)
+REJECTED_PUBLISH = 2  # refused (x-overflow reject-publish): the publisher gets a basic.nack
+
 
 class Queue:
-    __slots__ = ("name", "vhost_name", "durable", "exclusive", "owner", "auto_delete", "arguments",
-                 "store", "groups", "consumer_count", "exclusive_consumer", "deleted", "had_consumer",
-                 "flow_waiters")
+    __slots__ = ("name", "vhost", "vhost_name", "durable", "exclusive", "owner", "auto_delete",
+                 "arguments", "store", "groups", "consumer_count", "exclusive_consumer", "deleted",
+                 "had_consumer", "flow_waiters", "settings", "policy", "unacked_expiry", "ttl_timer",
+                 "expiry_timer", "last_used")
 
-    def __init__(self, name: str, vhost_name: str = "/", durable: bool = False,
+    def __init__(self, name: str, vhost: VirtualHost | None = None, durable: bool = False,
                  exclusive: bool = False, owner: Any = None, auto_delete: bool = False,
-                 arguments: dict[str, Any] | None = None, store: QueueStore | None = None) -> None:
+                 arguments: dict[str, Any] | None = None, store: QueueStore | None = None,
+                 policy: dict[str, Any] | None = None) -> None:
         self.name = name
-        self.vhost_name = vhost_name
+        self.vhost = vhost
+        self.vhost_name = vhost.name if vhost is not None else "/"
         self.durable = durable
         self.exclusive = exclusive
         self.owner = owner  # the connection owning an exclusive queue
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
-        self.store: QueueStore = store if store is not None else MemoryQueueStore()
+        self.store: QueueStore = store if store is not None else PagedQueueStore(None)
         # consumer groups by priority, highest first: [(priority, deque of consumers)]
         self.groups: list[tuple[int, deque[Consumer]]] = []
         self.consumer_count = 0
@@ -47,6 +64,40 @@ class Queue:
         self.deleted = False
         self.had_consumer = False
         self.flow_waiters: dict[Any, None] = {}  # publishers paused by this queue's backlog
+        self.unacked_expiry: dict[int, int] = {}  # seq -> expires_at, of delivered messages that have one
+        self.ttl_timer: Timer | None = None  # fires when the head message expires
+        self.expiry_timer: Timer | None = None  # fires when an unused queue may expire (x-expires)
+        self.last_used = now_ms()
+        self.policy: dict[str, Any] | None = None
+        self.settings = QueueSettings()
+        self.apply_policy(policy)
+
+    # -- settings ---------------------------------------------------------------------------------
+
+    def apply_policy(self, policy: dict[str, Any] | None) -> None:
+        """(Re)compute the effective settings from the arguments and ``policy`` (a definition)."""
+        self.policy = policy
+        self.settings = s = queue_settings(self.arguments, policy)
+        self.store.expiry = self.expires_at
+        if s.expires is not None and not self.consumer_count:
+            self._arm_expiry()
+        elif self.expiry_timer is not None and s.expires is None:
+            self.expiry_timer.cancel()
+            self.expiry_timer = None
+        if s.limited:
+            self._drop_over_limit()
+        if s.message_ttl is not None:
+            self._arm_ttl(self.store.head_expiry())
+
+    def expires_at(self, msg: Message, enqueued_ms: int) -> int:
+        """When ``msg``, taken at ``enqueued_ms``, expires in this queue (0: never): the queue's
+        TTL or the message's expiration, whichever is shorter."""
+        ttl = self.settings.message_ttl
+        if msg.properties_raw[0] & 0x01:  # an expiration property
+            exp = msg.expiration
+            if exp is not None and (ttl is None or exp < ttl):
+                ttl = exp
+        return 0 if ttl is None else enqueued_ms + ttl
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -54,13 +105,54 @@ class Queue:
     def message_count(self) -> int:
         return len(self.store)
 
-    def publish(self, msg: Message) -> bool:
-        """Enqueue and dispatch; True when the publisher should be slowed (see FLOW_HIGH)."""
-        self.store.push(msg)
+    def publish(self, msg: Message) -> int:
+        """Enqueue and dispatch. Returns THROTTLE when the publisher should be slowed (see
+        FLOW_HIGH), REJECTED_PUBLISH when the queue refused it (x-overflow reject-publish*)."""
+        s = self.settings
+        if s.limited and s.overflow != "drop-head" and self._full_for(msg):
+            if s.overflow == "reject-publish-dlx":
+                dead_letter(self, msg, MAXLEN)
+            return REJECTED_PUBLISH
+        exp = 0
+        if s.message_ttl is not None or msg.properties_raw[0] & 0x01:
+            exp = self.expires_at(msg, now_ms())
+        store = self.store
+        store.push(msg, exp)
+        if exp and (self.ttl_timer is None or len(store) == 1):
+            self._arm_ttl(store.head_expiry())
         if self.consumer_count:
             self.dispatch()
-            return len(self.store) > FLOW_HIGH
-        return False
+            if s.limited:
+                self._drop_over_limit()
+            return THROTTLE if len(store) > FLOW_HIGH else 0
+        if s.limited:
+            self._drop_over_limit()
+        return 0
+
+    def _full_for(self, msg: Message) -> bool:
+        s = self.settings
+        store = self.store
+        if s.max_length is not None and len(store) >= s.max_length:
+            return True
+        return s.max_length_bytes is not None and store.ready_bytes + len(msg.body) > s.max_length_bytes
+
+    def _drop_over_limit(self) -> None:
+        """drop-head: dead-letter the oldest messages until the queue is within its limits."""
+        s = self.settings
+        store = self.store
+        max_len = s.max_length
+        max_bytes = s.max_length_bytes
+        while (max_len is not None and len(store) > max_len) or (
+                max_bytes is not None and store.ready_bytes > max_bytes):
+            entry = store.pop()
+            if entry is None:
+                break
+            self._give_up(entry[1], entry[0], MAXLEN)
+
+    def _give_up(self, seq: int, msg: Message, reason: str) -> None:
+        """A message leaves the queue for good without being acked: dead-letter it (or drop it)."""
+        dead_letter(self, msg, reason)
+        self.store.ack(seq, msg)
 
     def release_flow(self) -> None:
         """Let the publishers paused by this queue go on."""
@@ -70,19 +162,103 @@ class Queue:
             conn.flow_resume(self)
 
     def get(self) -> tuple[Message, int, bool] | None:
-        return self.store.pop()
+        """basic.get: the next live message (expired ones at the head are dead-lettered)."""
+        self.last_used = now_ms()
+        store = self.store
+        now = 0
+        while True:
+            entry = store.pop()
+            if entry is None:
+                return None
+            msg, seq, redelivered, exp = entry
+            if exp:
+                if exp < (now or (now := now_ms())):
+                    self._give_up(seq, msg, EXPIRED)
+                    continue
+                self.unacked_expiry[seq] = exp
+            return msg, seq, redelivered
 
     def requeue(self, seq: int, msg: Message) -> None:
         """Put one delivered message back; the caller calls dispatch() after a batch."""
         if not self.deleted:
-            self.store.requeue(seq, msg)
+            exp = self.unacked_expiry.pop(seq, 0) if self.unacked_expiry else 0
+            self.store.requeue(seq, msg, exp)
+            if exp:
+                self._arm_ttl(exp)
 
     def ack(self, seq: int, msg: Message) -> None:
+        if self.unacked_expiry:
+            self.unacked_expiry.pop(seq, None)
         if not self.deleted:
             self.store.ack(seq, msg)
 
+    def reject(self, seq: int, msg: Message) -> None:
+        """basic.reject / nack without requeue: dead-letter the message (or drop it)."""
+        if self.unacked_expiry:
+            self.unacked_expiry.pop(seq, None)
+        if not self.deleted:
+            self._give_up(seq, msg, REJECTED)
+
     def purge(self) -> int:
         return self.store.purge()
+
+    # -- expiry -------------------------------------------------------------------------------------
+
+    def _arm_ttl(self, when: int) -> None:
+        """Fire when the head message expires (expired = its expires_at has passed)."""
+        if not when or self.vhost is None or self.deleted:
+            return
+        timer = self.ttl_timer
+        if timer is not None:
+            if not timer.cancelled and timer.when <= when + 1:
+                return
+            timer.cancel()
+        self.ttl_timer = self.vhost.timers.call_at(when + 1, self._ttl_fired)
+
+    def _ttl_fired(self, now: int) -> None:
+        self.ttl_timer = None
+        self.expire_head(now)
+        self._arm_ttl(self.store.head_expiry())
+
+    def expire_head(self, now: int) -> None:
+        """Dead-letter the expired messages at the head (TTL applies at the head only)."""
+        store = self.store
+        while True:
+            exp = store.head_expiry()
+            if not exp or exp >= now:
+                return
+            entry = store.pop()
+            if entry is None:
+                return
+            self._give_up(entry[1], entry[0], EXPIRED)
+
+    def touch(self) -> None:
+        """The queue was used (declared, consumed from, read with basic.get): x-expires restarts."""
+        self.last_used = now_ms()
+
+    def _arm_expiry(self) -> None:
+        expires = self.settings.expires
+        if expires is None or self.vhost is None or self.deleted:
+            return
+        if self.expiry_timer is not None:
+            self.expiry_timer.cancel()
+        self.expiry_timer = self.vhost.timers.call_at(self.last_used + expires, self._expiry_fired)
+
+    def _expiry_fired(self, now: int) -> None:
+        self.expiry_timer = None
+        expires = self.settings.expires
+        if expires is None or self.deleted or self.consumer_count or self.vhost is None:
+            return
+        if now - self.last_used >= expires:
+            self.vhost.remove_queue(self)
+        else:
+            self._arm_expiry()
+
+    def stop_timers(self) -> None:
+        for timer in (self.ttl_timer, self.expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        self.ttl_timer = self.expiry_timer = None
 
     # -- consumers ------------------------------------------------------------------------------
 
@@ -98,6 +274,7 @@ class Queue:
         self.had_consumer = True
         if consumer.exclusive:
             self.exclusive_consumer = consumer
+        self.last_used = now_ms()
 
     def remove_consumer(self, consumer: Consumer) -> bool:
         for i, (_, group) in enumerate(self.groups):
@@ -108,8 +285,11 @@ class Queue:
                 self.consumer_count -= 1
                 if self.exclusive_consumer is consumer:
                     self.exclusive_consumer = None
-                if not self.consumer_count and self.flow_waiters:
-                    self.release_flow()
+                if not self.consumer_count:
+                    if self.flow_waiters:
+                        self.release_flow()
+                    self.last_used = now_ms()
+                    self._arm_expiry()
                 return True
         return False
 
@@ -129,6 +309,7 @@ class Queue:
         """Deliver ready messages to ready consumers until either runs out."""
         store = self.store
         groups = self.groups
+        now = 0
         if len(groups) == 1 and len(groups[0][1]) == 1:
             c = groups[0][1][0]
             deliver = c.target.deliver
@@ -136,7 +317,13 @@ class Queue:
                 entry = store.pop()
                 if entry is None:
                     break
-                deliver(c, entry[0], entry[1], entry[2])
+                msg, seq, redelivered, exp = entry
+                if exp:
+                    if exp < (now or (now := now_ms())):
+                        self._give_up(seq, msg, EXPIRED)
+                        continue
+                    self.unacked_expiry[seq] = exp
+                deliver(c, msg, seq, redelivered)
         else:
             while len(store):
                 c = self._next_ready()
@@ -145,7 +332,13 @@ class Queue:
                 entry = store.pop()
                 if entry is None:
                     break
-                c.target.deliver(c, entry[0], entry[1], entry[2])
+                msg, seq, redelivered, exp = entry
+                if exp:
+                    if exp < (now or (now := now_ms())):
+                        self._give_up(seq, msg, EXPIRED)
+                        continue
+                    self.unacked_expiry[seq] = exp
+                c.target.deliver(c, msg, seq, redelivered)
         if self.flow_waiters and len(store) <= FLOW_LOW:
             self.release_flow()
 

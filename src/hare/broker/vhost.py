@@ -24,6 +24,7 @@ from .exchanges import EXCHANGE_TYPES, Exchange
 from .exchanges.default import DefaultExchange
 from .message import Message
 from .queue import Queue
+from .timers import Timers
 
 if TYPE_CHECKING:
     from ..store.base import QueueStore
@@ -51,8 +52,9 @@ def _flag(value: bool) -> str:
 
 class VirtualHost:
     def __init__(self, name: str, store: MessageStore | None = None,
-                 definitions: Definitions | None = None) -> None:
+                 definitions: Definitions | None = None, timers: Timers | None = None) -> None:
         self.name = name
+        self.timers = timers if timers is not None else Timers()  # the broker's deadlines
         self.store = store  # None: messages in memory only (no data directory)
         self.definitions = definitions  # where durable exchanges, queues and bindings are kept
         self.queues: dict[str, Queue] = {}
@@ -196,7 +198,9 @@ class VirtualHost:
         if passive:
             if not name:
                 raise not_found(f"no {self._in_vhost('queue', name)}")
-            return self.get_queue(name, conn)
+            q = self.get_queue(name, conn)
+            q.touch()
+            return q
         arguments = arguments or {}
         durable = durable and not exclusive  # RabbitMQ: an exclusive queue is never durable
         if not name:
@@ -214,11 +218,12 @@ class VirtualHost:
                     raise precondition_failed(f"inequivalent arg '{arg}' for {what}: received "
                                               f"'{_flag(want)}' but current is '{_flag(have)}'")
             check_equivalent_queue_args(what, q.arguments, arguments)
+            q.touch()
             return q
         validate_queue_arguments(self._in_vhost("queue", name), arguments)
         # exclusive and auto-delete queues never outlive the broker: only others are kept
         kept = durable and not auto_delete
-        q = Queue(name, vhost_name=self.name, durable=durable, exclusive=exclusive,
+        q = Queue(name, vhost=self, durable=durable, exclusive=exclusive,
                   owner=conn if exclusive else None, auto_delete=auto_delete, arguments=arguments,
                   store=self._queue_store(name, kept))
         self.queues[name] = q
@@ -238,7 +243,7 @@ class VirtualHost:
     def restore_queue(self, name: str, arguments: dict[str, Any]) -> Queue:
         """A durable queue as the last run left it, with the messages of its log (at startup)."""
         recovered = self.store.recover_log(self.name, name) if self.store is not None else None
-        q = Queue(name, vhost_name=self.name, durable=True, arguments=arguments,
+        q = Queue(name, vhost=self, durable=True, arguments=arguments,
                   store=self._queue_store(name, True, recovered))
         self.queues[name] = q
         return q
@@ -284,7 +289,7 @@ class VirtualHost:
         del self.queues[q.name]
         q.deleted = True
         count = q.message_count
-        q.purge()
+        q.stop_timers()
         q.store.destroy()
         if q.durable and not q.auto_delete and self.definitions is not None:
             self.definitions.remove_queue(self.name, q.name)
@@ -340,11 +345,21 @@ class VirtualHost:
 
     # -- routing --------------------------------------------------------------------------------
 
-    def route(self, ex: Exchange, msg: Message) -> list[Queue]:
+    def route(self, ex: Exchange, msg: Message, keys: list[str] | None = None) -> list[Queue]:
         """The queues ``msg`` goes to: follows exchange-to-exchange bindings and alternate
-        exchanges; each queue appears once."""
+        exchanges; each queue appears once. ``keys``: route by each of these routing keys instead
+        of the message's own (CC/BCC headers, dead-lettering)."""
+        if keys is not None and keys != [msg.routing_key]:
+            found: dict[Queue, None] = {}
+            for key in dict.fromkeys(keys):
+                for q in self._route_key(ex, msg, key):
+                    found[q] = None
+            return list(found)
+        return self._route_key(ex, msg, msg.routing_key)
+
+    def _route_key(self, ex: Exchange, msg: Message, routing_key: str) -> list[Queue]:
         out: list[Any] = []
-        ex.route(msg, msg.routing_key, out)
+        ex.route(msg, routing_key, out)
         if len(out) == 1 and type(out[0]) is Queue:
             return out
         if not out and "alternate-exchange" not in ex.arguments:
@@ -359,7 +374,7 @@ class VirtualHost:
                 if ae is not None and ae.name and ae not in seen:
                     seen.add(ae)
                     nxt: list[Any] = []
-                    ae.route(msg, msg.routing_key, nxt)
+                    ae.route(msg, routing_key, nxt)
                     pending.append((ae, nxt))
                 continue
             for d in dests:
@@ -368,7 +383,7 @@ class VirtualHost:
                 elif d not in seen:
                     seen.add(d)
                     nxt = []
-                    d.route(msg, msg.routing_key, nxt)
+                    d.route(msg, routing_key, nxt)
                     pending.append((d, nxt))
         return list(queues)
 

@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 from ..broker.broker import Broker
+from ..broker.timers import now_ms
 from ..session.connection import CLOSING_CONN, OPENED, Connection
 from .storage import StoreDriver
 
@@ -206,17 +207,36 @@ class Server:
         self.protocols: set[AMQPProtocol] = set()
         self._server: asyncio.base_events.Server | None = None
         self.storage: StoreDriver | None = None
+        self.timer: asyncio.TimerHandle | None = None  # runs the broker's due timers
+        self.timer_at = 0  # the deadline (ms) it is set for
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         if self.broker.store is not None and self.storage is None:
             self.storage = StoreDriver(self.broker, self.broker.store, self.loop)
+        self.broker.timers.on_change = self._schedule_timers
+        self._schedule_timers()
         self._server = await self.loop.create_server(
             lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024)
         sockets = self._server.sockets or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
         log.info("AMQP listener started on %s:%s", self.host, self.port)
+
+    def _schedule_timers(self) -> None:
+        """Wake at the broker's earliest deadline (expiries, timeouts)."""
+        when = self.broker.timers.next_deadline()
+        if when is None or (self.timer is not None and self.timer_at <= when):
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = when
+        self.timer = self.loop.call_later(max(0.0, (when - now_ms()) / 1000), self._run_timers)
+
+    def _run_timers(self) -> None:
+        self.timer = None
+        self.broker.timers.run(now_ms())
+        self._schedule_timers()
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait for them."""
@@ -232,6 +252,10 @@ class Server:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.broker.timers.on_change = _noop
         await asyncio.sleep(0)  # let the aborted connections release their messages
         if self.storage is not None:
             await self.storage.close()

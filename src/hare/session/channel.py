@@ -25,9 +25,10 @@ from ..amqp.errors import (
 from ..amqp.frames import FRAME_END_BYTE, body_frames, pack_header
 from ..broker.arguments import type_name
 from ..broker.consumer import Consumer, PrefetchLimit
+from ..broker.deadletter import cc_keys
 from ..broker.expiration import expiration_error
 from ..broker.message import Message
-from ..broker.queue import Queue
+from ..broker.queue import REJECTED_PUBLISH, THROTTLE, Queue
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -365,8 +366,10 @@ class Channel:
             if requeue:
                 q.requeue(seq, msg)
                 self.conn.dispatch_later(q)
-            else:
+            elif requeue is None:
                 q.ack(seq, msg)
+            else:
+                q.reject(seq, msg)  # dead-lettered, if the queue has a dead-letter exchange
             self._release(rec)
 
     def ack(self, tag: int, multiple: bool) -> None:
@@ -475,8 +478,8 @@ class Channel:
             except AMQPError as err:
                 err.class_id, err.method_id = 60, 40
                 raise
-            msg = Message(m[0], m[1], props_raw, body, m[2])
-            self.tx_publishes.append((msg, [q.name for q in self.vhost.route(ex, msg)], m[3]))
+            queues, msg = self._route(ex, Message(m[0], m[1], props_raw, body, m[2]))
+            self.tx_publishes.append((msg, [q.name for q in queues], m[3]))
             return
         try:
             self._publish(m, props_raw, body)
@@ -519,18 +522,39 @@ class Channel:
             raise precondition_failed(f"user_id property set to '{props_codec.user_id(props_raw)}' "
                                       f"but authenticated user was '{name}'")
 
+    def _route(self, ex: Any, msg: Message) -> tuple[list[Queue], Message]:
+        """The queues of a publish; CC and BCC headers add routing keys (sender-selected
+        distribution), and BCC is removed from the message the queues get."""
+        raw = msg.properties_raw
+        if not (raw[0] & 0x20 and (b"\x02CC" in raw or b"\x03BCC" in raw)):
+            return self.vhost.route(ex, msg), msg
+        headers = msg.headers
+        keys = [msg.routing_key, *cc_keys(headers), *cc_keys(headers, "BCC")]
+        if "BCC" in headers:
+            props = dict(msg.properties)
+            props["headers"] = {k: v for k, v in headers.items() if k != "BCC"}
+            msg = msg.with_properties(props)
+        return self.vhost.route(ex, msg, keys), msg
+
     def _publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
         ex = self._check_publish(m, props_raw, len(body))
         msg = Message(m[0], m[1], props_raw, body, m[2])
-        queues = self.vhost.route(ex, msg)
+        queues, msg = self._route(ex, msg)
+        rejected = False
         if queues:
             for q in queues:
-                if q.publish(msg):
-                    self.conn.throttle(q)
+                r = q.publish(msg)
+                if r:
+                    if r & THROTTLE:
+                        self.conn.throttle(q)
+                    if r & REJECTED_PUBLISH:
+                        rejected = True
         elif m[3]:
             self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes, msg)
         if self.confirm:
             seq = self.publish_seq = self.publish_seq + 1
+            if rejected:
+                self.nacks.append(seq)  # a queue refused it (x-overflow reject-publish)
             if msg.needs_sync:
                 self.sync_upto = seq
             self.conn.confirms_pending(self)
@@ -602,7 +626,7 @@ class Channel:
                 q = queues.get(name)
                 if q is not None:
                     routed = True
-                    if q.publish(msg):
+                    if q.publish(msg) & THROTTLE:
                         self.conn.throttle(q)
             if not routed and mandatory:
                 self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes,

@@ -1,13 +1,15 @@
-"""The storage interface of one queue's messages.
+"""The storage interface of one queue's ready messages.
 
-A queue asks its store for the next message to deliver and tells it of acks and requeues. The
-in-memory store (``memory.py``) is the default of the core; the disk store fills the same
-interface. ``seq`` is the position a message had in the queue: requeued messages go back to their
-original position, ahead of everything that was behind them.
+A queue asks its store for the next message to deliver and tells it of acks and requeues.
+``store/paged.py`` is the implementation (memory only without a data directory; a memory window
+paged to the queue's log with one). ``seq`` identifies a message in its queue and orders it:
+requeued messages go back to their original position, ahead of everything that was behind them.
+``expires_at`` is the wall-clock millisecond after which a message is dead (0: never).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -15,13 +17,20 @@ if TYPE_CHECKING:
 
 
 class QueueStore(Protocol):
-    def push(self, msg: Message) -> None:
+    ready_bytes: int  # body bytes of the ready messages
+    # (message, enqueued_ms) -> expires_at, for messages the store reads back from disk
+    expiry: Callable[[Message, int], int] | None
+
+    def push(self, msg: Message, expires_at: int = 0) -> None:
         """Append a message at the tail."""
 
-    def pop(self) -> tuple[Message, int, bool] | None:
-        """Take the head: (message, seq, redelivered), or None when empty."""
+    def pop(self) -> tuple[Message, int, bool, int] | None:
+        """Take the head: (message, seq, redelivered, expires_at), or None when empty."""
 
-    def requeue(self, seq: int, msg: Message) -> None:
+    def head_expiry(self) -> int:
+        """expires_at of the message pop() would return (0: none, or it never expires)."""
+
+    def requeue(self, seq: int, msg: Message, expires_at: int = 0) -> None:
         """Put a delivered, unacked message back at its original position, marked redelivered."""
 
     def ack(self, seq: int, msg: Message) -> None:

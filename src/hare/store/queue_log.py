@@ -35,6 +35,7 @@ from .segment import (
     RECORD_SIZE,
     CorruptRecord,
     encode_message,
+    message_info,
     message_position,
     scan,
     segment_name,
@@ -103,7 +104,7 @@ class Segment:
 class QueueLog:
     __slots__ = ("dir", "durable", "store", "segments", "firsts", "wseg", "wfd", "wbuf", "rseg", "roff",
                  "rfd", "rfd_seg", "delivered", "delivered_saved", "delivered_fd", "dirty", "needs_sync",
-                 "redelivered_upto", "live", "closed")
+                 "redelivered_upto", "live", "live_bytes", "closed")
 
     def __init__(self, directory: Path, durable: bool, store: MessageStore) -> None:
         self.dir = directory
@@ -125,6 +126,7 @@ class QueueLog:
         self.needs_sync = False
         self.redelivered_upto = -1  # after recovery: positions <= this were delivered before
         self.live = 0  # records not acked, in all segments
+        self.live_bytes = 0  # their body bytes, as recovery found them
         self.closed = False
 
     # -- writing ------------------------------------------------------------------------------------
@@ -435,15 +437,33 @@ class QueueLog:
         if data[:HEADER_SIZE] != MAGIC:
             log.error("queue log: %s is not a segment file (bad header); skipped", seg.path)
             return
+        acked: set[int] = set()
+        try:
+            acks = seg.ack_path.read_bytes()
+        except FileNotFoundError:
+            acks = b""
+        for i in range(0, len(acks) - ACK_SIZE + 1, ACK_SIZE):
+            position, check = ACK.unpack_from(acks, i)
+            if check == ~position & 0xFFFFFFFF:
+                acked.add(position)
         view = memoryview(data)
-        records: list[tuple[int, int]] = []
+        live: list[int] = []  # positions of the records still to deliver
+        first = last = -1
+        count = size = 0
         try:
             for off, p, e in scan(view):
-                position, flags = message_position(view, p)
-                if records and position <= records[-1][0]:
+                position, flags, body = message_info(view, p, e)
+                if position <= last:
                     raise CorruptRecord(off, "position out of order")
-                records.append((position, flags))
+                if first < 0:
+                    first = position
+                last = position
+                count += 1
                 seg.size = e
+                # acked records, and transient ones of a durable queue, are gone
+                if position not in acked and (flags & FLAG_PERSISTENT or not self.durable):
+                    live.append(position)
+                    size += body
         except CorruptRecord as err:
             if is_last:  # a crash mid-write leaves a torn record at the very end
                 log.warning("queue log: torn tail in %s at offset %d (%s): %d bytes dropped", seg.path,
@@ -453,30 +473,15 @@ class QueueLog:
                           "are not served", seg.path, err.offset, err.reason, len(data) - err.offset)
         finally:
             view.release()
-        if not records:
+        if not count:
             return
-        seg.first = records[0][0]
-        seg.last = records[-1][0]
-        seg.count = len(records)
-        # every position in the span starts acked; the live records (persistent ones, in a durable
-        # log) are cleared, then the ack file sets its records again
-        acked = seg.acked = bytearray(b"\xff") * ((seg.last - seg.first + 8) // 8)
-        live = 0
-        for position, flags in records:
-            if flags & FLAG_PERSISTENT or not self.durable:
-                i = position - seg.first
-                acked[i >> 3] &= ~(1 << (i & 7)) & 0xFF
-                live += 1
-        try:
-            acks = seg.ack_path.read_bytes()
-        except FileNotFoundError:
-            acks = b""
-        for i in range(0, len(acks) - ACK_SIZE + 1, ACK_SIZE):
-            position, check = ACK.unpack_from(acks, i)
-            if check == ~position & 0xFFFFFFFF and seg.first <= position <= seg.last:
-                if seg.set_acked(position):
-                    live -= 1
-        seg.live = live
+        seg.first, seg.last, seg.count, seg.live = first, last, count, len(live)
+        # every position of the span starts acked (gaps, acked and dropped records); live ones clear
+        bitmap = seg.acked = bytearray(b"\xff") * ((last - first + 8) // 8)
+        for position in live:
+            i = position - first
+            bitmap[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+        self.live_bytes += size
 
     # -- lifetime ---------------------------------------------------------------------------------
 

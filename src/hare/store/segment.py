@@ -73,6 +73,15 @@ def message_position(payload: bytes | memoryview, offset: int = 0) -> tuple[int,
     return position, flags
 
 
+def message_info(payload: bytes | memoryview, offset: int, end: int) -> tuple[int, int, int]:
+    """(position, flags, body size) of the message record whose payload is ``[offset, end)``."""
+    position, _ms, flags, props_len = _unpack_message(payload, offset)
+    o = offset + MESSAGE_SIZE
+    o += 1 + payload[o]
+    o += 1 + payload[o]
+    return position, flags, end - o - props_len
+
+
 class CorruptRecord(Exception):
     """A record failed its length or CRC check (``offset`` is where it starts in the file)."""
 
