@@ -34,6 +34,13 @@ def decode_method(payload: bytes) -> spec.Method:
         return cls(reply_code=code, reply_text=text, class_id=class_id, method_id=method_id)
 
 
+def host_port(url: str) -> tuple[str, int]:
+    """The host and port of an ``amqp://user:password@host:port/vhost`` URL."""
+    hostport = url.split("@", 1)[1].split("/", 1)[0]
+    host, port = hostport.rsplit(":", 1)
+    return host, int(port)
+
+
 class RawClient:
     def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -41,9 +48,7 @@ class RawClient:
 
     @classmethod
     def from_url(cls, url: str) -> RawClient:
-        hostport = url.split("@", 1)[1].split("/", 1)[0]
-        host, port = hostport.rsplit(":", 1)
-        return cls(host, int(port))
+        return cls(*host_port(url))
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -171,3 +176,29 @@ class RawClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def raw_client(url: str, channels: int = 1, frame_max: int = 131072,
+               capabilities: dict[str, Any] | None = None) -> RawClient:
+    """A client past the handshake, with channels 1 to ``channels`` open."""
+    c = RawClient.from_url(url)
+    c.handshake(frame_max=frame_max, capabilities=capabilities)
+    for n in range(1, channels + 1):
+        c.open_channel(n)
+    return c
+
+
+def ping(c: RawClient, ch: int) -> None:
+    """A round trip on ``ch``: anything the broker sent on it before is read by now."""
+    c.send_method(ch, spec.ExchangeDeclare(exchange="amq.direct", type="direct", passive=True))
+    c.expect(spec.ExchangeDeclareOk)
+
+
+def raw_deliveries(c: RawClient, n: int) -> list[tuple[spec.BasicDeliver, bytes]]:
+    """The next ``n`` basic.deliver methods, each with its body."""
+    out = []
+    for _ in range(n):
+        m = c.expect(spec.BasicDeliver)
+        assert isinstance(m, spec.BasicDeliver)
+        out.append((m, c.read_content()[1]))
+    return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -22,19 +21,9 @@ from aio_pika.exceptions import (
     PublishError,
     QueueEmpty,
 )
+from support import run, unique_name
 
 TIMEOUT = 5.0
-
-
-def name(prefix: str = "aiopika") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(coro_fn(), 20)
-
-    return asyncio.run(main())
 
 
 async def count(channel: aio_pika.abc.AbstractChannel, queue: str) -> tuple[int, int]:
@@ -44,7 +33,7 @@ async def count(channel: aio_pika.abc.AbstractChannel, queue: str) -> tuple[int,
 
 
 def test_plain_connection_declare_bind_publish_confirmed_and_iterate(hare_url: str) -> None:
-    qn, xn = name(), name("x")
+    qn, xn = unique_name("aiopika"), unique_name("x")
 
     async def main() -> None:
         async with await aio_pika.connect(hare_url) as conn:
@@ -80,7 +69,7 @@ def test_plain_connection_declare_bind_publish_confirmed_and_iterate(hare_url: s
 
 
 def test_robust_connection_consume_callback_with_qos(hare_url: str) -> None:
-    qn = name()
+    qn = unique_name("aiopika")
 
     async def main() -> None:
         conn = await aio_pika.connect_robust(hare_url)
@@ -118,7 +107,7 @@ def test_robust_connection_consume_callback_with_qos(hare_url: str) -> None:
 
 
 def test_robust_connection_reconnects_and_restores_consumer(hare_url: str) -> None:
-    qn = name()
+    qn = unique_name("aiopika")
 
     async def main() -> None:
         conn = await aio_pika.connect_robust(hare_url, reconnect_interval=0.1)
@@ -175,7 +164,7 @@ def test_iterator_exit_requeues_prefetched_messages(hare_url: str) -> None:
 
 
 def test_process_context_acks_and_rejects(hare_url: str) -> None:
-    qn = name()
+    qn = unique_name("aiopika")
 
     async def main() -> None:
         async with await aio_pika.connect(hare_url) as conn:
@@ -212,7 +201,7 @@ def test_process_context_acks_and_rejects(hare_url: str) -> None:
 
 
 def test_get_counts_nack_and_empty(hare_url: str) -> None:
-    qn = name()
+    qn = unique_name("aiopika")
 
     async def main() -> None:
         async with await aio_pika.connect(hare_url) as conn:
@@ -244,7 +233,7 @@ def test_mandatory_returns(hare_url: str) -> None:
         async with await aio_pika.connect(hare_url) as conn:
             raising = await conn.channel(on_return_raises=True)
             with pytest.raises(PublishError) as info:
-                await raising.default_exchange.publish(Message(b"lost"), name("nowhere"))
+                await raising.default_exchange.publish(Message(b"lost"), unique_name("nowhere"))
             assert isinstance(info.value, DeliveryError)
             assert info.value.message.body == b"lost"
             assert info.value.frame.reply_code == 312 and info.value.frame.reply_text == "NO_ROUTE"
@@ -252,7 +241,7 @@ def test_mandatory_returns(hare_url: str) -> None:
             ch = await conn.channel()
             returned: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             ch.return_callbacks.add(lambda _ch, message: returned.set_result(message))
-            rk = name("nowhere")
+            rk = unique_name("nowhere")
             result = await ch.default_exchange.publish(
                 Message(b"back", headers={"k": "v"}, correlation_id="c1"), rk)
             assert isinstance(result, aiormq.abc.DeliveredMessage)
@@ -269,7 +258,7 @@ def test_mandatory_returns(hare_url: str) -> None:
 
 
 def test_rpc_with_exclusive_reply_queue_and_correlation_id(hare_url: str) -> None:
-    rpc_queue = name("rpc")
+    rpc_queue = unique_name("rpc")
 
     async def main() -> None:
         async with await aio_pika.connect(hare_url) as server_conn, \
@@ -313,7 +302,7 @@ def test_rpc_with_exclusive_reply_queue_and_correlation_id(hare_url: str) -> Non
 
 
 def test_transactions_commit_and_rollback(hare_url: str) -> None:
-    qn = name()
+    qn = unique_name("aiopika")
 
     async def main() -> None:
         async with await aio_pika.connect(hare_url) as conn:
@@ -345,7 +334,7 @@ def test_transactions_commit_and_rollback(hare_url: str) -> None:
 
 
 def test_channel_errors_raise_typed_exceptions(hare_url: str) -> None:
-    qn, xn = name(), name("x")
+    qn, xn = unique_name("aiopika"), unique_name("x")
 
     async def main() -> None:
         async with await aio_pika.connect(hare_url) as conn:
@@ -384,7 +373,7 @@ async def _publish_to(ch: aio_pika.abc.AbstractChannel, exchange: str) -> None:
 
 
 def test_headers_and_properties_round_trip(hare_url: str) -> None:
-    qn = name()
+    qn = unique_name("aiopika")
     ts = datetime.datetime(2024, 5, 17, 12, 30, 45, tzinfo=datetime.UTC)
     headers = {
         "str": "text ünïcode",

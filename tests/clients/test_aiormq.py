@@ -4,10 +4,8 @@ capabilities table), confirms, consume, get, acks, queue/exchange methods and ty
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiormq
 import aiormq.abc
@@ -19,19 +17,9 @@ from aiormq.exceptions import (
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
 )
+from support import run, unique_name
 
 TIMEOUT = 5.0
-
-
-def name(prefix: str = "aiormq") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(coro_fn(), 20)
-
-    return asyncio.run(main())
 
 
 @asynccontextmanager
@@ -123,7 +111,7 @@ def test_consume_ack_nack_reject(hare_url: str) -> None:
 
 
 def test_exchange_and_queue_methods_with_exchange_bind(hare_url: str) -> None:
-    src, dst, fan = name("src"), name("dst"), name("fan")
+    src, dst, fan = unique_name("src"), unique_name("dst"), unique_name("fan")
 
     async def main() -> None:
         async with connect(hare_url) as conn:
@@ -199,7 +187,7 @@ def test_empty_and_frame_boundary_bodies(hare_url: str) -> None:
 
 
 def test_channel_errors_map_to_typed_exceptions(hare_url: str) -> None:
-    qn, xn = name(), name("x")
+    qn, xn = unique_name("aiormq"), unique_name("x")
 
     async def main() -> None:
         async with connect(hare_url) as conn, connect(hare_url) as other:

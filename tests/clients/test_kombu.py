@@ -5,7 +5,6 @@ heartbeats and a topic exchange fanning out to several queues."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,12 +13,9 @@ import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.common import maybe_declare
 from kombu.message import Message
+from support import unique_name
 
 TIMEOUT = 5.0
-
-
-def name(prefix: str = "kombu") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
@@ -54,8 +50,8 @@ def message_count(conn: Connection, queue: str, expect: int | None = None) -> in
 
 
 def test_producer_consumer_json_and_pickle(conn: Connection) -> None:
-    ex = Exchange(name("x"), type="direct", auto_delete=True)
-    q = Queue(name(), exchange=ex, routing_key="work", exclusive=True)
+    ex = Exchange(unique_name("x"), type="direct", auto_delete=True)
+    q = Queue(unique_name("kombu"), exchange=ex, routing_key="work", exclusive=True)
     producer = Producer(conn.default_channel, exchange=ex)
     producer.publish({"n": 1, "items": ["a", "b"], "ok": True}, routing_key="work", serializer="json",
                      declare=[q], headers={"h": "v"}, correlation_id="c-1", priority=3)
@@ -87,7 +83,7 @@ def test_producer_consumer_json_and_pickle(conn: Connection) -> None:
 
 
 def test_consumer_requeue_and_reject(conn: Connection) -> None:
-    q = Queue(name(), exclusive=True)
+    q = Queue(unique_name("kombu"), exclusive=True)
     producer = Producer(conn.default_channel)
     producer.publish("first", routing_key=q.name, declare=[q], serializer="json")
     got: list[Message] = []
@@ -107,7 +103,7 @@ def test_consumer_requeue_and_reject(conn: Connection) -> None:
 
 
 def test_simple_queue_put_get(conn: Connection) -> None:
-    qn = name()
+    qn = unique_name("kombu")
     with conn.SimpleQueue(qn, queue_opts={"exclusive": True}) as sq:
         sq.put("to-clear")
         sq.put("to-clear")
@@ -130,7 +126,7 @@ def test_simple_queue_put_get(conn: Connection) -> None:
 
 
 def test_publish_with_retry_policy_and_ensure(conn: Connection) -> None:
-    q = Queue(name(), exclusive=True)
+    q = Queue(unique_name("kombu"), exclusive=True)
     producer = conn.Producer(serializer="json")
     policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.2}
     producer.publish({"try": 1}, routing_key=q.name, declare=[q], retry=True, retry_policy=policy)
@@ -149,8 +145,8 @@ def test_publish_with_retry_policy_and_ensure(conn: Connection) -> None:
 
 def test_maybe_declare_caches_declarations(conn: Connection) -> None:
     # kombu caches only entities that are not auto-delete
-    ex = Exchange(name("x"), type="fanout", durable=False)
-    q = Queue(name(), exchange=ex, durable=False)
+    ex = Exchange(unique_name("x"), type="fanout", durable=False)
+    q = Queue(unique_name("kombu"), exchange=ex, durable=False)
     ch = conn.default_channel
     try:
         assert maybe_declare(q, ch) is True  # declares the exchange, the queue and the binding
@@ -174,7 +170,7 @@ def test_maybe_declare_caches_declarations(conn: Connection) -> None:
 
 
 def test_confirm_publish_transport_option(hare_url: str) -> None:
-    qn = name()
+    qn = unique_name("kombu")
     with Connection(hare_url, transport_options={"confirm_publish": True}) as c:
         ch = c.channel()
         q = Queue(qn, exclusive=True)
@@ -183,7 +179,7 @@ def test_confirm_publish_transport_option(hare_url: str) -> None:
             producer.publish({"i": i}, routing_key=qn, declare=[q])  # each waits for its ack
         assert ch.queue_declare(qn, passive=True).message_count == 5
         # publishing to a missing exchange: the wait for the confirm sees the channel close
-        missing = name("missing")
+        missing = unique_name("missing")
         with pytest.raises(amqp.exceptions.NotFound) as info:
             producer.publish({"i": 99}, exchange=missing, routing_key=qn)
         assert info.value.reply_code == 404
@@ -205,7 +201,7 @@ def test_heartbeats_keep_connection_alive(hare_url: str) -> None:
                 pass
         # the first heartbeat comes half an interval after the handshake, not a whole one
         assert raw.bytes_recv > frames_before and time.monotonic() - opened < 0.8
-        q = Queue(name(), exclusive=True)
+        q = Queue(unique_name("kombu"), exclusive=True)
         bound = q(c.default_channel)
         bound.declare()
         frames_before = raw.bytes_recv  # py-amqp counts frames here
@@ -234,9 +230,10 @@ def test_silent_client_is_dropped(hare_url: str) -> None:
 
 
 def test_topic_exchange_fans_out_to_several_queues(conn: Connection) -> None:
-    ex = Exchange(name("topic"), type="topic", auto_delete=True)
+    ex = Exchange(unique_name("topic"), type="topic", auto_delete=True)
     patterns = {"stock": "stock.#", "stock_usd": "stock.*.usd", "all": "#", "nyse": "*.nyse.*"}
-    queues = {k: Queue(name(k), exchange=ex, routing_key=p, exclusive=True) for k, p in patterns.items()}
+    queues = {k: Queue(unique_name(k), exchange=ex, routing_key=p, exclusive=True)
+              for k, p in patterns.items()}
     ch = conn.default_channel
     for q in queues.values():
         maybe_declare(q, ch)

@@ -6,8 +6,7 @@ Each callback chain is turned into awaitables with small futures so the tests re
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -16,19 +15,9 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByClient
 from pika.spec import Basic, BasicProperties
+from support import run, unique_name
 
 TIMEOUT = 5.0
-
-
-def qname(prefix: str = "pika-aio") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(coro_fn(), 20)
-
-    return asyncio.run(main())
 
 
 class Conn:
@@ -123,7 +112,7 @@ class Chan:
 
 
 def test_asyncio_connection_confirmed_publish_and_consume_with_ack(hare_url: str) -> None:
-    name = qname()
+    name = unique_name("pika-aio")
 
     async def main() -> None:
         c = await Conn(hare_url).open()
@@ -176,7 +165,7 @@ def test_asyncio_connection_confirmed_publish_and_consume_with_ack(hare_url: str
 
 def test_asyncio_volume_confirms_and_multiple_acks(hare_url: str) -> None:
     """Thousands of confirmed publishes and a consumer acking with multiple=True in batches."""
-    name = qname()
+    name = unique_name("pika-aio")
     n = 3000
 
     async def main() -> None:
@@ -217,7 +206,7 @@ def test_asyncio_volume_confirms_and_multiple_acks(hare_url: str) -> None:
 
 
 def test_asyncio_passive_declare_of_missing_queue_closes_channel_404(hare_url: str) -> None:
-    name = qname()
+    name = unique_name("pika-aio")
 
     async def main() -> None:
         c = await Conn(hare_url).open()
@@ -252,7 +241,7 @@ def test_asyncio_unroutable_mandatory_publish_is_returned_then_acked(hare_url: s
         await ch.confirm()
         returned: asyncio.Future[tuple[Basic.Return, BasicProperties, bytes]] = c.loop.create_future()
         ch.ch.add_on_return_callback(lambda _ch, m, p, b: returned.set_result((m, p, b)))
-        ch.ch.basic_publish("amq.direct", qname("nowhere"), b"lost",
+        ch.ch.basic_publish("amq.direct", unique_name("nowhere"), b"lost",
                             BasicProperties(message_id="r1"), mandatory=True)
         method, props, body = await asyncio.wait_for(returned, TIMEOUT)
         assert (method.reply_code, method.reply_text, method.exchange) == (312, "NO_ROUTE", "amq.direct")
@@ -265,7 +254,7 @@ def test_asyncio_unroutable_mandatory_publish_is_returned_then_acked(hare_url: s
 
 
 def test_asyncio_nack_requeue_redelivers_and_queue_delete_cancels_consumer(hare_url: str) -> None:
-    name = qname()
+    name = unique_name("pika-aio")
 
     async def main() -> None:
         c = await Conn(hare_url).open()
@@ -343,7 +332,7 @@ class SelectFlow:
 
 
 def test_select_connection_publish_confirm_consume_ack_close(hare_url: str) -> None:
-    name = qname("pika-select")
+    name = unique_name("pika-select")
     flow = SelectFlow(hare_url)
     confirms: list[int] = []
     bodies: list[bytes] = []
@@ -386,7 +375,7 @@ def test_select_connection_publish_confirm_consume_ack_close(hare_url: str) -> N
 
 
 def test_select_connection_channel_error_callback(hare_url: str) -> None:
-    name = qname("pika-select")
+    name = unique_name("pika-select")
     flow = SelectFlow(hare_url)
     closes: list[BaseException] = []
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import socket
 
 import pytest
-from delivery_support import Inbox, get_all, publish, raw_client, raw_deliveries, ready, wait_ready
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.exceptions import ChannelClosedByBroker
+from rawamqp import raw_client, raw_deliveries
+from support import Inbox, get_all, publish, ready, wait_ready
 
 from hare.amqp import spec
-
-pytest_plugins = ["delivery_fixtures"]
 
 
 def numbered(n: int) -> list[bytes]:

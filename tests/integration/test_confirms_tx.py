@@ -10,42 +10,14 @@ from __future__ import annotations
 import struct
 import time
 import uuid
-from collections.abc import Iterator
 
 import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.exceptions import ChannelClosedByBroker, UnroutableError
-from rawamqp import RawClient
+from rawamqp import RawClient, ping, raw_client
 
 from hare.amqp import spec
-
-
-def connect(url: str, channels: int = 1, frame_max: int = 131072) -> RawClient:
-    c = RawClient.from_url(url)
-    c.handshake(frame_max=frame_max)
-    for n in range(1, channels + 1):
-        c.open_channel(n)
-    return c
-
-
-@pytest.fixture
-def raw(hare_url: str) -> Iterator[RawClient]:
-    c = connect(hare_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def queue(hare_url: str, qname: str) -> Iterator[str]:
-    """A shared (not exclusive) queue, deleted afterwards."""
-    with connect(hare_url) as c:
-        c.send_method(1, spec.QueueDeclare(queue=qname))
-        c.expect(spec.QueueDeclareOk)
-    yield qname
-    with connect(hare_url) as c:
-        c.send_method(1, spec.QueueDelete(queue=qname))
-        c.expect(spec.QueueDeleteOk)
 
 
 def message(ch: int, exchange: str, routing_key: str, body: bytes, mandatory: bool = False,
@@ -61,12 +33,6 @@ def message(ch: int, exchange: str, routing_key: str, body: bytes, mandatory: bo
 
 def read_body(c: RawClient) -> bytes:
     return c.read_content()[1]
-
-
-def ping(c: RawClient, ch: int) -> None:
-    """A round trip on ``ch``: everything the broker sent on it before has been read."""
-    c.send_method(ch, spec.ExchangeDeclare(exchange="amq.direct", type="direct", passive=True))
-    c.expect(spec.ExchangeDeclareOk)
 
 
 def count(c: RawClient, ch: int, queue: str) -> int:
@@ -149,7 +115,7 @@ def test_every_tag_is_confirmed_exactly_once(hare_url: str, queue: str) -> None:
     """Many publishes in one burst, routed to one queue, to three, or to none: each tag is covered
     by exactly one ack, whether the broker acks singly or with multiple."""
     fanout = f"test-cfanout-{uuid.uuid4().hex[:12]}"
-    with connect(hare_url) as c:
+    with raw_client(hare_url) as c:
         c.send_method(1, spec.ExchangeDeclare(exchange=fanout, type="fanout"))
         c.expect(spec.ExchangeDeclareOk)
         extra = []
@@ -179,7 +145,7 @@ def test_every_tag_is_confirmed_exactly_once(hare_url: str, queue: str) -> None:
 
 
 def test_confirms_on_two_channels_count_separately(hare_url: str, queue: str) -> None:
-    with connect(hare_url, channels=2) as c:
+    with raw_client(hare_url, channels=2) as c:
         for ch in (1, 2):
             c.send_method(ch, spec.ConfirmSelect())
             c.expect(spec.ConfirmSelectOk)
@@ -324,7 +290,7 @@ def test_commit_or_rollback_without_tx_select_is_406(raw: RawClient, method: spe
 
 
 def test_publishes_are_invisible_until_commit(hare_url: str, queue: str) -> None:
-    with connect(hare_url, channels=2) as c, connect(hare_url) as sub:
+    with raw_client(hare_url, channels=2) as c, raw_client(hare_url) as sub:
         sub.send_method(1, spec.BasicConsume(queue=queue, no_ack=True))
         sub.expect(spec.BasicConsumeOk)
         c.send_method(1, spec.TxSelect())
@@ -373,7 +339,7 @@ def test_several_commits_in_a_row(raw: RawClient, queue: str) -> None:
 
 
 def test_closing_a_tx_channel_discards_uncommitted_publishes(hare_url: str, queue: str) -> None:
-    with connect(hare_url, channels=2) as c:
+    with raw_client(hare_url, channels=2) as c:
         c.send_method(1, spec.TxSelect())
         c.expect(spec.TxSelectOk)
         c.send(message(1, "", queue, b"never"))
@@ -420,7 +386,7 @@ def test_tx_publish_is_routed_when_published(hare_url: str) -> None:
     """A queue bound between publish and commit does not get the message (it is returned); a queue
     deleted between them does not get it either."""
     name = f"test-late-{uuid.uuid4().hex[:12]}"
-    with connect(hare_url, channels=2) as c:
+    with raw_client(hare_url, channels=2) as c:
         c.send_method(1, spec.TxSelect())
         c.expect(spec.TxSelectOk)
         c.send(message(1, "amq.direct", name, b"early", mandatory=True))
@@ -507,7 +473,7 @@ def test_rollback_puts_acked_deliveries_back(raw: RawClient, queue: str) -> None
 
 
 def test_uncommitted_acks_are_undone_when_the_channel_closes(hare_url: str, queue: str) -> None:
-    with connect(hare_url, channels=2) as c:
+    with raw_client(hare_url, channels=2) as c:
         fill_and_get(c, queue, 2)
         c.send_method(1, spec.TxSelect())
         c.expect(spec.TxSelectOk)
@@ -570,7 +536,7 @@ def test_nack_without_requeue_in_tx_drops_on_commit(raw: RawClient, queue: str) 
 
 
 def test_prefetch_credit_comes_back_only_on_commit(hare_url: str, queue: str) -> None:
-    with connect(hare_url) as c:
+    with raw_client(hare_url) as c:
         c.sock.sendall(message(1, "", queue, b"first") + message(1, "", queue, b"second"))
         ping(c, 1)
         c.send_method(1, spec.BasicQos(prefetch_count=1))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pika
 import pytest
 from rawamqp import RawClient
+from support import hare_only
 
 from hare.amqp import spec
 from hare.broker.broker import BrokerConfig
-
-hare_only = pytest.mark.skipif(bool(os.environ.get("HARE_TEST_URL")), reason="needs a private hare")
 
 
 def test_start_advertises_rabbitmq_capabilities(hare_url: str) -> None:

@@ -9,22 +9,12 @@ from collections.abc import Callable
 
 import pika
 import pytest
-from delivery_support import (
-    Inbox,
-    connect,
-    get_all,
-    publish,
-    raw_client,
-    raw_deliveries,
-    ready,
-    wait_total,
-)
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.exceptions import ChannelClosedByBroker
+from rawamqp import raw_client, raw_deliveries
+from support import Inbox, connect, get_all, publish, ready, wait_total
 
 from hare.amqp import spec
-
-pytest_plugins = ["delivery_fixtures"]
 
 
 def locked_text(queue: str) -> str:

@@ -10,6 +10,7 @@ import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
+from support import get_all
 
 from hare.testing import EmbeddedBroker
 
@@ -59,15 +60,6 @@ def node(tmp_path: Path) -> Iterator[Restartable]:
     n = Restartable(tmp_path / "data").start()
     yield n
     n.stop()
-
-
-def drain(ch: BlockingChannel, queue: str, ack: bool = True) -> list[tuple[bytes, bool]]:
-    out = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=ack)
-        if method is None:
-            return out
-        out.append((body, method.redelivered))
 
 
 def exists(node: Restartable, kind: str, name: str) -> bool:
@@ -123,7 +115,7 @@ def test_durable_bindings_route_after_a_restart(node: Restartable) -> None:
     ch.basic_publish("amq.direct", "err", b"2")
     ch.basic_publish("fan", "db.error", b"3")
     ch.basic_publish("logs", "app.gone", b"never")
-    assert [b for b, _ in drain(ch, "errors")] == [b"1", b"2", b"3"]
+    assert [b for b, _ in get_all(ch, "errors")] == [b"1", b"2", b"3"]
 
 
 def test_deleted_things_stay_deleted(node: Restartable) -> None:
@@ -139,7 +131,7 @@ def test_deleted_things_stay_deleted(node: Restartable) -> None:
     assert not exists(node, "exchange", "gone-ex")
     ch = node.channel()
     ch.queue_declare("gone-q", durable=True)  # a new queue of the same name starts empty
-    assert drain(ch, "gone-q") == []
+    assert get_all(ch, "gone-q") == []
 
 
 def test_persistent_messages_in_durable_queues_survive_in_order(node: Restartable) -> None:
@@ -153,7 +145,7 @@ def test_persistent_messages_in_durable_queues_survive_in_order(node: Restartabl
         ch.basic_publish("", "t", b"p%d" % i, PERSISTENT)
     node.restart()
     ch = node.channel()
-    assert drain(ch, "d") == [(b"p%d" % i, False) for i in range(100)]
+    assert get_all(ch, "d") == [(b"p%d" % i, False) for i in range(100)]
     assert not exists(node, "queue", "t")
 
 
@@ -172,7 +164,7 @@ def test_unacked_messages_come_back_redelivered_and_acked_ones_do_not(node: Rest
     ch.queue_declare("work", durable=True, passive=True)  # a round trip: the acks are in
     node.restart()  # messages 3..5 delivered, not acked
     ch = node.channel()
-    assert drain(ch, "work") == [(b"3", True), (b"4", True), (b"5", True)] + [
+    assert get_all(ch, "work") == [(b"3", True), (b"4", True), (b"5", True)] + [
         (b"%d" % i, False) for i in range(6, 10)]
 
 

@@ -2,52 +2,27 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
+from support import closed_with, deleted_after, drain, temp_queue, unique_name
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 
 
 @pytest.fixture
 def xname() -> str:
-    return f"test-x-{uuid.uuid4().hex[:12]}"
+    return unique_name("test-x")
 
 
 @pytest.fixture
 def cleanup(connection: BlockingConnection) -> Iterator[list[str]]:
     """Exchange names to delete after the test (the shared broker outlives it)."""
-    names: list[str] = []
-    yield names
-    if connection.is_open:
-        ch = connection.channel()
-        for name in names:
-            ch.exchange_delete(name)
-        ch.close()
-
-
-def closed_with(ch: BlockingChannel, call, *args, **kwargs) -> ChannelClosedByBroker:
-    with pytest.raises(ChannelClosedByBroker) as info:
-        call(*args, **kwargs)
-    assert not ch.is_open
-    return info.value
-
-
-def drain(ch: BlockingChannel, queue: str) -> list[bytes]:
-    bodies = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
-
-
-def temp_queue(ch: BlockingChannel) -> str:
-    return ch.queue_declare("", exclusive=True).method.queue
+    with deleted_after(connection, "exchange") as names:
+        yield names
 
 
 # -- declare --------------------------------------------------------------------------------------

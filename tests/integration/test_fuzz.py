@@ -23,7 +23,8 @@ from typing import Any
 
 import pika
 import pytest
-from rawamqp import decode_method
+from rawamqp import decode_method, host_port
+from support import EXTERNAL, ErrorLog
 
 from hare.amqp import spec
 from hare.amqp.frames import body_frames, header_frame, method_frame, pack_header
@@ -33,7 +34,6 @@ from hare.amqp.table import Float32
 CASES = int(os.environ.get("HARE_FUZZ_CASES", "300"))
 SEED_BASE = int(os.environ.get("HARE_FUZZ_SEED", "20240"))
 CASE_TIMEOUT = 3.0  # the broker must have closed the socket by then
-EXTERNAL = bool(os.environ.get("HARE_TEST_URL"))
 
 # -- random values ----------------------------------------------------------------------------------
 
@@ -271,18 +271,12 @@ ALLOWED_CLOSE = {320, 402, 403, 404, 405, 406, 501, 502, 503, 504, 505, 506, 530
 RABBITMQ_541 = "INTERNAL_ERROR"
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    hostport = url.split("@", 1)[1].split("/", 1)[0]
-    host, port = hostport.rsplit(":", 1)
-    return host, int(port)
-
-
 def run_case(url: str, seed: int) -> tuple[str, list[int]]:
     """Send case ``seed``, half-close, read until the broker closes. Returns (description, the
     reply codes of every connection.close / channel.close received); raises AssertionError when
     the broker misbehaves."""
     desc, data = make_case(seed)
-    sock = socket.create_connection(_host_port(url), timeout=CASE_TIMEOUT)
+    sock = socket.create_connection(host_port(url), timeout=CASE_TIMEOUT)
     received = b""
     try:
         try:
@@ -335,18 +329,9 @@ def _codes(seed: int, desc: str, received: bytes) -> list[int]:
 # -- the test ---------------------------------------------------------------------------------------
 
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
-def error_log() -> Iterator[_Errors]:
-    handler = _Errors()
+def error_log() -> Iterator[ErrorLog]:
+    handler = ErrorLog()
     loggers = [logging.getLogger(name) for name in ("hare", "asyncio")]
     for lg in loggers:
         lg.addHandler(handler)
@@ -380,7 +365,7 @@ def _round_trip(ch: Any, queue: str, n: int) -> None:
     assert time.monotonic() - start < 2.0
 
 
-def test_fuzzed_connections_never_hurt_the_broker(fuzz_url: str, error_log: _Errors) -> None:
+def test_fuzzed_connections_never_hurt_the_broker(fuzz_url: str, error_log: ErrorLog) -> None:
     params = pika.URLParameters(fuzz_url)
     healthy = pika.BlockingConnection(params)
     ch = healthy.channel()

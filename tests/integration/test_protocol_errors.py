@@ -19,7 +19,6 @@ connection too; an embedded hare must log no error.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import struct
 import time
@@ -30,13 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from rawamqp import RawClient, decode_method
+from rawamqp import decode_method, host_port, raw_client
+from support import EXTERNAL, ErrorLog
 
 from hare.amqp import spec
 from hare.amqp.frames import method_frame, pack_header
 from hare.amqp.table import encode_table
 
-EXTERNAL = bool(os.environ.get("HARE_TEST_URL"))
 RUN = uuid.uuid4().hex[:8]  # names of queues and exchanges the cases declare
 DEADLINE = 8.0  # RabbitMQ closes after 3 s where it is silent; hare at once
 
@@ -594,12 +593,6 @@ assert len({c.id for c in ALL_CASES}) == len(ALL_CASES)
 SYNC_CHANNEL = 100
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    hostport = url.split("@", 1)[1].split("/", 1)[0]
-    host, port = hostport.rsplit(":", 1)
-    return host, int(port)
-
-
 class Transcript:
     """Reads what the broker sends into events; answers connection.close with close-ok."""
 
@@ -687,7 +680,7 @@ SETUP_REPLIES = {"raw": [], "start": ["connection.start"], "tune": ["connection.
 def run_case(url: str, c: Case) -> list[Event]:
     """Set the connection up, send the case's steps, read until the socket closes (or the sync
     probe is answered); return what came after the setup."""
-    sock = socket.create_connection(_host_port(url), timeout=DEADLINE)
+    sock = socket.create_connection(host_port(url), timeout=DEADLINE)
     t = Transcript(sock)
     try:
         if c.setup in SETUPS:
@@ -725,22 +718,11 @@ def run_case(url: str, c: Case) -> list[Event]:
 # -- the tests -------------------------------------------------------------------------------------------
 
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 class Healthy:
     """A connection that has nothing to do with the cases: it must be served all along."""
 
     def __init__(self, url: str) -> None:
-        self.client = RawClient.from_url(url)
-        self.client.handshake()
-        self.client.open_channel(1)
+        self.client = raw_client(url)
         self.client.send_method(1, spec.QueueDeclare(queue="", exclusive=True))
         ok = self.client.expect(spec.QueueDeclareOk)
         assert isinstance(ok, spec.QueueDeclareOk)
@@ -760,12 +742,12 @@ class Healthy:
 class Run:
     results: dict[str, Future[list[Event]]]
     healthy: Healthy
-    errors: _Errors
+    errors: ErrorLog
 
 
 @pytest.fixture(scope="module")
 def cases_run(hare_url: str) -> Iterator[Run]:
-    errors = _Errors()
+    errors = ErrorLog()
     logging.getLogger("hare").addHandler(errors)
     healthy = Healthy(hare_url)
     pool = ThreadPoolExecutor(max_workers=len(ALL_CASES))

@@ -12,18 +12,17 @@ import decimal
 import os
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
-from rawamqp import RawClient
+from rawamqp import RawClient, ping, raw_client
+from support import hare_only
 
 from hare.amqp import spec
 from hare.broker.broker import BrokerConfig
 from hare.broker.expiration import expiration_error
-
-hare_only = pytest.mark.skipif(bool(os.environ.get("HARE_TEST_URL")), reason="needs a private hare")
 
 DEFAULT_MAX = 128 * 1024 * 1024  # RabbitMQ 3.10's default max_message_size
 
@@ -114,35 +113,6 @@ def all_properties(user: str = "guest") -> bytes:
 # -- raw client helpers -----------------------------------------------------------------------------------
 
 
-def connect(url: str, frame_max: int = 131072, channels: int = 1) -> RawClient:
-    c = RawClient.from_url(url)
-    c.handshake(frame_max=frame_max)
-    for n in range(1, channels + 1):
-        c.open_channel(n)
-    return c
-
-
-@pytest.fixture
-def raw(hare_url: str) -> Iterator[RawClient]:
-    c = connect(hare_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def queue(hare_url: str, qname: str) -> Iterator[str]:
-    """A queue (not exclusive, so other connections can use it), deleted afterwards."""
-    c = connect(hare_url)
-    c.send_method(1, spec.QueueDeclare(queue=qname))
-    c.expect(spec.QueueDeclareOk)
-    yield qname
-    c.close()
-    c = connect(hare_url)
-    c.send_method(1, spec.QueueDelete(queue=qname))
-    c.expect(spec.QueueDeleteOk)
-    c.close()
-
-
 def content_frames(ch: int, props_raw: bytes, body: bytes, frame_max: int = 131072,
                    chunk: int | None = None) -> list[bytes]:
     """Header + body frames for one message; ``chunk`` picks another body frame size."""
@@ -189,12 +159,6 @@ def get(c: RawClient, ch: int, queue: str) -> tuple[spec.BasicGetOk, bytes, list
     return (ok, *read_content(c))
 
 
-def ping(c: RawClient, ch: int) -> None:
-    """A round trip on ``ch``: anything the broker sent on it before is read by now."""
-    c.send_method(ch, spec.ExchangeDeclare(exchange="amq.direct", type="direct", passive=True))
-    c.expect(spec.ExchangeDeclareOk)
-
-
 def expect_channel_close(c: RawClient, ch: int, code: int, text: str, timeout: float = 10) -> None:
     number, m = c.read_method(timeout)
     assert isinstance(m, spec.ChannelClose), m
@@ -215,7 +179,7 @@ def test_every_property_comes_back_byte_exact_from_get(raw: RawClient, queue: st
 
 def test_every_property_comes_back_byte_exact_from_deliver(hare_url: str, queue: str) -> None:
     sent = all_properties()
-    with connect(hare_url) as pub, connect(hare_url) as sub:
+    with raw_client(hare_url) as pub, raw_client(hare_url) as sub:
         sub.send_method(1, spec.BasicConsume(queue=queue, consumer_tag="c1", no_ack=True))
         sub.expect(spec.BasicConsumeOk)
         publish(pub, 1, "", queue, b"x" * 1000, sent)
@@ -257,7 +221,7 @@ def test_empty_headers_table_stays_present_and_empty(raw: RawClient, queue: str)
 
 def test_properties_of_a_persistent_message_in_a_durable_queue_round_trip(hare_url: str) -> None:
     name = f"test-durable-{uuid.uuid4().hex[:12]}"
-    with connect(hare_url) as c:
+    with raw_client(hare_url) as c:
         c.send_method(1, spec.QueueDeclare(queue=name, durable=True))
         c.expect(spec.QueueDeclareOk)
         try:
@@ -303,7 +267,7 @@ def test_empty_body_has_a_header_frame_and_no_body_frame(raw: RawClient, queue: 
 
 
 def test_empty_body_is_delivered_without_body_frame(hare_url: str, queue: str) -> None:
-    with connect(hare_url) as c:
+    with raw_client(hare_url) as c:
         c.send_method(1, spec.BasicConsume(queue=queue, no_ack=True))
         c.expect(spec.BasicConsumeOk)
         publish(c, 1, "", queue, b"", b"\x00\x00")
@@ -318,7 +282,7 @@ def test_empty_body_is_delivered_without_body_frame(hare_url: str, queue: str) -
 def test_body_of_frame_max_minus_8_fits_one_frame_and_one_more_byte_needs_two(
         hare_url: str, queue: str, frame_max: int, extra: int) -> None:
     body = os.urandom(frame_max - 8 + extra)
-    with connect(hare_url, frame_max=frame_max) as c:
+    with raw_client(hare_url, frame_max=frame_max) as c:
         publish(c, 1, "", queue, body, frame_max=frame_max)
         _, _, sizes, got = get(c, 1, queue)
         assert got == body
@@ -327,7 +291,7 @@ def test_body_of_frame_max_minus_8_fits_one_frame_and_one_more_byte_needs_two(
 
 def test_publish_split_small_delivery_in_big_frames(hare_url: str, queue: str) -> None:
     body = os.urandom(100_000)
-    with connect(hare_url, frame_max=4096) as pub, connect(hare_url) as sub:
+    with raw_client(hare_url, frame_max=4096) as pub, raw_client(hare_url) as sub:
         pub.send_method(1, spec.ConfirmSelect())
         pub.expect(spec.ConfirmSelectOk)
         publish(pub, 1, "", queue, body, frame_max=4096)
@@ -339,7 +303,7 @@ def test_publish_split_small_delivery_in_big_frames(hare_url: str, queue: str) -
 
 def test_delivery_is_split_at_the_consumers_frame_max(hare_url: str, queue: str) -> None:
     body = os.urandom(100_000)
-    with connect(hare_url) as pub, connect(hare_url, frame_max=4096) as sub:
+    with raw_client(hare_url) as pub, raw_client(hare_url, frame_max=4096) as sub:
         sub.send_method(1, spec.BasicConsume(queue=queue, no_ack=True))
         sub.expect(spec.BasicConsumeOk)
         publish(pub, 1, "", queue, body)
@@ -352,7 +316,7 @@ def test_delivery_is_split_at_the_consumers_frame_max(hare_url: str, queue: str)
 @pytest.mark.parametrize("chunk", [1, 100, 4087])
 def test_body_frames_of_any_size_are_reassembled(hare_url: str, queue: str, chunk: int) -> None:
     body = os.urandom(3000 if chunk == 1 else 20_000)
-    with connect(hare_url, frame_max=4096) as c:
+    with raw_client(hare_url, frame_max=4096) as c:
         publish(c, 1, "", queue, body, frame_max=4096, chunk=chunk)
         _, _, sizes, got = get(c, 1, queue)
         assert got == body
@@ -361,7 +325,7 @@ def test_body_frames_of_any_size_are_reassembled(hare_url: str, queue: str, chun
 
 def test_several_megabyte_body_both_directions(hare_url: str, queue: str) -> None:
     body = os.urandom(5 * 1024 * 1024 + 3)
-    with connect(hare_url, frame_max=4096) as pub, connect(hare_url, frame_max=4096) as sub:
+    with raw_client(hare_url, frame_max=4096) as pub, raw_client(hare_url, frame_max=4096) as sub:
         sub.send_method(1, spec.BasicConsume(queue=queue, no_ack=True))
         sub.expect(spec.BasicConsumeOk)
         publish(pub, 1, "", queue, body, props(0x8000, ss("application/octet-stream")), frame_max=4096)
@@ -398,7 +362,7 @@ def test_pika_with_a_small_frame_max(hare_url: str, queue: str) -> None:
 
 def test_contents_interleaved_on_two_channels(hare_url: str, queue: str) -> None:
     a, b = os.urandom(10_000), os.urandom(10_000)
-    with connect(hare_url, frame_max=4096, channels=2) as c:
+    with raw_client(hare_url, frame_max=4096, channels=2) as c:
         frames = {}
         for ch, body in ((1, a), (2, b)):
             method = spec.BasicPublish(exchange="", routing_key=queue).encode()
@@ -415,7 +379,7 @@ def test_contents_interleaved_on_two_channels(hare_url: str, queue: str) -> None
 
 def test_heartbeats_between_body_frames_are_fine(hare_url: str, queue: str) -> None:
     body = os.urandom(10_000)
-    with connect(hare_url, frame_max=4096) as c:
+    with raw_client(hare_url, frame_max=4096) as c:
         method = spec.BasicPublish(exchange="", routing_key=queue).encode()
         frames = content_frames(1, b"\x00\x00", body, 4096)
         heartbeat = b"\x08\x00\x00\x00\x00\x00\x00\xce"
@@ -451,7 +415,7 @@ def test_publish_to_an_internal_exchange_is_403(raw: RawClient) -> None:
 @pytest.mark.parametrize("exchange", ["", "no-such-exchange"])
 def test_immediate_is_540_and_closes_the_connection(hare_url: str, exchange: str) -> None:
     """immediate=true is refused before anything else is looked at, even the exchange."""
-    with connect(hare_url) as c:
+    with raw_client(hare_url) as c:
         publish(c, 1, exchange, "k", b"x", immediate=True)
         number, close = c.read_method()
         assert isinstance(close, spec.ConnectionClose), close
@@ -567,7 +531,7 @@ def send_huge(c: RawClient, ch: int, exchange: str, size: int, props_raw: bytes 
 
 def test_message_over_the_default_max_size_is_406(hare_url: str, qname: str) -> None:
     """RabbitMQ 3.10's default max_message_size is 128 MiB; the check comes before the exchange's."""
-    with connect(hare_url, channels=2) as c:
+    with raw_client(hare_url, channels=2) as c:
         send_huge(c, 1, "no-such-exchange", DEFAULT_MAX + 1)
         expect_channel_close(c, 1, 406, f"PRECONDITION_FAILED - message size {DEFAULT_MAX + 1} is larger "
                                         f"than configured max size {DEFAULT_MAX}", timeout=60)
@@ -577,7 +541,7 @@ def test_message_over_the_default_max_size_is_406(hare_url: str, qname: str) -> 
 @hare_only
 def test_configured_max_message_size(hare_broker_factory: Callable) -> None:
     broker = hare_broker_factory(config=BrokerConfig(max_message_size=1000))
-    with connect(broker.url, channels=4) as c:
+    with raw_client(broker.url, channels=4) as c:
         c.send_method(1, spec.QueueDeclare(queue="q"))
         c.expect(spec.QueueDeclareOk)
         big_props = props(0x2000, table(field("pad", b"S", ls(b"p" * 5000))))
@@ -627,7 +591,7 @@ def test_mandatory_unroutable_comes_back_intact(raw: RawClient) -> None:
 
 def test_mandatory_return_is_split_at_the_publishers_frame_max(hare_url: str) -> None:
     body = os.urandom(10_000)
-    with connect(hare_url, frame_max=4096) as c:
+    with raw_client(hare_url, frame_max=4096) as c:
         publish(c, 1, "", f"missing-{uuid.uuid4().hex}", body, frame_max=4096, mandatory=True)
         c.expect(spec.BasicReturn)
         _, sizes, got = read_content(c)

@@ -5,46 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.exceptions import ChannelClosedByBroker
-
-
-@pytest.fixture
-def other_connection(hare_url: str) -> Iterator[BlockingConnection]:
-    conn = pika.BlockingConnection(pika.URLParameters(hare_url))
-    yield conn
-    if conn.is_open:
-        conn.close()
+from support import closed_with, deleted_after, drain
 
 
 @pytest.fixture
 def cleanup(connection: BlockingConnection) -> Iterator[list[str]]:
     """Queue names to delete after the test."""
-    names: list[str] = []
-    yield names
-    if connection.is_open:
-        ch = connection.channel()
-        for name in names:
-            ch.queue_delete(name)
-        ch.close()
-
-
-def closed_with(ch: BlockingChannel, call: Callable, *args, **kwargs) -> ChannelClosedByBroker:
-    with pytest.raises(ChannelClosedByBroker) as info:
-        call(*args, **kwargs)
-    assert not ch.is_open
-    return info.value
-
-
-def drain(ch: BlockingChannel, queue: str) -> list[bytes]:
-    bodies = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
+    with deleted_after(connection, "queue") as names:
+        yield names
 
 
 def exists(conn: BlockingConnection, queue: str) -> bool:

@@ -9,29 +9,15 @@ import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.exceptions import ChannelClosedByBroker, UnroutableError
+from support import deleted_after, drain, temp_queue, unique_name
 
 
 @pytest.fixture
 def xchannel(connection: BlockingConnection) -> Iterator[tuple[BlockingChannel, str]]:
     """A channel and a fresh exchange name, deleted afterwards."""
-    ch = connection.channel()
-    name = f"test-rx-{uuid.uuid4().hex[:12]}"
-    yield ch, name
-    if connection.is_open:
-        connection.channel().exchange_delete(name)
-
-
-def drain(ch: BlockingChannel, queue: str) -> list[bytes]:
-    bodies = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
-
-
-def temp_queue(ch: BlockingChannel) -> str:
-    return ch.queue_declare("", exclusive=True).method.queue
+    with deleted_after(connection, "exchange") as names:
+        names.append(unique_name("test-rx"))
+        yield connection.channel(), names[0]
 
 
 def routed(ch: BlockingChannel, exchange: str, queue: str, routing_key: str = "",
