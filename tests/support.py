@@ -95,6 +95,14 @@ def wait_ready(conn: BlockingConnection, queue: str, n: int, timeout: float = 5.
         time.sleep(0.02)
 
 
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``cond`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 class Delivery(NamedTuple):
     method: Any  # pika.spec.Basic.Deliver
     properties: pika.BasicProperties

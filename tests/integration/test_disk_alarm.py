@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 import pytest
 from rawamqp import RawClient
+from support import wait_until
 
 from hare.amqp import spec
 from hare.broker.broker import BrokerConfig
@@ -50,16 +50,9 @@ def deliveries(c: RawClient, seconds: float) -> list[bytes]:
     return out
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_publishers_are_blocked_and_consumers_go_on(hare_broker_factory) -> None:
     broker = hare_broker_factory(config=BrokerConfig(disk_free_limit=ALWAYS))
-    wait_for(lambda: "disk" in broker.broker.alarms)
+    wait_until(lambda: "disk" in broker.broker.alarms)
     consumer = client(broker)
     consume(consumer, "alarm-q")
     publisher = client(broker)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.exceptions import ChannelClosedByBroker
+from support import drain, wait_until
 
 Props = pika.BasicProperties
 
@@ -32,22 +33,6 @@ def name(ch: BlockingChannel, prefix: str) -> str:
     n = f"{prefix}-{uuid.uuid4().hex[:8]}"
     ch.names.append(n)  # type: ignore[attr-defined]
     return n
-
-
-def bodies(ch: BlockingChannel, queue: str) -> list[bytes]:
-    out = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def count(ch: BlockingChannel, queue: str) -> int:
@@ -73,7 +58,7 @@ def test_queue_ttl_expires_messages_without_a_consumer(ch: BlockingChannel) -> N
         ch.basic_publish("", q, b"%d" % i)
     assert count(ch, q) == 5
     wait_until(lambda: count(ch, q) == 0)  # removed although nobody asked for them
-    assert bodies(ch, q) == []
+    assert drain(ch, q) == []
 
 
 def test_per_message_expiration_and_the_shorter_of_the_two_wins(ch: BlockingChannel) -> None:
@@ -83,7 +68,7 @@ def test_per_message_expiration_and_the_shorter_of_the_two_wins(ch: BlockingChan
     ch.basic_publish("", q, b"short", Props(expiration="100"))
     ch.basic_publish("", q, b"long", Props(expiration="600000"))
     wait_until(lambda: count(ch, q) == 1)
-    assert bodies(ch, q) == [b"long"]
+    assert drain(ch, q) == [b"long"]
 
 
 def test_expiration_applies_at_the_head_only(ch: BlockingChannel) -> None:
@@ -96,7 +81,7 @@ def test_expiration_applies_at_the_head_only(ch: BlockingChannel) -> None:
     assert count(ch, q) == 2  # the expired one waits behind a live head
     method, _props, body = ch.basic_get(q, auto_ack=True)
     assert body == b"first"
-    assert bodies(ch, q) == []  # now at the head, it is dropped instead of delivered
+    assert drain(ch, q) == []  # now at the head, it is dropped instead of delivered
 
 
 def test_expired_messages_are_dead_lettered_with_x_death(ch: BlockingChannel) -> None:
@@ -208,11 +193,11 @@ def test_max_length_drops_from_the_head_and_dead_letters_it(ch: BlockingChannel)
     ch.confirm_delivery()
     for i in range(5):
         ch.basic_publish("", q, b"%d" % i)
-    assert bodies(ch, q) == [b"3", b"4"]
+    assert drain(ch, q) == [b"3", b"4"]
     wait_until(lambda: count(ch, dead) == 3)
     _m, props, _b = ch.basic_get(dead, auto_ack=True)
     assert props.headers["x-death"][0]["reason"] == "maxlen"
-    assert bodies(ch, dead) == [b"1", b"2"]
+    assert drain(ch, dead) == [b"1", b"2"]
 
 
 def test_max_length_bytes_counts_bodies(ch: BlockingChannel) -> None:
@@ -221,7 +206,7 @@ def test_max_length_bytes_counts_bodies(ch: BlockingChannel) -> None:
     ch.confirm_delivery()
     for body in (b"aaaa", b"bbbb", b"cccc"):
         ch.basic_publish("", q, body)
-    assert bodies(ch, q) == [b"bbbb", b"cccc"]
+    assert drain(ch, q) == [b"bbbb", b"cccc"]
 
 
 def test_unacked_messages_do_not_count_toward_the_limit(ch: BlockingChannel) -> None:
@@ -234,7 +219,7 @@ def test_unacked_messages_do_not_count_toward_the_limit(ch: BlockingChannel) -> 
     assert count(ch, q) == 1
     ch.basic_nack(method.delivery_tag, requeue=True)  # back: two ready, over the limit of one
     ch.basic_publish("", q, b"c")
-    assert bodies(ch, q) == [b"c"]
+    assert drain(ch, q) == [b"c"]
 
 
 def test_reject_publish_nacks_the_publisher(ch: BlockingChannel) -> None:
@@ -245,7 +230,7 @@ def test_reject_publish_nacks_the_publisher(ch: BlockingChannel) -> None:
     ch.basic_publish("", q, b"2")
     with pytest.raises(pika.exceptions.NackError):
         ch.basic_publish("", q, b"3")
-    assert bodies(ch, q) == [b"1", b"2"]
+    assert drain(ch, q) == [b"1", b"2"]
 
 
 def test_reject_publish_dlx_dead_letters_the_refused_message(ch: BlockingChannel) -> None:
@@ -260,7 +245,7 @@ def test_reject_publish_dlx_dead_letters_the_refused_message(ch: BlockingChannel
     wait_until(lambda: count(ch, dead) == 1)
     _m, props, body = ch.basic_get(dead, auto_ack=True)
     assert body == b"refused" and props.headers["x-death"][0]["reason"] == "maxlen"
-    assert bodies(ch, q) == [b"kept"]
+    assert drain(ch, q) == [b"kept"]
 
 
 # -- queue expiry ------------------------------------------------------------------------------------
