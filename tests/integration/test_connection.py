@@ -26,6 +26,9 @@ def test_start_advertises_rabbitmq_capabilities(hare_url: str) -> None:
             assert caps[cap] is True, cap
         assert b"PLAIN" in start.mechanisms.split() and b"AMQPLAIN" in start.mechanisms.split()
         assert start.locales == b"en_US"
+        # clients pick RabbitMQ's semantics by these (kombu/Celery: product RabbitMQ, 3.3 <= v < 4)
+        props = start.server_properties
+        assert props["product"] == "RabbitMQ" and props["version"].startswith("3.")
 
 
 def test_tune_offers_rabbitmq_defaults(hare_url: str) -> None:

@@ -23,8 +23,10 @@ _pack_Q = struct.Struct(">Q").pack
 PROPERTY_FLAGS = {name: 1 << (15 - i) for i, (name, _) in enumerate(BASIC_PROPERTIES)}
 FLAG_HEADERS = PROPERTY_FLAGS["headers"]
 FLAG_DELIVERY_MODE = PROPERTY_FLAGS["delivery_mode"]
+FLAG_PRIORITY = PROPERTY_FLAGS["priority"]
 FLAG_USER_ID = PROPERTY_FLAGS["user_id"]
 FLAG_EXPIRATION = PROPERTY_FLAGS["expiration"]
+FLAG_REPLY_TO = PROPERTY_FLAGS["reply_to"]
 
 EMPTY = b"\x00\x00"
 
@@ -119,6 +121,14 @@ def delivery_mode(raw: bytes) -> int:
     return raw[_skip_to(raw, flags, FLAG_DELIVERY_MODE)]
 
 
+def priority(raw: bytes) -> int:
+    """The priority property (0 when absent) without decoding the rest."""
+    (flags,) = _unpack_H(raw, 0)
+    if not flags & FLAG_PRIORITY:
+        return 0
+    return raw[_skip_to(raw, flags, FLAG_PRIORITY)]
+
+
 def user_id(raw: bytes) -> str | None:
     """The user-id property, or None, without decoding the rest."""
     (flags,) = _unpack_H(raw, 0)
@@ -135,3 +145,20 @@ def expiration(raw: bytes) -> bytes | None:
         return None
     o = _skip_to(raw, flags, FLAG_EXPIRATION)
     return bytes(raw[o + 1 : o + 1 + raw[o]])
+
+
+def reply_to(raw: bytes) -> str | None:
+    """The reply-to property, or None, without decoding the rest."""
+    (flags,) = _unpack_H(raw, 0)
+    if not flags & FLAG_REPLY_TO:
+        return None
+    o = _skip_to(raw, flags, FLAG_REPLY_TO)
+    return raw[o + 1 : o + 1 + raw[o]].decode("utf-8", "surrogateescape")
+
+
+def with_reply_to(raw: bytes, value: str) -> bytes:
+    """The properties with another reply-to (present in ``raw``); the other octets unchanged."""
+    (flags,) = _unpack_H(raw, 0)
+    o = _skip_to(raw, flags, FLAG_REPLY_TO)
+    v = value.encode("utf-8", "surrogateescape")
+    return raw[:o] + bytes((len(v),)) + v + raw[o + 1 + raw[o] :]

@@ -47,6 +47,13 @@ class Float32(float):
     __slots__ = ()
 
 
+class Long(int):
+    """An int that encodes as a 64-bit ``l`` field whatever its value (small ints encode as ``I``),
+    for values RabbitMQ sends as longs (``x-delivery-count``)."""
+
+    __slots__ = ()
+
+
 def decode_table(buf: bytes | memoryview, offset: int) -> tuple[dict[str, Any], int]:
     """Decode a field table at ``offset``; return the table and the offset after it."""
     if offset + 4 > len(buf):
@@ -173,7 +180,7 @@ def _encode_value(out: bytearray, value: Any) -> None:
     elif isinstance(value, bool):
         out += b"t\x01" if value else b"t\x00"
     elif isinstance(value, int):
-        if -(2**31) <= value < 2**31:
+        if -(2**31) <= value < 2**31 and type(value) is not Long:
             out += b"I"
             out += _pack_i(value)
         elif -(2**63) <= value < 2**63:

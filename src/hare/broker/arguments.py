@@ -44,7 +44,7 @@ def type_name(value: Any) -> str:
 
 def _non_neg_int(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int):
-        return f"{{unacceptable_type,{type_name(value)}}}"
+        return f'"expected integer, got {type_name(value)}"'
     if value < 0:
         return f"{{value_negative,{value}}}"
     return None
@@ -52,7 +52,7 @@ def _non_neg_int(value: Any) -> str | None:
 
 def _positive_int(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int):
-        return f"{{unacceptable_type,{type_name(value)}}}"
+        return f'"expected integer, got {type_name(value)}"'
     if value <= 0:
         return f"{{value_zero,{value}}}" if value == 0 else f"{{value_negative,{value}}}"
     return None
@@ -73,7 +73,7 @@ def _bool(value: Any) -> str | None:
 def _priority(value: Any) -> str | None:
     err = _non_neg_int(value)
     if err is None and value > 255:
-        return f"{{value_too_large,{value},255}}"
+        return f"{{max_value_exceeded,{value}}}"
     return err
 
 

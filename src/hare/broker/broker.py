@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..auth.users import UserStore
+from ..store import delayed as delayed_store
 from ..store.definitions import Definitions
 from ..store.message_store import MessageStore
+from .definitions_file import load_definitions_file
 from .timers import Timers
 from .vhost import VirtualHost
 
@@ -30,7 +32,14 @@ class BrokerConfig:
     loopback_users: tuple[str, ...] = ("guest",)
     max_message_size: int = 128 * 1024 * 1024  # RabbitMQ 3.10 default: 128 MiB
     disk_free_limit: int = 50_000_000  # RabbitMQ's default: block publishers under 50 MB free
-    product: str = "hare"
+    # ms a channel may keep a delivery unacknowledged before it is closed (406) and the delivery
+    # requeued; RabbitMQ's default, 30 minutes. None: no limit. Per queue: x-consumer-timeout.
+    consumer_timeout: int | None = 1_800_000
+    load_definitions: str | None = None  # a definitions JSON file applied at start (policies, ...)
+    # what connection.start says the server is: the RabbitMQ release whose behaviour hare follows
+    # (clients such as kombu pick their semantics by product and version); see server_properties
+    product: str = "RabbitMQ"
+    product_version: str = "3.10.8"
 
 
 class Broker:
@@ -57,6 +66,8 @@ class Broker:
         self.alarms: set[str] = set()  # resource alarms in effect ("disk"): publishers are blocked
         if self.definitions is not None:
             self._restore()
+        if self.config.load_definitions:
+            load_definitions_file(self, self.config.load_definitions)
 
     def add_vhost(self, name: str) -> VirtualHost:
         vhost = self.vhosts.get(name)
@@ -75,6 +86,11 @@ class Broker:
         queues = messages = 0
         for vname in defs.vhosts():
             vhost = self.add_vhost(vname)
+            for name, pattern, apply_to, priority, definition in defs.policies(vname):
+                try:  # first: the exchanges and queues restored next get theirs at once
+                    vhost.restore_policy(name, pattern, apply_to, priority, definition)
+                except ValueError as exc:
+                    log.error("policy '%s' in vhost '%s' is not valid, ignored: %s", name, vname, exc)
             for name, type_name, auto_delete, internal, arguments in defs.exchanges(vname):
                 vhost.restore_exchange(name, type_name, auto_delete, internal, arguments)
             for name, arguments in defs.queues(vname):
@@ -85,6 +101,7 @@ class Broker:
             for source, kind, destination, routing_key, arguments in defs.bindings(vname):
                 vhost.restore_binding(source, kind, destination, routing_key, arguments)
         self.store.remove_orphans(kept)
+        delayed_store.remove_orphans(self.store)  # delayed exchanges that no longer exist
         if queues:
             log.info("recovered %d durable queues with %d messages in %.2fs", queues, messages,
                      time.monotonic() - started)

@@ -18,6 +18,8 @@ class DeliveryTarget(Protocol):
 
     def consumer_cancelled(self, consumer: Consumer) -> None: ...
 
+    def deliver_reply(self, msg: Message) -> None: ...  # a direct reply-to reply (direct_reply.py)
+
 
 class PrefetchLimit:
     """A shared prefetch window: basic.qos with global=true covers all of a channel's consumers."""

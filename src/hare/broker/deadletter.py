@@ -12,6 +12,7 @@ import datetime
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..amqp.table import Long
 from .timers import now_ms
 
 if TYPE_CHECKING:
@@ -53,11 +54,11 @@ def dead_letter(queue: Queue, msg: Message, reason: str) -> None:
     for i, d in enumerate(deaths):
         if d.get("queue") == queue.name and d.get("reason") == reason:
             entry = dict(d)
-            entry["count"] = (entry.get("count") if isinstance(entry.get("count"), int) else 0) + 1
+            entry["count"] = Long((entry.get("count") if isinstance(entry.get("count"), int) else 0) + 1)
             del deaths[i]
             break
     else:
-        entry = {"count": 1, "reason": reason, "queue": queue.name,
+        entry = {"count": Long(1), "reason": reason, "queue": queue.name,
                  "time": datetime.datetime.fromtimestamp(now_ms() // 1000, datetime.UTC),
                  "exchange": msg.exchange, "routing-keys": keys}
         expiration = props.get("expiration")

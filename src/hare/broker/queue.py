@@ -5,9 +5,14 @@ delivery goes round-robin. A consumer is ready when its channel can take output 
 window has room; dispatch stops when no consumer is ready and resumes when one becomes ready
 (ack, qos change, channel flow, the connection's output draining).
 
+With ``x-single-active-consumer`` the groups hold one consumer, the active one; the others wait
+in ``waiting`` and the next takes over when it goes (``remove_consumer``), so dispatch is the same.
+
 The queue also enforces its settings (``queue_settings.py``: arguments and policy): message TTL
 and per-message expiration (at the head, as RabbitMQ), length limits with their overflow
-behaviour, queue expiry, and dead-lettering (``deadletter.py``) of what it gives up on.
+behaviour, queue expiry, and dead-lettering (``deadletter.py``) of what it gives up on. A delivery
+limit wraps the store in a ``DeliveryCounter`` (``delivery_limit.py``), so only such queues count
+returns; a priority queue's store is a ``PriorityQueueStore`` (``store/priority.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ..store.base import QueueStore
 from ..store.paged import PagedQueueStore
 from .consumer import Consumer
 from .deadletter import EXPIRED, MAXLEN, REJECTED, dead_letter
+from .delivery_limit import DeliveryCounter
 from .message import Message
 from .queue_settings import QueueSettings, queue_settings
 from .timers import Timer, now_ms
@@ -42,7 +48,8 @@ class Queue:
     __slots__ = ("name", "vhost", "vhost_name", "durable", "exclusive", "owner", "auto_delete",
                  "arguments", "store", "groups", "consumer_count", "exclusive_consumer", "deleted",
                  "had_consumer", "flow_waiters", "settings", "policy", "unacked_expiry", "ttl_timer",
-                 "expiry_timer", "last_used")
+                 "expiry_timer", "last_used", "waiting", "counter",
+                 "predecessor")
 
     def __init__(self, name: str, vhost: VirtualHost | None = None, durable: bool = False,
                  exclusive: bool = False, owner: Any = None, auto_delete: bool = False,
@@ -61,6 +68,12 @@ class Queue:
         self.groups: list[tuple[int, deque[Consumer]]] = []
         self.consumer_count = 0
         self.exclusive_consumer: Consumer | None = None
+        # x-single-active-consumer: ``groups`` holds the active consumer only; the others wait
+        # here, in registration order (always empty for other queues)
+        self.waiting: list[Consumer] = []
+        # ... and the active consumer that left holding unacked messages: the next one takes over
+        # once they are settled (acked, or requeued to go to it first, in order)
+        self.predecessor: Consumer | None = None
         self.deleted = False
         self.had_consumer = False
         self.flow_waiters: dict[Any, None] = {}  # publishers paused by this queue's backlog
@@ -70,6 +83,7 @@ class Queue:
         self.last_used = now_ms()
         self.policy: dict[str, Any] | None = None
         self.settings = QueueSettings()
+        self.counter: DeliveryCounter | None = None  # wraps ``store`` while there is a delivery limit
         self.apply_policy(policy)
 
     # -- settings ---------------------------------------------------------------------------------
@@ -77,14 +91,19 @@ class Queue:
     def apply_policy(self, policy: dict[str, Any] | None) -> None:
         """(Re)compute the effective settings from the arguments and ``policy`` (a definition)."""
         self.policy = policy
+        # RabbitMQ applies a new max-length before a new overflow mode: whether the excess is
+        # dropped now depends on the mode the queue had until now (reject-publish* keeps it)
+        drop_head = self.settings.overflow == "drop-head"
         self.settings = s = queue_settings(self.arguments, policy)
+        if s.delivery_limit is not None or self.counter is not None:
+            self._set_delivery_limit(s.delivery_limit)
         self.store.expiry = self.expires_at
         if s.expires is not None and not self.consumer_count:
             self._arm_expiry()
         elif self.expiry_timer is not None and s.expires is None:
             self.expiry_timer.cancel()
             self.expiry_timer = None
-        if s.limited:
+        if s.limited and drop_head:
             self._drop_over_limit()
         if s.message_ttl is not None:
             self._arm_ttl(self.store.head_expiry())
@@ -121,7 +140,7 @@ class Queue:
         if exp and (self.ttl_timer is None or len(store) == 1):
             self._arm_ttl(store.head_expiry())
         if self.consumer_count:
-            self.dispatch()
+            self.dispatch(True)
             if s.limited:
                 self._drop_over_limit()
             return THROTTLE if len(store) > FLOW_HIGH else 0
@@ -149,8 +168,22 @@ class Queue:
                 break
             self._give_up(entry[1], entry[0], MAXLEN)
 
+    def _set_delivery_limit(self, limit: int | None) -> None:
+        """Count returns (x-delivery-limit) from now on, or stop counting (``delivery_limit.py``)."""
+        counter = self.counter
+        if limit is None:
+            if counter is not None:
+                self.store = counter.inner
+                self.counter = None
+        elif counter is None:
+            self.store = self.counter = DeliveryCounter(self.store, self, limit)
+        else:
+            counter.limit = limit
+
     def _give_up(self, seq: int, msg: Message, reason: str) -> None:
         """A message leaves the queue for good without being acked: dead-letter it (or drop it)."""
+        if self.counter is not None:  # dead-letter it as stored, without x-delivery-count
+            msg = self.counter.original(seq, msg)
         dead_letter(self, msg, reason)
         self.store.ack(seq, msg)
 
@@ -176,6 +209,8 @@ class Queue:
                     self._give_up(seq, msg, EXPIRED)
                     continue
                 self.unacked_expiry[seq] = exp
+            if self.counter is not None:  # basic.get shows x-delivery-count 0 as well
+                msg = self.counter.got(seq, msg)
             return msg, seq, redelivered
 
     def requeue(self, seq: int, msg: Message) -> None:
@@ -263,6 +298,18 @@ class Queue:
     # -- consumers ------------------------------------------------------------------------------
 
     def add_consumer(self, consumer: Consumer) -> None:
+        if self.settings.single_active_consumer and (self.groups or self.predecessor is not None):
+            self.waiting.append(consumer)  # another consumer is active: this one waits its turn
+        else:
+            self._join(consumer)
+        self.consumer_count += 1
+        self.had_consumer = True
+        if consumer.exclusive:
+            self.exclusive_consumer = consumer
+        self.last_used = now_ms()
+
+    def _join(self, consumer: Consumer) -> None:
+        """Put ``consumer`` among those dispatch delivers to: its priority's group, round-robin."""
         for priority, group in self.groups:
             if priority == consumer.priority:
                 group.append(consumer)
@@ -270,18 +317,22 @@ class Queue:
         else:
             self.groups.append((consumer.priority, deque([consumer])))
             self.groups.sort(key=lambda g: -g[0])
-        self.consumer_count += 1
-        self.had_consumer = True
-        if consumer.exclusive:
-            self.exclusive_consumer = consumer
-        self.last_used = now_ms()
 
     def remove_consumer(self, consumer: Consumer) -> bool:
+        """Take ``consumer`` away. On a single-active-consumer queue, when it was the active one,
+        the next takes over: at once, or when it holds unacked messages at the first dispatch after
+        they are settled (or a message arrives); the caller has the queue dispatched after
+        requeueing them, so they go to the next one first, in order."""
         for i, (_, group) in enumerate(self.groups):
             if consumer in group:
                 group.remove(consumer)
                 if not group:
                     del self.groups[i]
+                    if self.waiting and not self.deleted:
+                        if consumer.unacked:
+                            self.predecessor = consumer
+                        else:
+                            self._activate_next()
                 self.consumer_count -= 1
                 if self.exclusive_consumer is consumer:
                     self.exclusive_consumer = None
@@ -291,10 +342,25 @@ class Queue:
                     self.last_used = now_ms()
                     self._arm_expiry()
                 return True
+        if consumer in self.waiting:  # (an empty list but on single-active-consumer queues)
+            self.waiting.remove(consumer)
+            self.consumer_count -= 1
+            return True
         return False
 
+    def _activate_next(self) -> None:
+        """x-single-active-consumer: the active consumer went away. As RabbitMQ 3.10 does, the
+        waiting consumer with the highest ``x-priority`` takes over, the earliest registered
+        among equals (priorities choose only then: a new consumer never displaces the active one)."""
+        self.predecessor = None
+        waiting = self.waiting
+        best = max(waiting, key=_priority)  # max() keeps the first of equals: registration order
+        waiting.remove(best)
+        self._join(best)
+
     def consumers(self) -> list[Consumer]:
-        return [c for _, group in self.groups for c in group]
+        """Every consumer: the active ones (in priority order), then any waiting ones."""
+        return [*(c for _, group in self.groups for c in group), *self.waiting]
 
     def _next_ready(self) -> Consumer | None:
         for _, group in self.groups:
@@ -305,8 +371,9 @@ class Queue:
                     return c
         return None
 
-    def dispatch(self) -> None:
-        """Deliver ready messages to ready consumers until either runs out."""
+    def dispatch(self, arrived: bool = False) -> None:
+        """Deliver ready messages to ready consumers until either runs out (``arrived``: called
+        for a message just published)."""
         store = self.store
         groups = self.groups
         now = 0
@@ -325,6 +392,14 @@ class Queue:
                     self.unacked_expiry[seq] = exp
                 deliver(c, msg, seq, redelivered)
         else:
+            if not groups:  # consumers, none active: a single active consumer's hand-over is due
+                # once its predecessor's deliveries are settled, or when a new message arrives
+                # (RabbitMQ 3.10 hands over at the queue's next run: a publish, a requeue)
+                p = self.predecessor
+                if p is not None and self.waiting and (arrived or not p.unacked):
+                    self._activate_next()
+                    self.dispatch()
+                    return
             while len(store):
                 c = self._next_ready()
                 if c is None:
@@ -344,3 +419,7 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={len(self.store)} consumers={self.consumer_count}>"
+
+
+def _priority(consumer: Consumer) -> int:
+    return consumer.priority

@@ -18,12 +18,16 @@ from ..amqp.errors import (
     resource_locked,
 )
 from ..store.paged import PagedQueueStore
+from ..store.priority import PriorityQueueStore, level_name
 from .arguments import check_equivalent_queue_args, validate_queue_arguments
 from .arguments import type_name as arg_type_name
+from .direct_reply import DirectReply
 from .exchanges import EXCHANGE_TYPES, Exchange
 from .exchanges.default import DefaultExchange
 from .message import Message
+from .policies import Policy, for_exchange, for_queue, make_policy
 from .queue import Queue
+from .queue_settings import queue_settings
 from .timers import Timers
 
 if TYPE_CHECKING:
@@ -46,6 +50,14 @@ def server_queue_name() -> str:
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
+def _max_priority(arguments: dict[str, Any] | None) -> int:
+    """A priority queue's highest priority (x-max-priority), or 0 for a queue without priorities."""
+    value = arguments.get("x-max-priority") if arguments else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return min(max(value, 0), 255)
+
+
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
@@ -58,7 +70,9 @@ class VirtualHost:
         self.store = store  # None: messages in memory only (no data directory)
         self.definitions = definitions  # where durable exchanges, queues and bindings are kept
         self.queues: dict[str, Queue] = {}
-        self.default_exchange = DefaultExchange(self.queues, vhost_name=name)
+        self._policies: dict[str, Policy] = {}  # by name (policies.py; set_policy, clear_policy)
+        self.direct_reply = DirectReply()  # the channels consuming amq.rabbitmq.reply-to
+        self.default_exchange = DefaultExchange(self.queues, vhost_name=name, replies=self.direct_reply)
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
         for ex_name, ex_type in STANDARD_EXCHANGES:
             self.exchanges[ex_name] = EXCHANGE_TYPES[ex_type](
@@ -119,6 +133,9 @@ class VirtualHost:
         ex = cls(name, durable=durable, auto_delete=auto_delete, internal=internal,
                  arguments=arguments, vhost_name=self.name)
         self.exchanges[name] = ex
+        ex.attach(self)
+        if self._policies:
+            self._apply_exchange_policy(ex)
         if durable and self.definitions is not None:
             self.definitions.add_exchange(self.name, name, type_name, auto_delete, internal, arguments)
         return ex
@@ -156,6 +173,7 @@ class VirtualHost:
 
     def _remove_exchange(self, ex: Exchange) -> None:
         del self.exchanges[ex.name]
+        ex.detach()
         if ex.durable and self.definitions is not None:
             self.definitions.remove_exchange(self.name, ex.name)
         for other in list(self.exchanges.values()):
@@ -225,26 +243,45 @@ class VirtualHost:
         kept = durable and not auto_delete
         q = Queue(name, vhost=self, durable=durable, exclusive=exclusive,
                   owner=conn if exclusive else None, auto_delete=auto_delete, arguments=arguments,
-                  store=self._queue_store(name, kept))
+                  store=self._queue_store(name, kept, arguments=arguments),
+                  policy=self._policy_definition(name, arguments))
         self.queues[name] = q
         if kept and self.definitions is not None:
             self.definitions.add_queue(self.name, name, arguments)
         return q
 
-    def _queue_store(self, name: str, kept: bool, recovered: Any = None) -> QueueStore | None:
+    def _queue_store(self, name: str, kept: bool, recovered: Any = None,
+                     arguments: dict[str, Any] | None = None) -> QueueStore | None:
         """The message store of a queue: in memory only without a data directory; else paged to
-        the queue's log (which a queue that survives restarts also uses for persistent messages)."""
+        the queue's log (which a queue that survives restarts also uses for persistent messages).
+        A priority queue (x-max-priority) has one such store, and log, per level."""
         store = self.store
+        vhost = self.name
+        max_priority = _max_priority(arguments)
+        if max_priority:
+            if store is None:
+                return PriorityQueueStore(max_priority, None)
+            return PriorityQueueStore(
+                max_priority, lambda level: store.open_log(vhost, level_name(name, level), kept), Message,
+                kept, logs=recovered)
         if store is None:
             return None
-        vhost = self.name
         return PagedQueueStore(lambda: store.open_log(vhost, name, kept), Message, kept, log=recovered)
 
     def restore_queue(self, name: str, arguments: dict[str, Any]) -> Queue:
         """A durable queue as the last run left it, with the messages of its log (at startup)."""
-        recovered = self.store.recover_log(self.name, name) if self.store is not None else None
+        store = self.store
+        recovered: Any = None
+        if store is not None:
+            max_priority = _max_priority(arguments)
+            if max_priority:  # a log per priority level
+                recovered = {level: log for level in range(max_priority + 1)
+                             if (log := store.recover_log(self.name, level_name(name, level))) is not None}
+            else:
+                recovered = store.recover_log(self.name, name)
         q = Queue(name, vhost=self, durable=True, arguments=arguments,
-                  store=self._queue_store(name, True, recovered))
+                  store=self._queue_store(name, True, recovered, arguments),
+                  policy=self._policy_definition(name, arguments))
         self.queues[name] = q
         return q
 
@@ -253,8 +290,11 @@ class VirtualHost:
         cls = EXCHANGE_TYPES.get(type_name)
         if cls is None or name in self.exchanges:
             return
-        self.exchanges[name] = cls(name, durable=True, auto_delete=auto_delete, internal=internal,
-                                   arguments=arguments, vhost_name=self.name)
+        ex = self.exchanges[name] = cls(name, durable=True, auto_delete=auto_delete, internal=internal,
+                                        arguments=arguments, vhost_name=self.name)
+        ex.attach(self, recovered=True)
+        if self._policies:
+            self._apply_exchange_policy(ex)
 
     def restore_binding(self, source: str, kind: str, destination: str, routing_key: str,
                         arguments: dict[str, Any]) -> None:
@@ -343,6 +383,77 @@ class VirtualHost:
         for q in [q for q in self.queues.values() if q.exclusive and q.owner is conn]:
             self.remove_queue(q)
 
+    # -- policies ---------------------------------------------------------------------------------
+
+    def policies(self) -> list[Policy]:
+        """The policies, ordered as ``rabbitmqctl list_policies`` lists them (by priority)."""
+        return sorted(self._policies.values(), key=lambda p: (p.priority, p.name))
+
+    def set_policy(self, name: str, pattern: str, definition: Any, priority: Any = 0,
+                   apply_to: str = "all") -> Policy:
+        """Add or replace a policy (``policies.PolicyError``, with RabbitMQ's text, if it is not
+        valid), keep it, and apply it at once to the queues and exchanges it now governs."""
+        policy = make_policy(self.name, name, pattern, definition, priority, apply_to)
+        self._policies[name] = policy
+        if self.definitions is not None:
+            self.definitions.add_policy(self.name, name, pattern, apply_to, policy.priority,
+                                        policy.definition)
+        self._reapply_policies()
+        return policy
+
+    def clear_policy(self, name: str) -> bool:
+        """Remove a policy (False if there is none of that name); what it governed reverts to its
+        arguments, or to the next matching policy."""
+        if self._policies.pop(name, None) is None:
+            return False
+        if self.definitions is not None:
+            self.definitions.remove_policy(self.name, name)
+        self._reapply_policies()
+        return True
+
+    def restore_policy(self, name: str, pattern: str, apply_to: str, priority: int,
+                       definition: dict[str, Any]) -> None:
+        """A kept policy, at startup (before the queues and exchanges it applies to)."""
+        self._policies[name] = make_policy(self.name, name, pattern, definition, priority, apply_to)
+
+    def policy_for_queue(self, q: Queue) -> Policy | None:
+        return for_queue(self._policies.values(), q.name, q.arguments) if self._policies else None
+
+    def policy_for_exchange(self, ex: Exchange) -> Policy | None:
+        if not ex.name or not self._policies:
+            return None
+        return for_exchange(self._policies.values(), ex.name)
+
+    def _policy_definition(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The definition of the policy for a new queue, or None."""
+        if not self._policies:
+            return None
+        p = for_queue(self._policies.values(), name, arguments or {})
+        return p.definition if p is not None else None
+
+    def _apply_exchange_policy(self, ex: Exchange) -> None:
+        """Set the exchange's effective alternate exchange: its argument, else its policy's."""
+        ae = ex.arguments.get("alternate-exchange")
+        if ae is None:
+            p = self.policy_for_exchange(ex)
+            if p is not None:
+                ae = p.definition.get("alternate-exchange")
+        ex.alternate_exchange = ae
+
+    def _reapply_policies(self) -> None:
+        """After a policy changed: give every queue and exchange the policy that now applies."""
+        policies = self._policies.values()
+        for q in list(self.queues.values()):
+            p = for_queue(policies, q.name, q.arguments)
+            definition = p.definition if p is not None else None
+            if definition is q.policy or q.deleted:
+                continue
+            if queue_settings(q.arguments, definition).expires is not None:
+                q.touch()  # as RabbitMQ: a new policy restarts the queue's expiry countdown
+            q.apply_policy(definition)
+        for ex in list(self.exchanges.values()):
+            self._apply_exchange_policy(ex)
+
     # -- routing --------------------------------------------------------------------------------
 
     def route(self, ex: Exchange, msg: Message, keys: list[str] | None = None) -> list[Queue]:
@@ -362,7 +473,7 @@ class VirtualHost:
         ex.route(msg, routing_key, out)
         if len(out) == 1 and type(out[0]) is Queue:
             return out
-        if not out and "alternate-exchange" not in ex.arguments:
+        if not out and ex.alternate_exchange is None:
             return out
         queues: dict[Queue, None] = {}
         seen = {ex}
@@ -370,7 +481,7 @@ class VirtualHost:
         while pending:
             src, dests = pending.pop()
             if not dests:
-                ae = self.exchanges.get(src.arguments.get("alternate-exchange") or "")
+                ae = self.exchanges.get(src.alternate_exchange or "")
                 if ae is not None and ae.name and ae not in seen:
                     seen.add(ae)
                     nxt: list[Any] = []

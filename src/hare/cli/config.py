@@ -42,6 +42,17 @@ def _size(value: str) -> int:
     return int(digits) * _UNITS[unit]
 
 
+def _consumer_timeout(value: str) -> int | None:
+    """Milliseconds, a positive integer as RabbitMQ requires; hare also takes ``false`` (no limit,
+    which RabbitMQ only allows in advanced.config)."""
+    if value.lower() in ("false", "infinity", "none"):
+        return None
+    if not value.isdigit() or int(value) == 0:
+        raise ValueError(f"consumer_timeout must be a positive number of milliseconds, or false "
+                         f"for no limit: {value!r}")
+    return int(value)
+
+
 def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
     loopback = set(opts.broker.loopback_users)
     for lineno, raw in enumerate(Path(path).read_text().splitlines(), 1):
@@ -80,6 +91,13 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
                 b.max_message_size = int(value)
             elif key == "disk_free_limit.absolute":
                 b.disk_free_limit = _size(value)
+            elif key == "consumer_timeout":
+                b.consumer_timeout = _consumer_timeout(value)
+            elif key in ("load_definitions", "definitions.local.path"):
+                b.load_definitions = value
+            elif key == "definitions.import_backend":
+                if value != "local_filesystem":
+                    raise ValueError("only 'definitions.import_backend = local_filesystem' is supported")
             elif key == "loopback_users":
                 if value != "none":
                     raise ValueError("only 'loopback_users = none' is supported")

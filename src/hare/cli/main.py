@@ -12,6 +12,7 @@ from .. import __version__
 from ..bench import run as bench_run
 from ..broker.broker import Broker
 from ..server.server import Server, loop_factory
+from . import ctl
 from .config import ServeOptions, load_config
 
 log = logging.getLogger("hare")
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     b = sub.add_parser("bench", help="measure publish/consume rates against a broker")
     bench_run.add_arguments(b)
+    c = sub.add_parser("ctl", help="manage a running broker (policies, queues), as rabbitmqctl")
+    ctl.add_arguments(c)
     return p
 
 
@@ -56,6 +59,11 @@ async def serve(opts: ServeOptions) -> None:
     await server.start()
     log.info("hare %s ready: amqp://%s:%s (data in %s)", __version__, opts.bind, server.port,
              opts.data_dir)
+    timeout = opts.broker.consumer_timeout
+    log.info("consumer_timeout: %s (a channel keeping a delivery unacknowledged longer is closed; "
+             "change it with consumer_timeout in the config file, or per queue)",
+             "none" if not timeout else f"{timeout} ms ({timeout / 60000:g} min)" if timeout >= 60000
+             else f"{timeout} ms")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -79,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with asyncio.Runner(loop_factory=loop_factory()) as runner:
                 runner.run(serve(opts))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: e.g. an invalid load_definitions file
             log.error("cannot start: %s", exc)
             return 1
         return 0
     if args.command == "bench":
         return bench_run.main(args)
+    if args.command == "ctl":
+        return ctl.main(args)
     return 2
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from ..broker.broker import Broker
 from ..broker.timers import now_ms
 from ..session.connection import CLOSING_CONN, OPENED, Connection
+from .control import SOCKET_NAME, ControlServer
 from .storage import StoreDriver
 
 log = logging.getLogger("hare.server")
@@ -209,6 +210,7 @@ class Server:
         self.storage: StoreDriver | None = None
         self.timer: asyncio.TimerHandle | None = None  # runs the broker's due timers
         self.timer_at = 0  # the deadline (ms) it is set for
+        self.control: ControlServer | None = None  # the socket of `hare ctl` (server/control.py)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -222,6 +224,10 @@ class Server:
         if sockets:
             self.port = sockets[0].getsockname()[1]
         log.info("AMQP listener started on %s:%s", self.host, self.port)
+        if self.broker.data_dir is not None and self.control is None:
+            control = ControlServer(self.broker, self.broker.data_dir / SOCKET_NAME)
+            if await control.start():
+                self.control = control
 
     def _schedule_timers(self) -> None:
         """Wake at the broker's earliest deadline (expiries, timeouts)."""
@@ -240,6 +246,9 @@ class Server:
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait for them."""
+        if self.control is not None:
+            await self.control.stop()
+            self.control = None
         if self._server is not None:
             self._server.close()
         for proto in list(self.protocols):

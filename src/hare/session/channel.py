@@ -26,9 +26,11 @@ from ..amqp.frames import FRAME_END_BYTE, body_frames, pack_header
 from ..broker.arguments import type_name
 from ..broker.consumer import Consumer, PrefetchLimit
 from ..broker.deadletter import cc_keys
+from ..broker.direct_reply import REPLY_QUEUE, ReplyConsumer
 from ..broker.expiration import expiration_error
 from ..broker.message import Message
 from ..broker.queue import REJECTED_PUBLISH, THROTTLE, Queue
+from .ack_timeout import AckWatch
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -39,6 +41,8 @@ _pack_return_head = struct.Struct(">HHH").pack  # class, method, reply code
 _DELIVER = b"\x00\x3c\x00\x3c"
 _GET_OK = b"\x00\x3c\x00\x47"
 _SMALL_BODY = 4096
+# reply_to amq.rabbitmq.reply-to (direct reply-to) as a shortstr, to look for in raw properties
+_REPLY_TO_RAW = bytes((len(REPLY_QUEUE),)) + REPLY_QUEUE.encode()
 
 # a basic.publish awaiting its content: (exchange, routing key, both as shortstrs, mandatory,
 # immediate)
@@ -62,7 +66,7 @@ class Channel:
                  "publish_seq", "confirmed_upto", "queued_upto", "sync_upto", "sync_waits", "nacks",
                  "tx", "tx_publishes", "tx_acks",
                  "tx_taken", "max_size", "last_queue", "pub", "pub_props", "pub_size", "pub_body",
-                 "pub_received")
+                 "pub_received", "reply", "reply_id", "ack_watch")
 
     def __init__(self, conn: Connection, number: int) -> None:
         self.conn = conn
@@ -99,6 +103,9 @@ class Channel:
         self.pub_size = -1  # -1: header not yet received
         self.pub_body: list[bytes] = []
         self.pub_received = 0
+        self.reply: ReplyConsumer | None = None  # the consumer of amq.rabbitmq.reply-to, if any
+        self.reply_id = ""  # this channel's part of its reply names, once it had a reply consumer
+        self.ack_watch: AckWatch | None = None  # the consumer timeout's check (ack_timeout.py)
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -144,6 +151,17 @@ class Channel:
             return
         if self.conn.capabilities.get("consumer_cancel_notify") and self.state == OPEN:
             self.send(spec.BasicCancel(consumer_tag=consumer.tag, nowait=True))
+
+    def deliver_reply(self, msg: Message) -> None:
+        """A direct reply-to reply for this channel's reply consumer (a no-ack delivery with the
+        exchange and routing key it was published with, as RabbitMQ: no queue, no flow control).
+        As RabbitMQ 3.10, it carries the delivery tag the channel's next delivery will have
+        without taking it: replies in a row share a tag, which the next delivery gets again."""
+        reply = self.reply
+        if reply is None or self.state != OPEN:
+            return
+        self._send_content(_DELIVER + reply.tag_bytes + _pack_QB(self.next_tag + 1, False) + msg.route_bytes,
+                           msg)
 
     def set_deliverable(self) -> None:
         was = self.deliverable
@@ -207,6 +225,9 @@ class Channel:
         return self.last_queue
 
     def _queue_declare(self, m: spec.QueueDeclare) -> None:
+        if m.queue.startswith(REPLY_QUEUE):
+            self._reply_declare(m)
+            return
         q = self.vhost.declare_queue(m.queue, passive=m.passive, durable=m.durable,
                                      exclusive=m.exclusive, auto_delete=m.auto_delete,
                                      arguments=m.arguments, conn=self.conn)
@@ -214,6 +235,20 @@ class Channel:
         if not m.nowait:
             self.send(spec.QueueDeclareOk(queue=q.name, message_count=q.message_count,
                                           consumer_count=q.consumer_count))
+
+    def _reply_declare(self, m: spec.QueueDeclare) -> None:
+        """queue.declare of amq.rabbitmq.reply-to or of a name starting with it, as RabbitMQ 3.10:
+        whatever the flags and arguments, declare-ok (0 messages, 1 consumer) for the pseudo-queue
+        and for the name of a live reply consumer, else 404. (RabbitMQ asks the channel the name
+        belongs to: when that is the asking channel itself, the call crashes and the connection
+        closes with 541; hare answers declare-ok there too.)"""
+        name = m.queue
+        if name != REPLY_QUEUE:
+            if not self.vhost.direct_reply.exists(name):
+                raise not_found(f"no queue '{name}' in vhost '{self.vhost.name}'")
+        self.last_queue = name
+        if not m.nowait:
+            self.send(spec.QueueDeclareOk(queue=name, message_count=0, consumer_count=1))
 
     def _routing_key(self, queue: str, routing_key: str) -> str:
         """queue.bind/unbind with empty queue and key: the key is the last declared queue's name."""
@@ -279,6 +314,9 @@ class Channel:
         # RabbitMQ's order: tag reuse (530), queue (404/405), arguments (406), exclusive use (403)
         if m.consumer_tag in self.consumers:
             raise ConnectionFault(530, f"attempt to reuse consumer tag '{m.consumer_tag}'", 60, 20)
+        if m.queue == REPLY_QUEUE:
+            self._reply_consume(m)
+            return
         q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
         tag = m.consumer_tag or consumer_tag()
         args = m.arguments or {}
@@ -287,7 +325,9 @@ class Channel:
             raise precondition_failed(f"invalid arg 'x-priority' for queue '{q.name}' in vhost "
                                       f"'{self.vhost.name}': \"expected integer, got "
                                       f"{type_name(priority)}\"")
-        if q.exclusive_consumer is not None or (m.exclusive and q.consumer_count):
+        # (RabbitMQ 3.10 refuses an exclusive consumer on a single-active-consumer queue, even idle)
+        if q.exclusive_consumer is not None or (m.exclusive and (
+                q.consumer_count or q.settings.single_active_consumer)):
             raise access_refused(f"queue '{q.name}' in vhost '{self.vhost.name}' in exclusive use")
         c = Consumer(tag, q, self, no_ack=m.no_ack, exclusive=m.exclusive, priority=priority,
                      arguments=args, prefetch=self.prefetch, shared=self.shared)
@@ -296,13 +336,43 @@ class Channel:
             self.send(spec.BasicConsumeOk(consumer_tag=tag))
         q.add_consumer(c)
         self.conn.dispatch_later(q)
+        if not m.no_ack:
+            self._watch_acks()
+
+    def _reply_consume(self, m: spec.BasicConsume) -> None:
+        """basic.consume of amq.rabbitmq.reply-to (direct reply-to): no-ack only, one per channel;
+        exclusive and arguments are ignored, as in RabbitMQ."""
+        if not m.no_ack:
+            raise precondition_failed("reply consumer cannot acknowledge")
+        if self.reply is not None:
+            raise precondition_failed("reply consumer already set")
+        replies = self.vhost.direct_reply
+        if not self.reply_id:
+            self.reply_id = replies.channel_id()
+        tag = m.consumer_tag or consumer_tag()
+        self.reply = ReplyConsumer(tag, replies.register(self, self.reply_id))
+        if not m.nowait:
+            self.send(spec.BasicConsumeOk(consumer_tag=tag))
+
+    def _reply_cancel(self) -> None:
+        reply = self.reply
+        if reply is not None:
+            self.reply = None
+            self.vhost.direct_reply.unregister(reply.name)
 
     def _basic_cancel(self, m: spec.BasicCancel) -> None:
+        if self.reply is not None and m.consumer_tag == self.reply.tag:
+            # (RabbitMQ looks at the reply consumer first: a queue's consumer may share its tag)
+            self._reply_cancel()
+            if not m.nowait:
+                self.send(spec.BasicCancelOk(consumer_tag=m.consumer_tag))
+            return
         c = self.consumers.pop(m.consumer_tag, None)
         if not m.nowait:
             self.send(spec.BasicCancelOk(consumer_tag=m.consumer_tag))
         if c is not None:
             c.queue.remove_consumer(c)
+            self.conn.dispatch_later(c.queue)  # a single active consumer's successor may take over
             self.vhost.consumer_removed(c.queue)
 
     def _basic_get(self, m: spec.BasicGet) -> None:
@@ -317,8 +387,16 @@ class Channel:
             q.ack(seq, msg)
         else:
             self.unacked[tag] = (q, msg, seq, None)
+            self._watch_acks(delivered_now=True)
         self._send_content(_GET_OK + _pack_QB(tag, redelivered) + msg.route_bytes
                            + struct.pack(">I", q.message_count), msg)
+
+    def _watch_acks(self, delivered_now: bool = False) -> None:
+        """Have the consumer timeout checked on this channel (consumer with acks, basic.get)."""
+        watch = self.ack_watch
+        if watch is None:
+            watch = self.ack_watch = AckWatch(self)
+        watch.start(delivered_now)
 
     # -- basic class: acks ------------------------------------------------------------------------
 
@@ -500,6 +578,10 @@ class Channel:
         if ex.internal:
             raise access_refused(f"cannot publish to internal exchange '{m[0]}' in vhost "
                                  f"'{self.vhost.name}'")
+        # reply_to amq.rabbitmq.reply-to (flag bit 9) needs this channel's reply consumer
+        if props_raw[0] & 0x02 and self.reply is None and _REPLY_TO_RAW in props_raw:
+            if props_codec.reply_to(props_raw) == REPLY_QUEUE:
+                raise precondition_failed("fast reply consumer does not exist")
         # user-id present (flag bit 4) must name the authenticated user
         if props_raw[1] & 0x10 and props_codec.user_id(props_raw) != self.conn.username:
             self._check_impersonator(props_raw)
@@ -526,6 +608,9 @@ class Channel:
         """The queues of a publish; CC and BCC headers add routing keys (sender-selected
         distribution), and BCC is removed from the message the queues get."""
         raw = msg.properties_raw
+        if raw[0] & 0x02 and _REPLY_TO_RAW in raw:  # reply_to present (flag bit 9)
+            msg = self._set_reply_to(msg)
+            raw = msg.properties_raw
         if not (raw[0] & 0x20 and (b"\x02CC" in raw or b"\x03BCC" in raw)):
             return self.vhost.route(ex, msg), msg
         headers = msg.headers
@@ -535,6 +620,15 @@ class Channel:
             props["headers"] = {k: v for k, v in headers.items() if k != "BCC"}
             msg = msg.with_properties(props)
         return self.vhost.route(ex, msg, keys), msg
+
+    def _set_reply_to(self, msg: Message) -> Message:
+        """Direct reply-to: reply_to amq.rabbitmq.reply-to becomes this channel's reply name (the
+        channel has a reply consumer: _check_publish refused the message otherwise)."""
+        raw = msg.properties_raw
+        if self.reply is None or props_codec.reply_to(raw) != REPLY_QUEUE:
+            return msg
+        return Message(msg.exchange, msg.routing_key, props_codec.with_reply_to(raw, self.reply.name),
+                       msg.body, msg.route_bytes)
 
     def _publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
         ex = self._check_publish(m, props_raw, len(body))
@@ -672,13 +766,17 @@ class Channel:
         self.deliverable = False
         self.pub = None
         self.pub_body = []
+        if self.ack_watch is not None:
+            self.ack_watch.stop()
         for c in list(self.consumers.values()):
             c.queue.remove_consumer(c)
         consumers, self.consumers = self.consumers, {}
+        self._reply_cancel()
         self._tx_restore()  # acked inside an uncommitted transaction: requeued too
         self.tx_publishes = []
         self.requeue_all()
         for c in consumers.values():
+            self.conn.dispatch_later(c.queue)  # a single active consumer's successor takes over
             self.vhost.consumer_removed(c.queue)
 
 

@@ -60,15 +60,20 @@ CAPABILITIES = {
 }
 
 
-def server_properties(product: str) -> dict[str, Any]:
+def server_properties(product: str, version: str) -> dict[str, Any]:
+    """connection.start's server-properties. Clients branch on product and version (kombu, hence
+    Celery, uses RabbitMQ's prefetch semantics only for product "RabbitMQ" 3.3 to 4.0), so hare
+    introduces itself as the RabbitMQ version whose behaviour it implements (BrokerConfig.product
+    and .product_version) and names itself in ``information``."""
     return {
         "capabilities": dict(CAPABILITIES),
         "cluster_name": "hare@localhost",
         "copyright": "Copyright (c) the hare developers",
-        "information": "Licensed under the Apache License 2.0",
+        "information": f"hare {__version__}, a RabbitMQ-compatible broker. Licensed under the Apache "
+                       "License 2.0",
         "platform": f"Python {sys.version.split()[0]}",
         "product": product,
-        "version": __version__,
+        "version": version,
     }
 
 
@@ -283,7 +288,8 @@ class Connection:
             self.state = AWAIT_START_OK
             self.send0(spec.ConnectionStart(
                 version_major=0, version_minor=9,
-                server_properties=server_properties(self.broker.config.product),
+                server_properties=server_properties(self.broker.config.product,
+                                                  self.broker.config.product_version),
                 mechanisms=MECHANISMS, locales=b"en_US"))
         try:
             self._frames(data)
@@ -529,7 +535,7 @@ class Connection:
                 try:
                     ch.handle(method)
                 except AMQPError as err:
-                    if not err.class_id:
+                    if not err.class_id and err.code != 541:  # (541: a crash names no method)
                         err.class_id, err.method_id = cls.CLASS_ID, cls.METHOD_ID
                     raise
             return
@@ -592,6 +598,13 @@ class Connection:
         del self.channels[ch.number]
         self.closing_channels[ch.number] = _Closing()
         ch.close_for_error(err)
+
+    def channel_error(self, ch: Channel, err: ChannelError) -> None:
+        """Close ``ch`` for a soft error found outside its input (a timer: the consumer timeout),
+        then dispatch the requeued messages."""
+        if self.state == OPENED and self.channels.get(ch.number) is ch:
+            self._channel_error(ch, err)
+            self._finish()
 
     # -- connection class -------------------------------------------------------------------------
 

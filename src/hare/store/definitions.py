@@ -1,4 +1,4 @@
-"""Durable definitions (vhosts, exchanges, queues, bindings) in SQLite.
+"""Durable definitions (vhosts, exchanges, queues, bindings, policies) in SQLite.
 
 Definitions are small and change rarely; SQLite gives atomic, crash-safe updates without
 rewriting everything on each change. Every change is its own transaction, committed with
@@ -8,6 +8,7 @@ AMQP field-table encoding, so every value type survives a restart.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ CREATE TABLE IF NOT EXISTS bindings (
     vhost TEXT NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL, destination TEXT NOT NULL,
     routing_key TEXT NOT NULL, arguments BLOB NOT NULL,
     PRIMARY KEY (vhost, source, kind, destination, routing_key, arguments));
+CREATE TABLE IF NOT EXISTS policies (
+    vhost TEXT NOT NULL, name TEXT NOT NULL, pattern TEXT NOT NULL, apply_to TEXT NOT NULL,
+    priority INTEGER NOT NULL, definition TEXT NOT NULL, PRIMARY KEY (vhost, name));
 """
 SCHEMA_VERSION = "1"
 
@@ -113,6 +117,16 @@ class Definitions:
                   "AND routing_key = ? AND arguments = ?", self._s(vhost), self._s(source), kind,
                   self._s(destination), self._s(routing_key), _args(arguments))
 
+    def add_policy(self, vhost: str, name: str, pattern: str, apply_to: str, priority: int,
+                   definition: dict[str, Any]) -> None:
+        """A policy (``rabbitmqctl set_policy``); its definition is kept as JSON text."""
+        self._run("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?)", self._s(vhost),
+                  self._s(name), self._s(pattern), apply_to, priority,
+                  json.dumps(definition, ensure_ascii=False))
+
+    def remove_policy(self, vhost: str, name: str) -> None:
+        self._run("DELETE FROM policies WHERE vhost = ? AND name = ?", self._s(vhost), self._s(name))
+
     # -- reads (at startup) -------------------------------------------------------------------------
 
     def vhosts(self) -> list[str]:
@@ -133,6 +147,12 @@ class Definitions:
         return [(_str(r[0]), _str(r[1]), _str(r[2]), _str(r[3]), _table(r[4])) for r in self.db.execute(
             "SELECT source, kind, destination, routing_key, arguments FROM bindings WHERE vhost = ? "
             "ORDER BY rowid", (self._s(vhost),))]
+
+    def policies(self, vhost: str) -> list[tuple[str, str, str, int, dict[str, Any]]]:
+        """(name, pattern, apply_to, priority, definition) of each policy of ``vhost``."""
+        return [(_str(r[0]), _str(r[1]), r[2], r[3], json.loads(r[4])) for r in self.db.execute(
+            "SELECT name, pattern, apply_to, priority, definition FROM policies WHERE vhost = ? "
+            "ORDER BY name", (self._s(vhost),))]
 
     def close(self) -> None:
         self.db.close()

@@ -215,6 +215,7 @@ class MessageStore:
 
     def close(self) -> None:
         """Clean shutdown: flush every log, sync, close the files."""
+        self.sync_now()  # waiters first: they may still write (a delayed exchange's acks)
         for qlog in list(self.logs.values()):
             qlog.close()
         self.logs.clear()

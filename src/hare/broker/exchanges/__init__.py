@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Exchange
+from .delayed import DelayedMessageExchange
 from .direct import DirectExchange
 from .fanout import FanoutExchange
 from .headers import HeadersExchange
@@ -13,7 +14,8 @@ EXCHANGE_TYPES: dict[str, type[Exchange]] = {
     "fanout": FanoutExchange,
     "topic": TopicExchange,
     "headers": HeadersExchange,
+    "x-delayed-message": DelayedMessageExchange,  # the delayed message exchange plugin's type
 }
 
 __all__ = ["EXCHANGE_TYPES", "Exchange", "DirectExchange", "FanoutExchange", "TopicExchange",
-           "HeadersExchange"]
+           "HeadersExchange", "DelayedMessageExchange"]

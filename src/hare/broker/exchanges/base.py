@@ -26,7 +26,8 @@ class Exchange:
 
     type_name = ""
 
-    __slots__ = ("name", "durable", "auto_delete", "internal", "arguments", "bindings", "vhost_name")
+    __slots__ = ("name", "durable", "auto_delete", "internal", "arguments", "bindings", "vhost_name",
+                 "alternate_exchange")
 
     def __init__(self, name: str, durable: bool = False, auto_delete: bool = False,
                  internal: bool = False, arguments: dict[str, Any] | None = None,
@@ -37,6 +38,8 @@ class Exchange:
         self.internal = internal
         self.arguments = arguments or {}
         self.vhost_name = vhost_name
+        # the effective alternate exchange: the argument, else the policy's (VirtualHost sets it)
+        self.alternate_exchange: str | None = self.arguments.get("alternate-exchange")
         # (destination, routing key, frozen arguments) -> arguments
         self.bindings: dict[tuple[Any, str, Hashable], dict[str, Any]] = {}
 
@@ -82,6 +85,13 @@ class Exchange:
     def route(self, msg: Message, routing_key: str, out: list[Any]) -> None:
         """Append the destinations of ``msg`` to ``out`` (duplicates allowed)."""
         raise NotImplementedError
+
+    def attach(self, vhost: Any, recovered: bool = False) -> None:
+        """The virtual host took the exchange (declared, or ``recovered`` at startup): a type that
+        keeps messages (x-delayed-message) opens its store here."""
+
+    def detach(self) -> None:
+        """The exchange is deleted: free what it holds."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,122 @@
+"""``load_definitions``: a definitions file in RabbitMQ's JSON format, applied at start.
+
+The format is the one ``rabbitmqctl export_definitions`` and the management UI write. hare applies,
+in RabbitMQ's order: ``users`` (rabbit_password_hashing_sha256 hashes), ``vhosts``,
+``permissions`` (a permission opens the vhost to the user), ``policies``, ``queues``,
+``exchanges`` and ``bindings``; it ignores the rest (parameters, topic permissions, versions). An
+invalid file or policy stops the broker from starting, as it stops RabbitMQ; a queue or exchange
+that exists with other properties is left as it is, with a warning.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..amqp.errors import ChannelError, ConnectionFault
+from ..auth.users import User
+from .policies import PolicyError
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+log = logging.getLogger("hare.broker")
+
+_SHA256 = "rabbit_password_hashing_sha256"
+
+
+def load_definitions_file(broker: Broker, path: str | Path) -> None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot load definitions from {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"cannot load definitions from {path}: not a JSON object")
+    try:
+        apply_definitions(broker, data)
+    except PolicyError as exc:
+        raise ValueError(f"definitions in {path}: {exc}") from None
+    log.info("applied the definitions in %s", path)
+
+
+def _items(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items = data.get(key) or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ValueError(f"'{key}' must be a list of objects")
+    return items
+
+
+def apply_definitions(broker: Broker, data: dict[str, Any]) -> None:
+    default_vhost = broker.config.default_vhost
+    for u in _items(data, "users"):
+        _add_user(broker, u)
+    for v in _items(data, "vhosts"):
+        broker.add_vhost(str(v["name"]))
+    for p in _items(data, "permissions"):
+        user = broker.users.users.get(p.get("user", ""))
+        if user is not None:
+            user.vhosts.add(p.get("vhost", default_vhost))
+
+    def vhost_of(item: dict[str, Any]) -> Any:
+        name = item.get("vhost", default_vhost)
+        vhost = broker.vhosts.get(name)
+        if vhost is None:
+            raise ValueError(f"virtual host '{name}' does not exist (add it to 'vhosts')")
+        return vhost
+
+    for p in _items(data, "policies"):
+        definition = p.get("definition")
+        if isinstance(definition, str):  # some exports keep it as JSON text
+            definition = json.loads(definition)
+        try:
+            vhost_of(p).set_policy(p["name"], p["pattern"], definition, p.get("priority", 0),
+                                   p.get("apply-to", "all"))
+        except PolicyError as exc:
+            raise PolicyError(f"policy '{p['name']}': Validation failed: {exc}") from None
+    for q in _items(data, "queues"):
+        _declare(q, "queue", lambda q=q: vhost_of(q).declare_queue(
+            q["name"], durable=q.get("durable", True), auto_delete=q.get("auto_delete", False),
+            arguments=q.get("arguments") or {}))
+    for x in _items(data, "exchanges"):
+        _declare(x, "exchange", lambda x=x: vhost_of(x).declare_exchange(
+            x["name"], x.get("type", "direct"), durable=x.get("durable", True),
+            auto_delete=x.get("auto_delete", False), internal=x.get("internal", False),
+            arguments=x.get("arguments") or {}))
+    for b in _items(data, "bindings"):
+        vhost = vhost_of(b)
+        if b.get("destination_type", "queue") == "exchange":
+            bind = vhost.bind_exchange
+        else:
+            bind = vhost.bind_queue
+        _declare(b, "binding", lambda b=b, bind=bind: bind(
+            b["destination"], b["source"], b.get("routing_key", ""), b.get("arguments") or {}))
+
+
+def _declare(item: dict[str, Any], kind: str, declare: Any) -> None:
+    try:
+        declare()
+    except (ChannelError, ConnectionFault) as exc:
+        log.warning("definitions: %s %s not applied: %s", kind, item.get("name", item), exc)
+
+
+def _add_user(broker: Broker, u: dict[str, Any]) -> None:
+    name = u.get("name")
+    algorithm = u.get("hashing_algorithm", _SHA256)
+    try:
+        password_hash = base64.b64decode(u.get("password_hash", ""), validate=True)
+    except (binascii.Error, ValueError):
+        password_hash = b""
+    if not isinstance(name, str) or algorithm != _SHA256 or len(password_hash) != 36:
+        log.warning("definitions: user %r skipped (only %s password hashes are supported)", name, _SHA256)
+        return
+    tags = u.get("tags", [])
+    if isinstance(tags, str):
+        tags = [t for t in tags.split(",") if t]
+    existing = broker.users.users.get(name)
+    broker.users.users[name] = User(name, password_hash, list(tags),
+                                    existing.vhosts if existing is not None else set(),
+                                    name in broker.config.loopback_users)
