@@ -128,6 +128,13 @@ class Queue:
         """Enqueue and dispatch. Returns THROTTLE when the publisher should be slowed (see
         FLOW_HIGH), REJECTED_PUBLISH when the queue refused it (x-overflow reject-publish*)."""
         s = self.settings
+        if s.plain and not msg.properties_raw[0] & 0x01:  # no TTL, no limit: the common case
+            store = self.store
+            store.push(msg, 0)
+            if self.consumer_count:
+                self.dispatch(True)
+                return THROTTLE if len(store) > FLOW_HIGH else 0
+            return 0
         if s.limited and s.overflow != "drop-head" and self._full_for(msg):
             if s.overflow == "reject-publish-dlx":
                 dead_letter(self, msg, MAXLEN)

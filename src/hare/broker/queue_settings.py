@@ -41,11 +41,12 @@ class QueueSettings:
     consumer_timeout: int | None = None  # ms; None: the broker's default
     single_active_consumer: bool = False
     max_priority: int | None = None
+    limited: bool = False  # a length limit to enforce on publish (set from the two above)
+    plain: bool = True  # neither a limit nor a message TTL: publish takes its shortest path
 
-    @property
-    def limited(self) -> bool:
-        """Is there a length limit to enforce on publish?"""
-        return self.max_length is not None or self.max_length_bytes is not None
+    def __post_init__(self) -> None:
+        self.limited = self.max_length is not None or self.max_length_bytes is not None
+        self.plain = not self.limited and self.message_ttl is None
 
 
 def _int(value: Any) -> int | None:

@@ -466,13 +466,19 @@ class VirtualHost:
                 for q in self._route_key(ex, msg, key):
                     found[q] = None
             return list(found)
-        return self._route_key(ex, msg, msg.routing_key)
-
-    def _route_key(self, ex: Exchange, msg: Message, routing_key: str) -> list[Queue]:
-        out: list[Any] = []
-        ex.route(msg, routing_key, out)
+        out: list[Any] = []  # the common case inline: one key, straight to one queue
+        ex.route(msg, msg.routing_key, out)
         if len(out) == 1 and type(out[0]) is Queue:
             return out
+        return self._route_key(ex, msg, msg.routing_key, out)
+
+    def _route_key(self, ex: Exchange, msg: Message, routing_key: str,
+                   out: list[Any] | None = None) -> list[Queue]:
+        if out is None:
+            out = []
+            ex.route(msg, routing_key, out)
+            if len(out) == 1 and type(out[0]) is Queue:
+                return out
         if not out and ex.alternate_exchange is None:
             return out
         queues: dict[Queue, None] = {}

@@ -550,24 +550,25 @@ class Channel:
         conn.published = True
         if conn.broker.alarms:
             conn.publish_blocked()
-        if self.tx:
-            try:
-                ex = self._check_publish(m, props_raw, len(body))
-            except AMQPError as err:
-                err.class_id, err.method_id = 60, 40
-                raise
-            queues, msg = self._route(ex, Message(m[0], m[1], props_raw, body, m[2]))
-            self.tx_publishes.append((msg, [q.name for q in queues], m[3]))
-            return
         try:
-            self._publish(m, props_raw, body)
+            ex = self._check_publish(m, props_raw, len(body))
+            msg = Message(m[0], m[1], props_raw, body, m[2])
+            if props_raw[0] & 0x22:  # headers or reply_to: CC/BCC, direct reply-to
+                queues, msg = self._route(ex, msg)
+            else:
+                queues = self.vhost.route(ex, msg)
+            if self.tx:
+                self.tx_publishes.append((msg, [q.name for q in queues], m[3]))
+                return
         except AMQPError as err:
             if not err.class_id:
                 err.class_id, err.method_id = 60, 40
             raise
+        self._enqueue(msg, queues, m[3])
 
     def _check_publish(self, m: Publish, props_raw: bytes, size: int) -> Any:
-        """RabbitMQ's checks, in its order: immediate, size, exchange, internal, user-id, expiration."""
+        """RabbitMQ's checks, in its order: immediate, size, exchange, internal, then those of
+        _check_properties."""
         if m[4]:
             raise ConnectionFault(540, "immediate=true", 60, 40)
         if size > self.max_size:
@@ -578,6 +579,13 @@ class Channel:
         if ex.internal:
             raise access_refused(f"cannot publish to internal exchange '{m[0]}' in vhost "
                                  f"'{self.vhost.name}'")
+        if props_raw[0] & 0x03 or props_raw[1] & 0x10:
+            self._check_properties(props_raw)
+        return ex
+
+    def _check_properties(self, props_raw: bytes) -> None:
+        """The checks of a publish's properties, in RabbitMQ's order: reply-to, user-id, expiration
+        (called only when one of those is present)."""
         # reply_to amq.rabbitmq.reply-to (flag bit 9) needs this channel's reply consumer
         if props_raw[0] & 0x02 and self.reply is None and _REPLY_TO_RAW in props_raw:
             if props_codec.reply_to(props_raw) == REPLY_QUEUE:
@@ -589,7 +597,6 @@ class Channel:
             err = expiration_error(props_codec.expiration(props_raw) or b"")
             if err is not None:
                 raise precondition_failed(err)
-        return ex
 
     def _size_error(self, size: int) -> str:
         if self.max_size == MAX_MSG_SIZE:
@@ -608,6 +615,8 @@ class Channel:
         """The queues of a publish; CC and BCC headers add routing keys (sender-selected
         distribution), and BCC is removed from the message the queues get."""
         raw = msg.properties_raw
+        if not raw[0] & 0x22:  # neither headers nor reply_to: the common case
+            return self.vhost.route(ex, msg), msg
         if raw[0] & 0x02 and _REPLY_TO_RAW in raw:  # reply_to present (flag bit 9)
             msg = self._set_reply_to(msg)
             raw = msg.properties_raw
@@ -630,10 +639,8 @@ class Channel:
         return Message(msg.exchange, msg.routing_key, props_codec.with_reply_to(raw, self.reply.name),
                        msg.body, msg.route_bytes)
 
-    def _publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
-        ex = self._check_publish(m, props_raw, len(body))
-        msg = Message(m[0], m[1], props_raw, body, m[2])
-        queues, msg = self._route(ex, msg)
+    def _enqueue(self, msg: Message, queues: list[Queue], mandatory: bool) -> None:
+        """Hand a routed message to its queues (or return it), then count it for confirms."""
         rejected = False
         if queues:
             for q in queues:
@@ -643,7 +650,7 @@ class Channel:
                         self.conn.throttle(q)
                     if r & REJECTED_PUBLISH:
                         rejected = True
-        elif m[3]:
+        elif mandatory:
             self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes, msg)
         if self.confirm:
             seq = self.publish_seq = self.publish_seq + 1

@@ -76,19 +76,20 @@ class PagedQueueStore:
         self.next_pos = pos + 1
         size = len(msg.body)
         self.ready_bytes += size
-        persistent = self.durable and msg.persistent
-        if not self.disk and len(self.mem) < self.window and self.mem_bytes < self.window_bytes:
-            if persistent:
-                msg.needs_sync = True
-                log = self.log or self._log()
-                log.append(pos, time.time_ns() // 1_000_000, FLAG_PERSISTENT, msg.route_bytes,
-                           msg.properties_raw, msg.body)
-                log.skip_to_tail()
-                self.mem.append((pos << 1 | 1, msg, expires_at))
-            else:
-                self.mem.append((pos << 1, msg, expires_at))
+        mem = self.mem
+        if not self.disk and len(mem) < self.window and self.mem_bytes < self.window_bytes:
             self.mem_bytes += size
+            if not self.durable or not msg.persistent:  # the common case: memory only
+                mem.append((pos << 1, msg, expires_at))
+                return
+            msg.needs_sync = True  # persistent, durable queue: in memory and in the log
+            log = self.log or self._log()
+            log.append(pos, time.time_ns() // 1_000_000, FLAG_PERSISTENT, msg.route_bytes,
+                       msg.properties_raw, msg.body)
+            log.skip_to_tail()
+            mem.append((pos << 1 | 1, msg, expires_at))
         else:
+            persistent = self.durable and msg.persistent
             if persistent:
                 msg.needs_sync = True
             log = self.log or self._log()

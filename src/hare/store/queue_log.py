@@ -139,7 +139,8 @@ class QueueLog:
         if seg.first < 0:
             seg.first = position
             self.firsts[-1] = position
-        seg.size += encode_message(self.wbuf, position, enqueued_ms, flags, route_bytes, properties, body)
+        seg.size += encode_message(self.wbuf, position, enqueued_ms, flags, route_bytes, properties, body,
+                                   self.durable)
         seg.last = position
         seg.count += 1
         seg.live += 1

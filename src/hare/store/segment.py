@@ -43,11 +43,12 @@ _unpack_message = MESSAGE.unpack_from
 
 
 def encode_message(out: bytearray, position: int, enqueued_ms: int, flags: int, route_bytes: bytes,
-                   properties: bytes, body: bytes) -> int:
-    """Append one framed message record to ``out``; return its size in bytes."""
+                   properties: bytes, body: bytes, checksum: bool = True) -> int:
+    """Append one framed message record to ``out``; return its size in bytes. (``checksum``
+    False writes 0 for the CRC: for logs that are never recovered, a transient queue's.)"""
     head = _pack_message(position, enqueued_ms, flags, len(properties)) + route_bytes + properties
     size = len(head) + len(body)
-    out += _pack_record(size, _crc32(body, _crc32(head)))
+    out += _pack_record(size, _crc32(body, _crc32(head)) if checksum else 0)
     out += head
     out += body
     return RECORD_SIZE + size
