@@ -1,4 +1,5 @@
-"""One AMQP channel: its methods, the publish path, consumers, deliveries and acks.
+"""One AMQP channel: its methods, consumers, deliveries and acks (the publish side, confirms and
+transactions are in ``publishing``).
 
 A channel is driven by its connection (which parses frames) and calls into the broker model.
 It writes its output frames into the connection's output list; it never touches a socket.
@@ -12,7 +13,6 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..amqp import properties as props_codec
 from ..amqp import spec
 from ..amqp.errors import (
     AMQPError,
@@ -25,42 +25,30 @@ from ..amqp.errors import (
 from ..amqp.frames import FRAME_END_BYTE, body_frames, pack_header
 from ..broker.arguments import type_name
 from ..broker.consumer import Consumer, PrefetchLimit
-from ..broker.deadletter import cc_keys
 from ..broker.direct_reply import REPLY_QUEUE, ReplyConsumer
-from ..broker.expiration import expiration_error
 from ..broker.message import Message
-from ..broker.queue import REJECTED_PUBLISH, THROTTLE, Queue
+from ..broker.queue import Queue
 from .ack_timeout import AckWatch
+from .publishing import CLOSING, MAX_MSG_SIZE, OPEN, Publish, Publishing
 
 if TYPE_CHECKING:
     from .connection import Connection
 
 _pack_QB = struct.Struct(">QB").pack
 _pack_content_header = struct.Struct(">BHIHHQ").pack
-_pack_return_head = struct.Struct(">HHH").pack  # class, method, reply code
 _DELIVER = b"\x00\x3c\x00\x3c"
 _GET_OK = b"\x00\x3c\x00\x47"
 _SMALL_BODY = 4096
-# reply_to amq.rabbitmq.reply-to (direct reply-to) as a shortstr, to look for in raw properties
-_REPLY_TO_RAW = bytes((len(REPLY_QUEUE),)) + REPLY_QUEUE.encode()
 
-# a basic.publish awaiting its content: (exchange, routing key, both as shortstrs, mandatory,
-# immediate)
-Publish = tuple[str, str, bytes, bool, bool]
 # an unacked delivery: (queue, message, seq, consumer or None for basic.get)
 Unacked = tuple[Queue, Message, int, Consumer | None]
-
-OPEN, CLOSING = 1, 2
 
 
 def consumer_tag() -> str:
     return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
-MAX_MSG_SIZE = 512 * 1024 * 1024  # RabbitMQ's cap on max_message_size
-
-
-class Channel:
+class Channel(Publishing):
     __slots__ = ("conn", "number", "state", "vhost", "deliverable", "flow_active",
                  "next_tag", "unacked", "consumers", "prefetch", "shared", "confirm",
                  "publish_seq", "confirmed_upto", "queued_upto", "sync_upto", "sync_waits", "nacks",
@@ -531,229 +519,6 @@ class Channel:
             q.requeue(seq, msg)
             self._release(rec)
             self.conn.dispatch_later(q)
-
-    # -- basic class: publish ------------------------------------------------------------------------
-
-    def _basic_publish(self, m: spec.BasicPublish) -> None:
-        # The connection's frame loop parses basic.publish itself (see Connection._frames);
-        # this generic path is kept for completeness. The method is acted on once its
-        # content has arrived.
-        ex = m.exchange.encode("utf-8", "surrogateescape")
-        rk = m.routing_key.encode("utf-8", "surrogateescape")
-        self.pub = (m.exchange, m.routing_key, bytes((len(ex),)) + ex + bytes((len(rk),)) + rk,
-                    m.mandatory, m.immediate)
-        self.pub_size = -1
-
-    def publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
-        """A whole message has arrived: route it, store it, confirm it."""
-        conn = self.conn
-        conn.published = True
-        if conn.broker.alarms:
-            conn.publish_blocked()
-        try:
-            ex = self._check_publish(m, props_raw, len(body))
-            msg = Message(m[0], m[1], props_raw, body, m[2])
-            if props_raw[0] & 0x22:  # headers or reply_to: CC/BCC, direct reply-to
-                queues, msg = self._route(ex, msg)
-            else:
-                queues = self.vhost.route(ex, msg)
-            if self.tx:
-                self.tx_publishes.append((msg, [q.name for q in queues], m[3]))
-                return
-        except AMQPError as err:
-            if not err.class_id:
-                err.class_id, err.method_id = 60, 40
-            raise
-        self._enqueue(msg, queues, m[3])
-
-    def _check_publish(self, m: Publish, props_raw: bytes, size: int) -> Any:
-        """RabbitMQ's checks, in its order: immediate, size, exchange, internal, then those of
-        _check_properties."""
-        if m[4]:
-            raise ConnectionFault(540, "immediate=true", 60, 40)
-        if size > self.max_size:
-            raise precondition_failed(self._size_error(size))
-        ex = self.vhost.exchanges.get(m[0])
-        if ex is None:
-            raise not_found(f"no exchange '{m[0]}' in vhost '{self.vhost.name}'")
-        if ex.internal:
-            raise access_refused(f"cannot publish to internal exchange '{m[0]}' in vhost "
-                                 f"'{self.vhost.name}'")
-        if props_raw[0] & 0x03 or props_raw[1] & 0x10:
-            self._check_properties(props_raw)
-        return ex
-
-    def _check_properties(self, props_raw: bytes) -> None:
-        """The checks of a publish's properties, in RabbitMQ's order: reply-to, user-id, expiration
-        (called only when one of those is present)."""
-        # reply_to amq.rabbitmq.reply-to (flag bit 9) needs this channel's reply consumer
-        if props_raw[0] & 0x02 and self.reply is None and _REPLY_TO_RAW in props_raw:
-            if props_codec.reply_to(props_raw) == REPLY_QUEUE:
-                raise precondition_failed("fast reply consumer does not exist")
-        # user-id present (flag bit 4) must name the authenticated user
-        if props_raw[1] & 0x10 and props_codec.user_id(props_raw) != self.conn.username:
-            self._check_impersonator(props_raw)
-        if props_raw[0] & 0x01:  # expiration present (flag bit 8)
-            err = expiration_error(props_codec.expiration(props_raw) or b"")
-            if err is not None:
-                raise precondition_failed(err)
-
-    def _size_error(self, size: int) -> str:
-        if self.max_size == MAX_MSG_SIZE:
-            return f"message size {size} is larger than max size {MAX_MSG_SIZE}"
-        return f"message size {size} is larger than configured max size {self.max_size}"
-
-    def _check_impersonator(self, props_raw: bytes) -> None:
-        """A user-id naming someone else: only a user with the impersonator tag may do that."""
-        name = self.conn.username
-        user = self.conn.broker.users.users.get(name)
-        if user is None or "impersonator" not in user.tags:
-            raise precondition_failed(f"user_id property set to '{props_codec.user_id(props_raw)}' "
-                                      f"but authenticated user was '{name}'")
-
-    def _route(self, ex: Any, msg: Message) -> tuple[list[Queue], Message]:
-        """The queues of a publish; CC and BCC headers add routing keys (sender-selected
-        distribution), and BCC is removed from the message the queues get."""
-        raw = msg.properties_raw
-        if not raw[0] & 0x22:  # neither headers nor reply_to: the common case
-            return self.vhost.route(ex, msg), msg
-        if raw[0] & 0x02 and _REPLY_TO_RAW in raw:  # reply_to present (flag bit 9)
-            msg = self._set_reply_to(msg)
-            raw = msg.properties_raw
-        if not (raw[0] & 0x20 and (b"\x02CC" in raw or b"\x03BCC" in raw)):
-            return self.vhost.route(ex, msg), msg
-        headers = msg.headers
-        keys = [msg.routing_key, *cc_keys(headers), *cc_keys(headers, "BCC")]
-        if "BCC" in headers:
-            props = dict(msg.properties)
-            props["headers"] = {k: v for k, v in headers.items() if k != "BCC"}
-            msg = msg.with_properties(props)
-        return self.vhost.route(ex, msg, keys), msg
-
-    def _set_reply_to(self, msg: Message) -> Message:
-        """Direct reply-to: reply_to amq.rabbitmq.reply-to becomes this channel's reply name (the
-        channel has a reply consumer: _check_publish refused the message otherwise)."""
-        raw = msg.properties_raw
-        if self.reply is None or props_codec.reply_to(raw) != REPLY_QUEUE:
-            return msg
-        return Message(msg.exchange, msg.routing_key, props_codec.with_reply_to(raw, self.reply.name),
-                       msg.body, msg.route_bytes)
-
-    def _enqueue(self, msg: Message, queues: list[Queue], mandatory: bool) -> None:
-        """Hand a routed message to its queues (or return it), then count it for confirms."""
-        rejected = False
-        if queues:
-            for q in queues:
-                r = q.publish(msg)
-                if r:
-                    if r & THROTTLE:
-                        self.conn.throttle(q)
-                    if r & REJECTED_PUBLISH:
-                        rejected = True
-        elif mandatory:
-            self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes, msg)
-        if self.confirm:
-            seq = self.publish_seq = self.publish_seq + 1
-            if rejected:
-                self.nacks.append(seq)  # a queue refused it (x-overflow reject-publish)
-            if msg.needs_sync:
-                self.sync_upto = seq
-            self.conn.confirms_pending(self)
-
-    def flush_confirms(self) -> None:
-        """End of an input batch: confirm everything published in it with one ack (multiple).
-        When a message of the batch went to a durable queue's log, the confirms wait for the
-        store's next sync (group commit); later batches queue behind, so confirms stay in order."""
-        upto = self.publish_seq
-        if upto == self.queued_upto:
-            return
-        if self.sync_upto > self.queued_upto or self.sync_waits:
-            store = self.conn.broker.store
-            assert store is not None
-            self.queued_upto = upto
-            self.sync_waits += 1
-            store.after_sync(lambda: self._synced_confirms(upto))
-            return
-        self.queued_upto = upto
-        self._send_confirms(upto)
-
-    def _synced_confirms(self, upto: int) -> None:
-        self.sync_waits -= 1
-        if self.state == OPEN:
-            self._send_confirms(upto)
-
-    def _send_confirms(self, upto: int) -> None:
-        start = self.confirmed_upto
-        tags = sorted(t for t in self.nacks if t <= upto) if self.nacks else ()
-        if tags:
-            self.nacks = [t for t in self.nacks if t > upto]
-        lo = start
-        for t in tags:
-            if t - 1 > lo:
-                self.send(spec.BasicAck(delivery_tag=t - 1, multiple=t - 1 > lo + 1))
-            self.send(spec.BasicNack(delivery_tag=t, multiple=False, requeue=False))
-            lo = t
-        if upto > lo:
-            self.send(spec.BasicAck(delivery_tag=upto, multiple=upto > lo + 1))
-        self.confirmed_upto = upto
-
-    # -- confirm and tx classes ---------------------------------------------------------------------
-
-    def _confirm_select(self, m: spec.ConfirmSelect) -> None:
-        if self.tx:
-            raise precondition_failed("cannot switch from tx to confirm mode")
-        self.confirm = True
-        if not m.nowait:
-            self.send(spec.ConfirmSelectOk())
-
-    def _tx_select(self, m: spec.TxSelect) -> None:
-        if self.confirm:
-            raise precondition_failed("cannot switch from confirm to tx mode")
-        self.tx = True
-        self.send(spec.TxSelectOk())
-
-    def _tx_commit(self, m: spec.TxCommit) -> None:
-        if not self.tx:
-            raise precondition_failed("channel is not transactional")
-        publishes, self.tx_publishes = self.tx_publishes, []
-        acks, self.tx_acks = self.tx_acks, []
-        taken, self.tx_taken = self.tx_taken, []
-        # Publishes first (to the queues they were routed to, those that still exist; mandatory
-        # ones that reach none come back now, before commit-ok), then the acks, as RabbitMQ does.
-        queues = self.vhost.queues
-        for msg, names, mandatory in publishes:
-            routed = False
-            for name in names:
-                q = queues.get(name)
-                if q is not None:
-                    routed = True
-                    if q.publish(msg) & THROTTLE:
-                        self.conn.throttle(q)
-            if not routed and mandatory:
-                self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes,
-                                   msg)
-        unacked = self.unacked
-        for (kind, _tag, _multiple, requeue), group in zip(acks, taken, strict=True):
-            for tag, rec in group:
-                unacked[tag] = rec
-                self.settle(tag, False, None if kind == 0 else requeue)
-        store = self.conn.broker.store
-        if store is not None and any(msg.needs_sync for msg, _, _ in publishes):
-            store.after_sync(self._commit_ok)  # committed = on stable storage
-        else:
-            self.send(spec.TxCommitOk())
-
-    def _commit_ok(self) -> None:
-        if self.state == OPEN:
-            self.send(spec.TxCommitOk())
-
-    def _tx_rollback(self, m: spec.TxRollback) -> None:
-        if not self.tx:
-            raise precondition_failed("channel is not transactional")
-        self.tx_publishes.clear()
-        self.tx_acks.clear()
-        self._tx_restore()
-        self.send(spec.TxRollbackOk())
 
     # -- closing ------------------------------------------------------------------------------------
 

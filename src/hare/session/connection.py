@@ -1,7 +1,7 @@
 """An AMQP connection as a sans-IO state machine: bytes in, bytes out.
 
 ``receive_data`` parses every complete frame in the buffer in one pass, drives the handshake
-and the channels, and appends output frames to ``out``. The I/O shell (``hare.server``) moves
+(``handshake``) and the channels, and appends output frames to ``out``. The I/O shell (``hare.server``) moves
 those bytes, runs the heartbeat timers and tells the connection when its socket backs up.
 
 The frame loop has fast paths for basic.publish and basic.ack; every other method is decoded
@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import logging
 import struct
-import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
-from .. import __version__
 from ..amqp import spec
 from ..amqp.erlterm import frame_error_text, frame_snippet, w_binary, wire_text
 from ..amqp.errors import AMQPError, ChannelError, ConnectionFault, SilentClose, Utf8Fault
 from ..amqp.frames import FRAME_END_BYTE, HEARTBEAT_FRAME, pack_header, unpack_header
-from ..auth.sasl import MECHANISMS, parse_response
 from ..broker.broker import Broker
 from ..broker.queue import Queue
 from ..broker.vhost import VirtualHost
 from .channel import OPEN, Channel
+from .handshake import (
+    AWAIT_HEADER,
+    AWAIT_START_OK,
+    AWAIT_TUNE_OK,
+    CLOSED,
+    CLOSING_CONN,
+    OPENED,
+    Handshake,
+)
 
 log = logging.getLogger("hare.connection")
 
@@ -36,46 +42,7 @@ _unpack_QB = struct.Struct(">QB").unpack_from
 IDX_PUBLISH = 0x3C0028
 IDX_ACK = 0x3C0050
 
-# handshake states
-AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPENED, CLOSING_CONN, CLOSED = range(7)
-# RabbitMQ's names for them, as "unexpected method in connection state ~w" prints them
-STATE_NAMES = {AWAIT_START_OK: "starting", AWAIT_TUNE_OK: "tuning", AWAIT_OPEN: "opening",
-               OPENED: "running", CLOSING_CONN: "closing"}
-# the protocol headers RabbitMQ answers as AMQP 0-9-1 (0-9-1 itself, and 0-9); it also speaks 0-8
-# (AMQP 1 1 8 0 and AMQP 1 1 9 1), which hare refuses like any other version
-HEADERS = (spec.PROTOCOL_HEADER, b"AMQP\x01\x01\x00\x09")
-
 HIGH_WATER = 1 << 20  # pending output bytes above which deliveries pause until the shell flushes
-
-CAPABILITIES = {
-    "publisher_confirms": True,
-    "exchange_exchange_bindings": True,
-    "basic.nack": True,
-    "consumer_cancel_notify": True,
-    "connection.blocked": True,
-    "consumer_priorities": True,
-    "authentication_failure_close": True,
-    "per_consumer_qos": True,
-    "direct_reply_to": True,
-}
-
-
-def server_properties(product: str, version: str) -> dict[str, Any]:
-    """connection.start's server-properties. Clients branch on product and version (kombu, hence
-    Celery, uses RabbitMQ's prefetch semantics only for product "RabbitMQ" 3.3 to 4.0), so hare
-    introduces itself as the RabbitMQ version whose behaviour it implements (BrokerConfig.product
-    and .product_version) and names itself in ``information``."""
-    return {
-        "capabilities": dict(CAPABILITIES),
-        "cluster_name": "hare@localhost",
-        "copyright": "Copyright (c) the hare developers",
-        "information": f"hare {__version__}, a RabbitMQ-compatible broker. Licensed under the Apache "
-                       "License 2.0",
-        "platform": f"Python {sys.version.split()[0]}",
-        "product": product,
-        "version": version,
-    }
-
 
 # the content assembler's complaints (rabbit_command_assembler), for the content of basic.publish
 EXPECT_METHOD = "expected method frame, got non method frame instead"
@@ -143,14 +110,7 @@ class _Closing:
         self.by_client = by_client  # the client's channel.close: forgotten after this input
 
 
-def _is_loopback(peer: Any) -> bool:
-    if not peer:
-        return True  # in-process or unix socket
-    host = peer[0] if isinstance(peer, tuple) else str(peer)
-    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")
-
-
-class Connection:
+class Connection(Handshake):
     def __init__(self, broker: Broker, peer: Any = None, wake: Callable[[], None] | None = None,
                  on_flow_resume: Callable[[], None] | None = None) -> None:
         self.broker = broker
@@ -278,19 +238,9 @@ class Connection:
             data = self.buf + data
             self.buf = b""
         if self.state == AWAIT_HEADER:
-            if len(data) < 8:  # RabbitMQ waits for all 8 octets (or its handshake timeout)
-                self.buf = data
+            data = self._protocol_header(data)
+            if not data:
                 return
-            if data[:8] not in HEADERS:
-                self._bad_header()
-                return
-            data = data[8:]
-            self.state = AWAIT_START_OK
-            self.send0(spec.ConnectionStart(
-                version_major=0, version_minor=9,
-                server_properties=server_properties(self.broker.config.product,
-                                                  self.broker.config.product_version),
-                mechanisms=MECHANISMS, locales=b"en_US"))
         try:
             self._frames(data)
         finally:
@@ -310,11 +260,6 @@ class Connection:
                 if self.state == OPENED:
                     self.write(pack_header(1, chnum, 4) + b"\x00\x14\x00\x29" + FRAME_END_BYTE)
         self.client_closed.clear()
-
-    def _bad_header(self) -> None:
-        """A wrong protocol header: answer with ours and close, as the spec says."""
-        self.write(spec.PROTOCOL_HEADER)
-        self.closed = True
 
     def _frames(self, data: bytes) -> None:
         """Parse and act on every complete frame in ``data``; keep a partial tail in self.buf.
@@ -605,96 +550,6 @@ class Connection:
         if self.state == OPENED and self.channels.get(ch.number) is ch:
             self._channel_error(ch, err)
             self._finish()
-
-    # -- connection class -------------------------------------------------------------------------
-
-    def _connection_method(self, m: spec.Method) -> None:
-        state = self.state
-        t = type(m)
-        if state == CLOSING_CONN:
-            if t is spec.ConnectionCloseOk or t is spec.ConnectionClose:
-                if t is spec.ConnectionClose:
-                    self.send0(spec.ConnectionCloseOk())
-                self.closed = True
-            return
-        if state == OPENED:
-            if t is spec.ConnectionClose:
-                if self.client_closed:  # their close-ok first, whatever the input's segmentation
-                    self._forget_client_closed()
-                self.send0(spec.ConnectionCloseOk())
-                self._release_all()
-                self.closed = True
-            elif t is spec.ConnectionUpdateSecret:  # RabbitMQ's internal users take any secret
-                self.send0(spec.ConnectionUpdateSecretOk())
-            else:
-                raise ConnectionFault(504, "unexpected method in connection state running")
-        elif state == AWAIT_START_OK and t is spec.ConnectionStartOk:
-            self._start_ok(m)  # type: ignore[arg-type]
-        elif state == AWAIT_TUNE_OK and t is spec.ConnectionTuneOk:
-            self._tune_ok(m)  # type: ignore[arg-type]
-        elif state == AWAIT_OPEN and t is spec.ConnectionOpen:
-            self._open(m)  # type: ignore[arg-type]
-        else:  # connection.close too: RabbitMQ takes it once the connection is open
-            raise ConnectionFault(504, f"unexpected method in connection state {STATE_NAMES[state]}")
-
-    def _start_ok(self, m: spec.ConnectionStartOk) -> None:
-        # (errors before tune-ok close the socket silently, see _hard_error)
-        if m.mechanism not in ("PLAIN", "AMQPLAIN"):
-            raise ConnectionFault(503, f"unknown authentication mechanism '{m.mechanism}'")
-        self.client_properties = m.client_properties or {}
-        caps = self.client_properties.get("capabilities")
-        self.capabilities = caps if isinstance(caps, dict) else {}
-        creds = parse_response(m.mechanism, m.response)
-        if creds is None:
-            raise ConnectionFault(502, f"{m.mechanism} response {m.response[:64]!r} invalid")
-        user = self.broker.users.authenticate(*creds)
-        if user is None:
-            self._auth_failed(m.mechanism, f"user '{creds[0]}' - invalid credentials")
-        if user.loopback_only and not _is_loopback(self.peer):
-            self._auth_failed(m.mechanism, f"user '{user.name}' can only connect via localhost")
-        self.username = user.name
-        self.state = AWAIT_TUNE_OK
-        cfg = self.broker.config
-        self.send0(spec.ConnectionTune(channel_max=cfg.channel_max, frame_max=cfg.frame_max,
-                                       heartbeat=cfg.heartbeat))
-
-    def _auth_failed(self, mechanism: str, reason: str) -> NoReturn:
-        """Refused credentials: a client that says it can take it (capability
-        authentication_failure_close) gets connection.close 403 with RabbitMQ's safe text (the
-        reason is only logged); then the socket closes, as for every error before tune-ok."""
-        if self.capabilities.get("authentication_failure_close") is True:
-            self.send0(spec.ConnectionClose(
-                reply_code=403, reply_text=f"ACCESS_REFUSED - Login was refused using authentication "
-                f"mechanism {mechanism}. For details see the broker logfile."))
-        raise ConnectionFault(403, f"{mechanism} login refused: {reason}")
-
-    def _tune_ok(self, m: spec.ConnectionTuneOk) -> None:
-        cfg = self.broker.config
-        for field, value, least, most in (("frame_max", m.frame_max, spec.FRAME_MIN_SIZE, cfg.frame_max),
-                                          ("channel_max", m.channel_max, 1, cfg.channel_max)):
-            if value and value < least:
-                raise ConnectionFault(530, f"negotiated {field} = {value} is lower than the minimum "
-                                      f"allowed value ({least})")
-            if most and (value == 0 or value > most):
-                raise ConnectionFault(530, f"negotiated {field} = {value} is higher than the maximum "
-                                      f"allowed value ({most})")
-        self.frame_max = m.frame_max or cfg.frame_max
-        self.channel_max = m.channel_max
-        self.heartbeat = m.heartbeat
-        self.state = AWAIT_OPEN
-
-    def _open(self, m: spec.ConnectionOpen) -> None:
-        vhost = self.broker.vhosts.get(m.virtual_host)
-        user = self.broker.users.users.get(self.username)
-        if vhost is None:
-            raise ConnectionFault(530, f"vhost {m.virtual_host} not found")
-        if user is None or m.virtual_host not in user.vhosts:
-            raise ConnectionFault(530, f"access to vhost '{m.virtual_host}' refused for user "
-                                  f"'{self.username}'")
-        self.vhost = vhost
-        self.state = OPENED
-        self.broker.connections.add(self)
-        self.send0(spec.ConnectionOpenOk())
 
     # -- closing ----------------------------------------------------------------------------------
 
