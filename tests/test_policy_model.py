@@ -109,6 +109,8 @@ def test_a_policy_shadows_lower_ones_whatever_its_keys() -> None:
     ({"max-in-memory-length": -1}, "-1 is not a valid maximum memory in bytes"),
     ({"queue-master-locator": "x"}, '<<"x">> invalid queue-master-locator value'),
     ({"max-age": "5x"}, '<<"5x">> is not a valid max age'),
+    ({"queue-version": 3}, "3 is not a valid queue-version value"),
+    ({"dead-letter-strategy": "x"}, '<<"x">> is not a valid dead letter strategy'),
 ])
 def test_definitions_are_validated_with_rabbitmq_texts(definition: dict, text: str) -> None:
     with pytest.raises(PolicyError) as info:
@@ -121,6 +123,7 @@ def test_definitions_are_validated_with_rabbitmq_texts(definition: dict, text: s
     {"alternate-exchange": ""}, {"message-ttl": 4294967296}, {"overflow": "reject-publish-dlx"},
     {"queue-mode": "lazy", "ha-mode": "all", "ha-sync-mode": "automatic"},
     {"ha-mode": "exactly", "ha-params": 2}, {"max-age": "1D"}, {"consumer-timeout": 60000},
+    {"queue-version": 2}, {"dead-letter-strategy": "at-least-once"},
 ])
 def test_valid_definitions(definition: dict) -> None:
     assert make_policy("/", "p", "", definition).definition == definition

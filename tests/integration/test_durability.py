@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
-from support import get_all
+from support import get_all, wait_until
 
 from hare.testing import EmbeddedBroker
 
@@ -193,3 +194,74 @@ def test_a_backlog_larger_than_the_window_survives_and_drains_in_order(node: Res
     log_dirs = list((node.data_dir / "queues").iterdir())
     segments = [p for d in log_dirs for p in d.glob("*.seg")]
     assert sum(p.stat().st_size for p in segments) < 9 << 20  # acked segments were reclaimed
+
+
+# -- queue features across a restart ------------------------------------------------------------
+
+
+def count(node: Restartable, queue: str) -> int:
+    return node.channel().queue_declare(queue, passive=True).method.message_count
+
+
+def test_message_ttl_counts_from_the_publish_across_a_restart(node: Restartable) -> None:
+    ch = node.channel()
+    ch.queue_declare("ttl-long", durable=True, arguments={"x-message-ttl": 60_000})
+    ch.queue_declare("ttl-short", durable=True, arguments={"x-message-ttl": 300})
+    ch.queue_declare("exp", durable=True)
+    ch.confirm_delivery()
+    ch.basic_publish("", "ttl-long", b"kept", PERSISTENT)
+    ch.basic_publish("", "ttl-short", b"gone", PERSISTENT)
+    ch.basic_publish("", "exp", b"gone", pika.BasicProperties(delivery_mode=2, expiration="300"))
+    ch.basic_publish("", "exp", b"kept", pika.BasicProperties(delivery_mode=2, expiration="60000"))
+    node.stop()
+    time.sleep(0.5)  # both short TTLs run out while the broker is down
+    node.start()
+    ch = node.channel()
+    assert get_all(ch, "ttl-long") == [(b"kept", False)]
+    wait_until(lambda: count(node, "ttl-short") == 0)
+    assert get_all(ch, "exp") == [(b"kept", False)]
+
+
+def test_message_ttl_expires_recovered_messages_without_a_consumer(node: Restartable) -> None:
+    ch = node.channel()
+    ch.queue_declare("ttl", durable=True, arguments={"x-message-ttl": 1500})
+    ch.confirm_delivery()
+    for i in range(20):
+        ch.basic_publish("", "ttl", b"%d" % i, PERSISTENT)
+    node.restart()
+    assert count(node, "ttl") == 20  # not yet due
+    wait_until(lambda: count(node, "ttl") == 0, timeout=10)
+
+
+def test_an_unused_durable_queue_expires_after_a_restart(node: Restartable) -> None:
+    ch = node.channel()
+    ch.queue_declare("idle", durable=True, arguments={"x-expires": 1000})
+    node.stop()
+    time.sleep(1.2)
+    node.start()
+    assert exists(node, "queue", "idle")  # the period starts again at recovery, as in RabbitMQ
+    time.sleep(2)  # (not polling: a passive declare is a use, and renews the lease)
+    assert not exists(node, "queue", "idle")
+
+
+def test_dead_lettered_messages_are_durable_in_their_target(node: Restartable) -> None:
+    ch = node.channel()
+    ch.queue_declare("dlq", durable=True)
+    ch.queue_declare("work", durable=True, arguments={"x-dead-letter-exchange": "",
+                                                      "x-dead-letter-routing-key": "dlq"})
+    ch.confirm_delivery()
+    for i in range(3):
+        ch.basic_publish("", "work", b"%d" % i, PERSISTENT)
+    for _ in range(3):
+        method, _props, _body = ch.basic_get("work")
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    wait_until(lambda: count(node, "dlq") == 3)
+    node.restart()
+    ch = node.channel()
+    got = []
+    for _ in range(3):
+        method, props, body = ch.basic_get("dlq", auto_ack=True)
+        death = props.headers["x-death"][0]
+        got.append((body, death["reason"], death["queue"], death["count"]))
+    assert got == [(b"%d" % i, "rejected", "work", 1) for i in range(3)]
+    assert count(node, "work") == 0

@@ -183,6 +183,10 @@ _VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "overflow": _one_of(OVERFLOW_MODES, "{} is not a valid overflow value"),
     "delivery-limit": _int_at_least(0, "delivery limit"),
     "consumer-timeout": _int_at_least(0, "consumer timeout"),  # RabbitMQ 3.12+
+    "dead-letter-strategy": _one_of(("at-most-once", "at-least-once"),
+                                    "{} is not a valid dead letter strategy"),
+    "queue-version": lambda v: None if _is_int(v) and v in (1, 2)
+    else f"{erl(v)} is not a valid queue-version value",
     # accepted, no effect in hare
     "max-in-memory-length": _int_at_least(0, "maximum memory in bytes"),
     "max-in-memory-bytes": _int_at_least(0, "maximum memory in bytes"),

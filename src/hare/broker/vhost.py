@@ -238,7 +238,8 @@ class VirtualHost:
             check_equivalent_queue_args(what, q.arguments, arguments)
             q.touch()
             return q
-        validate_queue_arguments(self._in_vhost("queue", name), arguments)
+        validate_queue_arguments(self._in_vhost("queue", name), arguments, durable, exclusive,
+                                 auto_delete)
         # exclusive and auto-delete queues never outlive the broker: only others are kept
         kept = durable and not auto_delete
         q = Queue(name, vhost=self, durable=durable, exclusive=exclusive,
