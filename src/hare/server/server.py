@@ -13,7 +13,7 @@ from typing import Any
 
 from ..broker.broker import Broker
 from ..broker.timers import now_ms
-from ..session.connection import CLOSING_CONN, OPENED, Connection
+from ..session.connection import CLOSED, CLOSING_CONN, OPENED, Connection
 from .control import SOCKET_NAME, ControlServer
 from .storage import StoreDriver
 
@@ -131,7 +131,7 @@ class AMQPProtocol(asyncio.Protocol):
         if out:
             transport.writelines(out)
             self.sent = True
-        if self.conn.closed:
+        if self.conn.closed and self.conn.state != CLOSED:  # CLOSED: see _state_changed
             transport.close()
 
     # -- timers -----------------------------------------------------------------------------------
@@ -145,7 +145,11 @@ class AMQPProtocol(asyncio.Protocol):
             self.heartbeat = self.conn.heartbeat
             if self.heartbeat:
                 self.timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
-        elif state == CLOSING_CONN:
+        elif state == CLOSING_CONN or state == CLOSED:
+            # CLOSING_CONN: we sent connection.close; wait that long for close-ok. CLOSED: we
+            # answered the client's close with close-ok; like RabbitMQ, let the client close the
+            # socket (amqpstorm logs a warning when the broker does it first), but wait no longer
+            # than that for it.
             if self.timer is not None:
                 self.timer.cancel()
             self.timer = self.loop.call_later(CLOSE_TIMEOUT, self._abort)

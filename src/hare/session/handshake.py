@@ -128,6 +128,7 @@ class Handshake:
                 self.send0(spec.ConnectionCloseOk())
                 self._release_all()
                 self.closed = True
+                self.state = CLOSED  # as RabbitMQ, the shell leaves closing the socket to the client
             elif t is spec.ConnectionUpdateSecret:  # RabbitMQ's internal users take any secret
                 self.send0(spec.ConnectionUpdateSecretOk())
             else:
