@@ -225,19 +225,11 @@ def test_x_consumer_timeout_sets_a_queue_s_timeout(hare_url: str) -> None:
         expect_timeout_close(r, 1, 150)
 
 
-def test_x_consumer_timeout_0_means_no_timeout(conn: BlockingConnection) -> None:
+# 0 means no timeout; a longer queue timeout overrides the broker's
+@pytest.mark.parametrize("timeout", [0, 3000], ids=["zero-means-none", "longer-than-the-broker-s"])
+def test_x_consumer_timeout_keeps_the_channel_open(conn: BlockingConnection, timeout: int) -> None:
     ch = conn.channel()
-    q = ch.queue_declare("", exclusive=True, arguments={"x-consumer-timeout": 0}).method.queue
-    publish(ch, q, b"m0")
-    inbox = Inbox(conn)
-    ch.basic_consume(q, inbox)
-    inbox.wait_for(1)
-    assert stays_open(conn, ch, 3 * TIMEOUT / 1000)
-
-
-def test_a_longer_x_consumer_timeout_overrides_the_broker_s(conn: BlockingConnection) -> None:
-    ch = conn.channel()
-    q = ch.queue_declare("", exclusive=True, arguments={"x-consumer-timeout": 3000}).method.queue
+    q = ch.queue_declare("", exclusive=True, arguments={"x-consumer-timeout": timeout}).method.queue
     publish(ch, q, b"m0")
     inbox = Inbox(conn)
     ch.basic_consume(q, inbox)
