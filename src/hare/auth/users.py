@@ -1,7 +1,9 @@
-"""Users, password hashes and their virtual-host access.
+"""Users: password hashes, tags, permissions per virtual host, limits.
 
-Passwords are stored as RabbitMQ stores them (rabbit_password_hashing_sha256): a 4-byte salt
-followed by SHA-256(salt + password).
+Passwords are stored as RabbitMQ stores them: a 4-byte salt followed by HASH(salt + password),
+where HASH is SHA-256 (``rabbit_password_hashing_sha256``, the default), SHA-512 or MD5 (the
+older formats, accepted so that definitions exported from any RabbitMQ log in unchanged).
+A user without a password hash cannot log in with a password (only with EXTERNAL).
 """
 
 from __future__ import annotations
@@ -11,14 +13,27 @@ import hmac
 import os
 from dataclasses import dataclass, field
 
+from .permissions import Permission, TopicPermission
 
-def hash_password(password: str, salt: bytes | None = None) -> bytes:
+SHA256 = "rabbit_password_hashing_sha256"
+SHA512 = "rabbit_password_hashing_sha512"
+MD5 = "rabbit_password_hashing_md5"
+HASHES = {SHA256: hashlib.sha256, SHA512: hashlib.sha512, MD5: hashlib.md5}
+# the tags RabbitMQ gives a meaning to (any other tag is kept and shown, and means nothing)
+KNOWN_TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
+USER_LIMITS = ("max-connections", "max-channels")
+
+
+def hash_password(password: str, salt: bytes | None = None, algorithm: str = SHA256) -> bytes:
     salt = os.urandom(4) if salt is None else salt
-    return salt + hashlib.sha256(salt + password.encode("utf-8")).digest()
+    return salt + HASHES[algorithm](salt + password.encode("utf-8")).digest()
 
 
-def check_password(stored: bytes, password: str) -> bool:
-    return hmac.compare_digest(stored, hash_password(password, stored[:4]))
+def check_password(stored: bytes, password: str, algorithm: str = SHA256) -> bool:
+    digest = HASHES.get(algorithm)
+    if digest is None or len(stored) != 4 + digest().digest_size:
+        return False
+    return hmac.compare_digest(stored, hash_password(password, stored[:4], algorithm))
 
 
 @dataclass
@@ -26,22 +41,36 @@ class User:
     name: str
     password_hash: bytes
     tags: list[str] = field(default_factory=list)
-    vhosts: set[str] = field(default_factory=set)  # virtual hosts this user may open
+    hashing: str = SHA256
+    # the virtual hosts this user may open, with what it may do there
+    permissions: dict[str, Permission] = field(default_factory=dict)
+    # per virtual host: topic exchange name -> its routing-key patterns
+    topic_permissions: dict[str, dict[str, TopicPermission]] = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)  # max-connections, max-channels
     loopback_only: bool = False  # RabbitMQ's loopback_users
+
+    @property
+    def vhosts(self) -> set[str]:
+        return set(self.permissions)
 
 
 class UserStore:
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
 
-    def add(self, name: str, password: str, tags: list[str] | None = None,
+    def add(self, name: str, password: str | None, tags: list[str] | None = None,
             vhosts: set[str] | None = None, loopback_only: bool = False) -> User:
-        user = User(name, hash_password(password), tags or [], vhosts or {"/"}, loopback_only)
+        """A user with full permissions in ``vhosts`` (a shortcut for tests and the default user;
+        the command layer, broker/admin.py, is what changes users at run time)."""
+        user = User(name, hash_password(password) if password is not None else b"", tags or [],
+                    loopback_only=loopback_only)
+        for v in (vhosts if vhosts is not None else {"/"}):
+            user.permissions[v] = Permission()
         self.users[name] = user
         return user
 
     def authenticate(self, name: str, password: str) -> User | None:
         user = self.users.get(name)
-        if user is None or not check_password(user.password_hash, password):
+        if user is None or not check_password(user.password_hash, password, user.hashing):
             return None
         return user

@@ -12,6 +12,7 @@ from ..auth.users import UserStore
 from ..store import delayed as delayed_store
 from ..store.definitions import Definitions
 from ..store.message_store import MessageStore
+from .commands import Commands, user_from_record
 from .definitions_file import load_definitions_file
 from .timers import Timers
 from .vhost import VirtualHost
@@ -29,6 +30,10 @@ class BrokerConfig:
     default_user: str = "guest"
     default_pass: str = "guest"
     default_vhost: str = "/"
+    # what the default user gets when it is created (first start): RabbitMQ's default_user_tags
+    # and default_permissions (configure, write, read)
+    default_user_tags: tuple[str, ...] = ("administrator",)
+    default_permissions: tuple[str, str, str] = (".*", ".*", ".*")
     loopback_users: tuple[str, ...] = ("guest",)
     max_message_size: int = 128 * 1024 * 1024  # RabbitMQ 3.10 default: 128 MiB
     disk_free_limit: int = 50_000_000  # RabbitMQ's default: block publishers under 50 MB free
@@ -58,12 +63,11 @@ class Broker:
         self.timers = Timers()  # expiries and timeouts; the shell runs them when due
         self.vhosts: dict[str, VirtualHost] = {}
         self.users = UserStore()
-        self.add_vhost(self.config.default_vhost)
-        c = self.config
-        self.users.add(c.default_user, c.default_pass, tags=["administrator"],
-                       vhosts={c.default_vhost}, loopback_only=c.default_user in c.loopback_users)
+        self.commands = Commands(self)  # the one path for metadata changes (commands.py)
         self.connections: set[Any] = set()
         self.alarms: set[str] = set()  # resource alarms in effect ("disk"): publishers are blocked
+        if self.definitions is None or not self.definitions.seeded():
+            self._seed()
         if self.definitions is not None:
             self._restore()
         if self.config.load_definitions:
@@ -76,6 +80,14 @@ class Broker:
             if self.definitions is not None:
                 self.definitions.add_vhost(name)
         return vhost
+
+    def _seed(self) -> None:
+        """The default vhost and user, on the first start only (as RabbitMQ: once deleted, they
+        stay deleted)."""
+        c = self.config
+        self.add_vhost(c.default_vhost)
+        self.commands.add_user(c.default_user, c.default_pass, list(c.default_user_tags))
+        self.commands.set_permissions(c.default_user, c.default_vhost, *c.default_permissions)
 
     def _restore(self) -> None:
         """Durable exchanges, queues (with their messages) and bindings, as the last run left them."""
@@ -100,6 +112,12 @@ class Broker:
                 messages += q.message_count
             for source, kind, destination, routing_key, arguments in defs.bindings(vname):
                 vhost.restore_binding(source, kind, destination, routing_key, arguments)
+        for name, limits in defs.vhost_limits().items():
+            if name in self.vhosts:
+                self.vhosts[name].limits = limits
+        for record in defs.users():
+            user = user_from_record(record, record["name"] in self.config.loopback_users)
+            self.users.users[user.name] = user
         self.store.remove_orphans(kept)
         delayed_store.remove_orphans(self.store)  # delayed exchanges that no longer exist
         if queues:

@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..amqp.errors import ChannelError, ConnectionFault
-from ..auth.users import User
+from ..auth.users import MD5, SHA256, hash_password
+from .commands import CommandError
 from .policies import PolicyError
 
 if TYPE_CHECKING:
     from .broker import Broker
 
 log = logging.getLogger("hare.broker")
-
-_SHA256 = "rabbit_password_hashing_sha256"
 
 
 def load_definitions_file(broker: Broker, path: str | Path) -> None:
@@ -52,14 +51,19 @@ def _items(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
 
 def apply_definitions(broker: Broker, data: dict[str, Any]) -> None:
     default_vhost = broker.config.default_vhost
+    commands = broker.commands
+    version = str(data.get("rabbit_version") or data.get("rabbitmq_version") or "")
     for u in _items(data, "users"):
-        _add_user(broker, u)
+        _add_user(broker, u, version)
     for v in _items(data, "vhosts"):
-        broker.add_vhost(str(v["name"]))
+        if str(v["name"]) not in broker.vhosts:
+            commands.add_vhost(str(v["name"]))
     for p in _items(data, "permissions"):
-        user = broker.users.users.get(p.get("user", ""))
-        if user is not None:
-            user.vhosts.add(p.get("vhost", default_vhost))
+        try:
+            commands.set_permissions(p.get("user", ""), p.get("vhost", default_vhost), p.get("configure", ""),
+                                     p.get("write", ""), p.get("read", ""))
+        except CommandError as exc:
+            log.warning("definitions: permissions of user %r not applied: %s", p.get("user"), exc)
 
     def vhost_of(item: dict[str, Any]) -> Any:
         name = item.get("vhost", default_vhost)
@@ -103,20 +107,28 @@ def _declare(item: dict[str, Any], kind: str, declare: Any) -> None:
         log.warning("definitions: %s %s not applied: %s", kind, item.get("name", item), exc)
 
 
-def _add_user(broker: Broker, u: dict[str, Any]) -> None:
+def _add_user(broker: Broker, u: dict[str, Any], version: str) -> None:
+    """A user with its password hash (or a clear-text ``password``, hashed here). A file without
+    ``hashing_algorithm`` from RabbitMQ before 3.6 used MD5, later ones SHA-256."""
     name = u.get("name")
-    algorithm = u.get("hashing_algorithm", _SHA256)
-    try:
-        password_hash = base64.b64decode(u.get("password_hash", ""), validate=True)
-    except (binascii.Error, ValueError):
-        password_hash = b""
-    if not isinstance(name, str) or algorithm != _SHA256 or len(password_hash) != 36:
-        log.warning("definitions: user %r skipped (only %s password hashes are supported)", name, _SHA256)
+    if not isinstance(name, str) or not name:
+        log.warning("definitions: user %r skipped (no name)", name)
         return
+    old = version[:2] in ("1.", "2.") or version.startswith(("3.0", "3.1.", "3.2", "3.3", "3.4", "3.5"))
+    default = MD5 if old else SHA256
+    algorithm = u.get("hashing_algorithm") or default
     tags = u.get("tags", [])
     if isinstance(tags, str):
         tags = [t for t in tags.split(",") if t]
-    existing = broker.users.users.get(name)
-    broker.users.users[name] = User(name, password_hash, list(tags),
-                                    existing.vhosts if existing is not None else set(),
-                                    name in broker.config.loopback_users)
+    if "password" in u and "password_hash" not in u:
+        password_hash, algorithm = hash_password(str(u["password"])), SHA256
+    else:
+        try:
+            password_hash = base64.b64decode(u.get("password_hash", ""), validate=True)
+        except (binascii.Error, ValueError):
+            log.warning("definitions: user %r skipped (password_hash is not base64)", name)
+            return
+    try:
+        broker.commands.put_user(name, password_hash, algorithm, list(tags), u.get("limits") or {})
+    except CommandError as exc:
+        log.warning("definitions: user %r skipped: %s", name, exc)

@@ -70,6 +70,7 @@ class VirtualHost:
         self.store = store  # None: messages in memory only (no data directory)
         self.definitions = definitions  # where durable exchanges, queues and bindings are kept
         self.queues: dict[str, Queue] = {}
+        self.limits: dict[str, int] = {}  # max-connections, max-queues (broker/commands.py)
         self._policies: dict[str, Policy] = {}  # by name (policies.py; set_policy, clear_policy)
         self.direct_reply = DirectReply()  # the channels consuming amq.rabbitmq.reply-to
         self.default_exchange = DefaultExchange(self.queues, vhost_name=name, replies=self.direct_reply)
@@ -212,7 +213,9 @@ class VirtualHost:
 
     def declare_queue(self, name: str, passive: bool = False, durable: bool = False,
                       exclusive: bool = False, auto_delete: bool = False,
-                      arguments: dict[str, Any] | None = None, conn: Any = None) -> Queue:
+                      arguments: dict[str, Any] | None = None, conn: Any = None,
+                      server_named: bool = False) -> Queue:
+        """``server_named``: ``name`` was made by server_queue_name (its 'amq.' is the broker's)."""
         if passive:
             if not name:
                 raise not_found(f"no {self._in_vhost('queue', name)}")
@@ -223,7 +226,7 @@ class VirtualHost:
         durable = durable and not exclusive  # RabbitMQ: an exclusive queue is never durable
         if not name:
             name = server_queue_name()
-        elif name.startswith("amq."):
+        elif name.startswith("amq.") and not server_named:
             raise access_refused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         q = self.queues.get(name)
         if q is not None:

@@ -23,6 +23,7 @@ from ..amqp.errors import (
     precondition_failed,
 )
 from ..amqp.frames import FRAME_END_BYTE, body_frames, pack_header
+from ..auth.permissions import READ
 from ..broker.arguments import type_name
 from ..broker.consumer import Consumer, PrefetchLimit
 from ..broker.direct_reply import REPLY_QUEUE, ReplyConsumer
@@ -54,13 +55,15 @@ class Channel(Publishing):
                  "publish_seq", "confirmed_upto", "queued_upto", "sync_upto", "sync_waits", "nacks",
                  "tx", "tx_publishes", "tx_acks",
                  "tx_taken", "max_size", "last_queue", "pub", "pub_props", "pub_size", "pub_body",
-                 "pub_received", "reply", "reply_id", "ack_watch")
+                 "pub_received", "reply", "reply_id", "ack_watch", "access", "commands")
 
     def __init__(self, conn: Connection, number: int) -> None:
         self.conn = conn
         self.number = number
         self.state = OPEN
         self.vhost = conn.vhost
+        self.access = conn.access  # the user's permissions in the vhost, decisions cached
+        self.commands = conn.broker.commands  # every metadata change goes through it
         self.flow_active = True
         self.deliverable = conn.writable
         self.next_tag = 0
@@ -181,24 +184,26 @@ class Channel(Publishing):
     # -- exchange class ----------------------------------------------------------------------------
 
     def _exchange_declare(self, m: spec.ExchangeDeclare) -> None:
-        self.vhost.declare_exchange(m.exchange, m.type, passive=m.passive, durable=m.durable,
-                                    auto_delete=m.auto_delete, internal=m.internal,
-                                    arguments=m.arguments)
+        self.commands.declare_exchange(self.vhost, m.exchange, m.type, passive=m.passive,
+                                       durable=m.durable, auto_delete=m.auto_delete,
+                                       internal=m.internal, arguments=m.arguments, access=self.access)
         if not m.nowait:
             self.send(spec.ExchangeDeclareOk())
 
     def _exchange_delete(self, m: spec.ExchangeDelete) -> None:
-        self.vhost.delete_exchange(m.exchange, if_unused=m.if_unused)
+        self.commands.delete_exchange(self.vhost, m.exchange, if_unused=m.if_unused, access=self.access)
         if not m.nowait:
             self.send(spec.ExchangeDeleteOk())
 
     def _exchange_bind(self, m: spec.ExchangeBind) -> None:
-        self.vhost.bind_exchange(m.destination, m.source, m.routing_key, m.arguments)
+        self.commands.bind_exchange(self.vhost, m.destination, m.source, m.routing_key, m.arguments,
+                                    access=self.access)
         if not m.nowait:
             self.send(spec.ExchangeBindOk())
 
     def _exchange_unbind(self, m: spec.ExchangeUnbind) -> None:
-        self.vhost.unbind_exchange(m.destination, m.source, m.routing_key, m.arguments)
+        self.commands.unbind_exchange(self.vhost, m.destination, m.source, m.routing_key, m.arguments,
+                                      access=self.access)
         if not m.nowait:
             self.send(spec.ExchangeUnbindOk())
 
@@ -216,9 +221,9 @@ class Channel(Publishing):
         if m.queue.startswith(REPLY_QUEUE):
             self._reply_declare(m)
             return
-        q = self.vhost.declare_queue(m.queue, passive=m.passive, durable=m.durable,
-                                     exclusive=m.exclusive, auto_delete=m.auto_delete,
-                                     arguments=m.arguments, conn=self.conn)
+        q = self.commands.declare_queue(self.vhost, m.queue, passive=m.passive, durable=m.durable,
+                                        exclusive=m.exclusive, auto_delete=m.auto_delete,
+                                        arguments=m.arguments, conn=self.conn, access=self.access)
         self.last_queue = q.name
         if not m.nowait:
             self.send(spec.QueueDeclareOk(queue=q.name, message_count=q.message_count,
@@ -245,18 +250,22 @@ class Channel(Publishing):
         return self._queue_name(queue)
 
     def _queue_bind(self, m: spec.QueueBind) -> None:
-        self.vhost.bind_queue(self._queue_name(m.queue), m.exchange,
-                              self._routing_key(m.queue, m.routing_key), m.arguments, conn=self.conn)
+        self.commands.bind_queue(self.vhost, self._queue_name(m.queue), m.exchange,
+                                 self._routing_key(m.queue, m.routing_key), m.arguments, conn=self.conn,
+                                 access=self.access)
         if not m.nowait:
             self.send(spec.QueueBindOk())
 
     def _queue_unbind(self, m: spec.QueueUnbind) -> None:
-        self.vhost.unbind_queue(self._queue_name(m.queue), m.exchange,
-                                self._routing_key(m.queue, m.routing_key), m.arguments, conn=self.conn)
+        self.commands.unbind_queue(self.vhost, self._queue_name(m.queue), m.exchange,
+                                   self._routing_key(m.queue, m.routing_key), m.arguments, conn=self.conn,
+                                   access=self.access)
         self.send(spec.QueueUnbindOk())
 
     def _queue_purge(self, m: spec.QueuePurge) -> None:
-        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
+        name = self._queue_name(m.queue)
+        self.access.check(READ, "queue", name)
+        q = self.vhost.get_queue(name, self.conn)
         count = q.purge()
         if not m.nowait:
             self.send(spec.QueuePurgeOk(message_count=count))
@@ -264,8 +273,8 @@ class Channel(Publishing):
     def _queue_delete(self, m: spec.QueueDelete) -> None:
         out = self.conn.out
         mark = len(out)
-        count = self.vhost.delete_queue(self._queue_name(m.queue), if_unused=m.if_unused,
-                                        if_empty=m.if_empty, conn=self.conn)
+        count = self.commands.delete_queue(self.vhost, self._queue_name(m.queue), if_unused=m.if_unused,
+                                           if_empty=m.if_empty, conn=self.conn, access=self.access)
         if m.nowait:
             return
         if len(out) > mark and out is self.conn.out:
@@ -305,7 +314,9 @@ class Channel(Publishing):
         if m.queue == REPLY_QUEUE:
             self._reply_consume(m)
             return
-        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
+        name = self._queue_name(m.queue)
+        self.access.check(READ, "queue", name)
+        q = self.vhost.get_queue(name, self.conn)
         tag = m.consumer_tag or consumer_tag()
         args = m.arguments or {}
         priority = args.get("x-priority", 0)
@@ -364,7 +375,9 @@ class Channel(Publishing):
             self.vhost.consumer_removed(c.queue)
 
     def _basic_get(self, m: spec.BasicGet) -> None:
-        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
+        name = self._queue_name(m.queue)
+        self.access.check(READ, "queue", name)
+        q = self.vhost.get_queue(name, self.conn)
         entry = q.get()
         if entry is None:
             self.send(spec.BasicGetEmpty())

@@ -19,6 +19,7 @@ from ..amqp import spec
 from ..amqp.erlterm import frame_error_text, frame_snippet, w_binary, wire_text
 from ..amqp.errors import AMQPError, ChannelError, ConnectionFault, SilentClose, Utf8Fault
 from ..amqp.frames import FRAME_END_BYTE, HEARTBEAT_FRAME, pack_header, unpack_header
+from ..auth.permissions import Access
 from ..broker.broker import Broker
 from ..broker.queue import Queue
 from ..broker.vhost import VirtualHost
@@ -132,6 +133,7 @@ class Connection(Handshake):
         self.client_closed: list[int] = []  # channels the client closed in this input batch
         self.vhost: VirtualHost = None  # type: ignore[assignment]  # set by connection.open
         self.username = ""
+        self.access: Access = None  # type: ignore[assignment]  # set by connection.open
         self.client_properties: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.pending_dispatch: dict[Queue, None] = {}
@@ -533,6 +535,19 @@ class Connection(Handshake):
         if self.channel_max and count >= self.channel_max:
             raise ConnectionFault(530, f"number of channels opened ({count}) has reached the "
                                   f"negotiated channel_max ({self.channel_max})")
+        limit = self.access.user.limits.get("max-channels")
+        if limit is not None:
+            total = sum(len(c.channels) + len(c.closing_channels) for c in self.broker.connections
+                        if c.username == self.username)
+            if total >= limit:
+                raise ConnectionFault(530, f"number of channels opened for user '{self.username}' has "
+                                      f"reached the maximum allowed user limit of ({limit})")
+
+    def permissions_changed(self, user: Any) -> None:
+        """The command layer changed this connection's user: decide access afresh."""
+        if self.access is not None:
+            self.access.user = user
+            self.access.clear()
 
     def _open_channel(self, chnum: int) -> None:
         ch = Channel(self, chnum)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import __version__
 from ..amqp import spec
 from ..amqp.errors import ConnectionFault
+from ..auth.permissions import Access
 from ..auth.sasl import MECHANISMS, parse_response
 
 if TYPE_CHECKING:
@@ -58,6 +59,18 @@ def server_properties(product: str, version: str) -> dict[str, Any]:
     }
 
 
+def check_connection_limits(broker: Broker, vhost: VirtualHost, user: Any) -> None:
+    """The vhost's and the user's max-connections, as RabbitMQ refuses them at connection.open."""
+    limit = vhost.limits.get("max-connections")
+    if limit is not None and sum(1 for c in broker.connections if c.vhost is vhost) >= limit:
+        raise ConnectionFault(530, f"access to vhost '{vhost.name}' refused for user '{user.name}': "
+                              f"connection limit ({limit}) is reached")
+    limit = user.limits.get("max-connections")
+    if limit is not None and sum(1 for c in broker.connections if c.username == user.name) >= limit:
+        raise ConnectionFault(530, f"Connection refused for user '{user.name}': user connection limit "
+                              f"({limit}) is reached")
+
+
 def _is_loopback(peer: Any) -> bool:
     if not peer:
         return True  # in-process or unix socket
@@ -77,6 +90,7 @@ class Handshake:
     heartbeat: int
     vhost: VirtualHost
     username: str
+    access: Access
     client_properties: dict[str, Any]
     capabilities: dict[str, Any]
     client_closed: list[int]
@@ -193,10 +207,13 @@ class Handshake:
         user = self.broker.users.users.get(self.username)
         if vhost is None:
             raise ConnectionFault(530, f"vhost {m.virtual_host} not found")
-        if user is None or m.virtual_host not in user.vhosts:
+        if user is None or m.virtual_host not in user.permissions:
             raise ConnectionFault(530, f"access to vhost '{m.virtual_host}' refused for user "
                                   f"'{self.username}'")
+        check_connection_limits(self.broker, vhost, user)
         self.vhost = vhost
+        client_id = self.client_properties.get("client_id")
+        self.access = Access(user, vhost.name, client_id if isinstance(client_id, str) else None)
         self.state = OPENED
         self.broker.connections.add(self)
         self.send0(spec.ConnectionOpenOk())

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..amqp import properties as props_codec
 from ..amqp import spec
 from ..amqp.errors import AMQPError, ConnectionFault, access_refused, not_found, precondition_failed
+from ..auth.permissions import WRITE
 from ..broker.deadletter import cc_keys
 from ..broker.direct_reply import REPLY_QUEUE
 from ..broker.expiration import expiration_error
@@ -21,6 +22,7 @@ from ..broker.message import Message
 from ..broker.queue import REJECTED_PUBLISH, THROTTLE, Queue
 
 if TYPE_CHECKING:
+    from ..auth.permissions import Access
     from ..broker.direct_reply import ReplyConsumer
     from ..broker.vhost import VirtualHost
     from .connection import Connection
@@ -42,6 +44,7 @@ class Publishing:
     # the channel's state used here (slots of Channel)
     conn: Connection
     vhost: VirtualHost
+    access: Access
     state: int
     max_size: int
     reply: ReplyConsumer | None
@@ -107,12 +110,17 @@ class Publishing:
             raise ConnectionFault(540, "immediate=true", 60, 40)
         if size > self.max_size:
             raise precondition_failed(self._size_error(size))
+        access = self.access
+        if m[0] not in access.write_exchanges:
+            access.check_publish(m[0])
         ex = self.vhost.exchanges.get(m[0])
         if ex is None:
             raise not_found(f"no exchange '{m[0]}' in vhost '{self.vhost.name}'")
         if ex.internal:
             raise access_refused(f"cannot publish to internal exchange '{m[0]}' in vhost "
                                  f"'{self.vhost.name}'")
+        if access.topics is not None and ex.type_name == "topic":
+            access.check_topic(WRITE, m[0], m[1])
         if props_raw[0] & 0x03 or props_raw[1] & 0x10:
             self._check_properties(props_raw)
         return ex

@@ -1,4 +1,5 @@
-"""Durable definitions (vhosts, exchanges, queues, bindings, policies) in SQLite.
+"""Durable definitions (vhosts, exchanges, queues, bindings, policies, users with their permissions
+and limits, vhost limits) in SQLite.
 
 Definitions are small and change rarely; SQLite gives atomic, crash-safe updates without
 rewriting everything on each change. Every change is its own transaction, committed with
@@ -30,6 +31,8 @@ CREATE TABLE IF NOT EXISTS bindings (
 CREATE TABLE IF NOT EXISTS policies (
     vhost TEXT NOT NULL, name TEXT NOT NULL, pattern TEXT NOT NULL, apply_to TEXT NOT NULL,
     priority INTEGER NOT NULL, definition TEXT NOT NULL, PRIMARY KEY (vhost, name));
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, user TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vhost_limits (vhost TEXT PRIMARY KEY, limits TEXT NOT NULL);
 """
 SCHEMA_VERSION = "1"
 
@@ -72,6 +75,40 @@ class Definitions:
 
     def add_vhost(self, name: str) -> None:
         self._run("INSERT OR IGNORE INTO vhosts VALUES (?)", self._s(name))
+
+    def remove_vhost(self, name: str) -> None:
+        """A virtual host and everything in it (its users' permissions are in their records)."""
+        v = self._s(name)
+        self.db.execute("BEGIN")
+        try:
+            for table in ("vhosts WHERE name", "exchanges WHERE vhost", "queues WHERE vhost",
+                          "bindings WHERE vhost", "policies WHERE vhost", "vhost_limits WHERE vhost"):
+                self._run(f"DELETE FROM {table} = ?", v)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def put_user(self, name: str, record: dict[str, Any]) -> None:
+        """A user's whole record (hash, tags, permissions, topic permissions, limits) as JSON."""
+        self._run("INSERT OR REPLACE INTO users VALUES (?, ?)", name, json.dumps(record, ensure_ascii=False))
+
+    def remove_user(self, name: str) -> None:
+        self._run("DELETE FROM users WHERE name = ?", name)
+
+    def set_vhost_limits(self, vhost: str, limits: dict[str, int]) -> None:
+        if limits:
+            self._run("INSERT OR REPLACE INTO vhost_limits VALUES (?, ?)", self._s(vhost), json.dumps(limits))
+        else:
+            self._run("DELETE FROM vhost_limits WHERE vhost = ?", self._s(vhost))
+
+    def seeded(self) -> bool:
+        """Whether the default user and vhost were created once (on first start, as RabbitMQ:
+        deleting them later is not undone by a restart). Marks it done."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'seeded'").fetchone()
+        if row is None:
+            self._run("INSERT INTO meta VALUES ('seeded', '1')")
+        return row is not None
 
     def add_exchange(self, vhost: str, name: str, type_name: str, auto_delete: bool, internal: bool,
                      arguments: dict[str, Any] | None) -> None:
@@ -153,6 +190,13 @@ class Definitions:
         return [(_str(r[0]), _str(r[1]), r[2], r[3], json.loads(r[4])) for r in self.db.execute(
             "SELECT name, pattern, apply_to, priority, definition FROM policies WHERE vhost = ? "
             "ORDER BY name", (self._s(vhost),))]
+
+    def users(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self.db.execute("SELECT user FROM users ORDER BY name")]
+
+    def vhost_limits(self) -> dict[str, dict[str, int]]:
+        rows = self.db.execute("SELECT vhost, limits FROM vhost_limits")
+        return {_str(r[0]): json.loads(r[1]) for r in rows}
 
     def close(self) -> None:
         self.db.close()
