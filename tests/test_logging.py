@@ -19,6 +19,8 @@ import pytest
 from pika.exceptions import ChannelClosedByBroker, ProbableAuthenticationError
 from support import hare_only
 
+from hare.session.conn_log import address, name
+
 pytestmark = hare_only
 
 PEER = r"127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+"
@@ -218,3 +220,9 @@ def test_an_unwritable_log_file_or_a_typo_stops_hare_serve(tmp_path: Path) -> No
                           env=_env(HARE_CONFIG_FILE=str(conf)))
     assert (done.returncode, done.stderr) == (2, f"hare: {conf}:2: unknown setting 'log.flie' (did you mean "
                                                  "'log.file'?)\n")
+
+
+def test_connection_names_as_rabbitmq_prints_them() -> None:
+    assert name(("10.0.6.42", 51544), ("10.0.4.21", 5672)) == "10.0.6.42:51544 -> 10.0.4.21:5672"
+    assert address(("::1", 5672, 0, 0)) == "[::1]:5672"
+    assert address(None) == "?"  # in-process, unix socket
