@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hare.cli.config import ServeOptions, load_config
+from hare.cli.config import ENVIRONMENT, ServeOptions, load_config, total_memory
 from hare.cli.main import _parser, serve_options
 
 
@@ -52,5 +53,151 @@ def test_disk_free_limit_default_is_rabbitmqs_and_garbage_is_refused(tmp_path: P
     assert ServeOptions().broker.disk_free_limit == 50_000_000
     f = tmp_path / "hare.conf"
     f.write_text("disk_free_limit.absolute = lots\n")
-    with pytest.raises(ValueError, match="hare.conf:1: not a size"):
+    with pytest.raises(ValueError, match=r"hare.conf:1: disk_free_limit.absolute: expected a size in "
+                                         r"bytes \(50000000, 50MB, 1GiB\), got 'lots'$"):
         load_config(f, ServeOptions())
+
+
+def _load(tmp_path: Path, text: str) -> ServeOptions:
+    f = tmp_path / "hare.conf"
+    f.write_text(text)
+    return load_config(f, ServeOptions())
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("heartbeat = abc", "heartbeat: expected a non-negative integer, got 'abc'"),
+    ("frame_max = -1", "frame_max: expected a non-negative integer, got '-1'"),
+    ("channel_max = 2k", "channel_max: expected a non-negative integer, got '2k'"),
+    ("listeners.tcp.default = localhost", "listeners.tcp.default: expected PORT or ADDRESS:PORT, got "
+                                          "'localhost'"),
+    ("management.tcp.port = 99999", "management.tcp.port: expected a port number (0-65535), got '99999'"),
+    ("loopback_users.guest = maybe", "loopback_users.guest: expected true or false, got 'maybe'"),
+    ("log.file.level = loud", "log.file.level: expected one of debug, info, notice, warning, error, "
+                              "critical, none, got 'loud'"),
+    ("log.console.formatter = xml", "log.console.formatter: expected plaintext or json, got 'xml'"),
+    ("log.console = sometimes", "log.console: expected true or false, got 'sometimes'"),
+    ("disk_free_limit.relative = half", "disk_free_limit.relative: expected a non-negative number (a "
+                                        "fraction of the total RAM), got 'half'"),
+    ("default_permissions.read = [", "default_permissions.read: expected a regular expression, got '['"),
+    ("default_user_tags.monitoring = yes please", "default_user_tags.monitoring: expected true or false"),
+])
+def test_a_bad_value_names_the_key_and_what_is_expected(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        _load(tmp_path, f"# first\n{line}\n")
+    assert str(info.value).startswith(f"{tmp_path / 'hare.conf'}:2: {message}")
+    assert "invalid literal" not in str(info.value)
+
+
+def test_rabbitmq_keys_hare_ignores_are_warnings_one_per_key(tmp_path: Path) -> None:
+    lines = ["cluster_name = prod", "collect_statistics_interval = 10000",
+             "vm_memory_high_watermark.relative = 0.6", "ssl_options.versions.1 = tlsv1.3",
+             "listeners.ssl.default = 5671", "auth_mechanisms.1 = PLAIN", "log.file.rotation.count = 5",
+             "cluster_formation.peer_discovery_backend = classic_config",
+             "cluster_formation.classic_config.nodes.1 = rabbit@a", "management.tcp.ip = 0.0.0.0",
+             "mqtt.listeners.tcp.default = 1883", "prometheus.tcp.port = 15692",
+             "default_users.admin.password = x", "log.connection.level = debug"]
+    opts = _load(tmp_path, "\n".join(lines) + "\nheartbeat = 5\n")
+    assert opts.broker.heartbeat == 5
+    assert len(opts.warnings) == len(lines)
+    for n, (line, warning) in enumerate(zip(lines, opts.warnings, strict=True), 1):
+        key = line.split(" =")[0]
+        assert warning == (f"{tmp_path / 'hare.conf'}:{n}: {key} is a RabbitMQ setting hare does not act "
+                           "on; ignored")
+
+
+@pytest.mark.parametrize(("key", "hint"), [
+    ("heartbeet", " (did you mean 'heartbeat'?)"), ("log.fiel.level", ""),
+    ("cluster_nam", " (did you mean 'cluster_name'?)"), ("listeners.tcp.default.port", ""),
+    ("ssl_options", None)])
+def test_a_key_nobody_knows_is_an_error_naming_file_line_and_key(tmp_path: Path, key: str, hint: Any) -> None:
+    if hint is None:  # "ssl_options = none" is RabbitMQ's own: accepted with a warning
+        assert len(_load(tmp_path, f"{key} = none\n").warnings) == 1
+        return
+    with pytest.raises(ValueError) as info:
+        _load(tmp_path, f"heartbeat = 10\n{key} = 1\n")
+    assert str(info.value).startswith(f"{tmp_path / 'hare.conf'}:2: unknown setting {key!r}")
+    if hint:
+        assert str(info.value).endswith(hint)
+
+
+def test_default_user_tags_and_permissions_are_kept_for_the_default_user(tmp_path: Path) -> None:
+    assert ServeOptions().broker.default_user_tags == ("administrator",)
+    assert ServeOptions().broker.default_permissions == (".*", ".*", ".*")
+    opts = _load(tmp_path, "default_user_tags.monitoring = true\ndefault_user_tags.management = true\n"
+                           "default_user_tags.policymaker = false\ndefault_permissions.configure = ^$\n"
+                           "default_permissions.read = ^app\\.\ndefault_permissions.write = ^app-out$\n")
+    assert opts.broker.default_user_tags == ("monitoring", "management")  # the file's list replaces
+    assert opts.broker.default_permissions == ("^$", "^app-out$", r"^app\.")  # configure, write, read
+    # not enforced yet: said at start, one line per key
+    assert [w.split(": ", 1)[1] for w in opts.warnings] == [
+        f"{key} is kept for the default user but not enforced yet: hare does not check permissions or "
+        "tags per user" for key in ("default_user_tags.monitoring", "default_user_tags.management",
+                                   "default_user_tags.policymaker", "default_permissions.configure",
+                                   "default_permissions.read", "default_permissions.write")]
+
+
+def test_disk_free_limit_relative_is_a_fraction_of_the_total_ram(tmp_path: Path) -> None:
+    ram = total_memory()
+    assert ram > 1 << 26
+    assert _load(tmp_path, "disk_free_limit.relative = 1.5\n").broker.disk_free_limit == int(1.5 * ram)
+    assert _load(tmp_path, "disk_free_limit.relative = 1\n").broker.disk_free_limit == ram
+
+
+def test_log_settings(tmp_path: Path) -> None:
+    opts = _load(tmp_path, "log.file = /var/log/hare.log\nlog.file.level = debug\nlog.file.formatter = json\n"
+                           "log.console = false\nlog.console.level = warning\n")
+    log = opts.log
+    assert (log.file, log.file_level, log.file_formatter) == ("/var/log/hare.log", "debug", "json")
+    assert (log.console, log.console_level, log.console_formatter) == (False, "warning", "plaintext")
+    assert _load(tmp_path, "log.file = false\n").log.file is None
+
+
+def _serve(argv: list[str], env: dict[str, str], conf: str | None = None,
+           tmp_path: Path | None = None) -> ServeOptions:
+    if conf is not None:
+        assert tmp_path is not None
+        f = tmp_path / "hare.conf"
+        f.write_text(conf)
+        env = {**env, "HARE_CONFIG_FILE": str(f)}
+    return serve_options(_parser().parse_args(["serve", *argv]), env)
+
+
+def test_environment_sets_the_common_settings() -> None:
+    opts = _serve([], {"HARE_NODE_PORT": "5999", "HARE_NODE_IP_ADDRESS": "127.0.0.2", "HARE_DATA_DIR": "/d",
+                       "HARE_LOG_LEVEL": "debug", "HARE_DEFAULT_USER": "app", "HARE_DEFAULT_PASS": "pw",
+                       "HARE_DEFAULT_VHOST": "v", "HARE_MANAGEMENT_PORT": "15999", "HARE_LOG_FILE": "/l.log"})
+    assert (opts.port, opts.bind, opts.data_dir, opts.log_level, opts.http_port, opts.log.file) == (
+        5999, "127.0.0.2", "/d", "debug", 15999, "/l.log")
+    b = opts.broker
+    assert (b.default_user, b.default_pass, b.default_vhost) == ("app", "pw", "v")
+    assert opts.management_requested
+    assert not _serve([], {"HARE_NODE_PORT": ""}).management_requested  # empty: unset
+    assert _serve([], {"HARE_NODE_PORT": ""}).port == 5672
+    assert set(ENVIRONMENT) == {"HARE_CONFIG_FILE", "HARE_NODE_IP_ADDRESS", "HARE_NODE_PORT",
+                                "HARE_MANAGEMENT_PORT", "HARE_DATA_DIR", "HARE_LOG_LEVEL", "HARE_LOG_FILE",
+                                "HARE_DEFAULT_USER", "HARE_DEFAULT_PASS", "HARE_DEFAULT_VHOST"}
+
+
+def test_precedence_is_flag_then_environment_then_file_then_default(tmp_path: Path) -> None:
+    conf = "listeners.tcp.default = 127.0.0.1:5801\ndefault_user = file-user\nlog.console.level = error\n"
+    from_file = _serve([], {}, conf, tmp_path)
+    assert (from_file.port, from_file.bind, from_file.broker.default_user) == (5801, "127.0.0.1", "file-user")
+    assert (from_file.log_level, from_file.log.console_level) == ("info", "error")
+    env = {"HARE_NODE_PORT": "5802", "HARE_DEFAULT_USER": "env-user", "HARE_LOG_LEVEL": "debug"}
+    from_env = _serve([], env, conf, tmp_path)
+    assert (from_env.port, from_env.bind, from_env.broker.default_user) == (5802, "127.0.0.1", "env-user")
+    assert (from_env.log_level, from_env.log.console_level) == ("debug", None)  # over the file's level
+    from_flag = _serve(["--port", "5803", "--log-level", "warning"], env, conf, tmp_path)
+    assert (from_flag.port, from_flag.broker.default_user, from_flag.log_level) == (
+        5803, "env-user", "warning")
+    f = tmp_path / "other.conf"
+    f.write_text("listeners.tcp.default = 5804\n")
+    assert _serve(["--config", str(f)], {"HARE_CONFIG_FILE": str(tmp_path / "none.conf")}).port == 5804
+
+
+def test_a_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ValueError, match=r"^environment variable HARE_NODE_PORT: expected a port number "
+                                         r"\(0-65535\), got 'amqp'$"):
+        _serve([], {"HARE_NODE_PORT": "amqp"})
+    with pytest.raises(ValueError, match="^environment variable HARE_LOG_LEVEL: expected one of debug"):
+        _serve([], {"HARE_LOG_LEVEL": "chatty"})

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pika
 import pytest
 from rawamqp import RawClient
-from support import hare_only
+from support import hare_only, wait_until
 
 from hare.amqp import spec
 from hare.broker.broker import BrokerConfig
@@ -126,7 +127,8 @@ def test_guest_is_refused_from_a_non_loopback_address(hare_broker_factory) -> No
 
 
 @hare_only
-def test_silent_client_is_dropped_after_two_heartbeat_intervals(hare_broker_factory) -> None:
+def test_silent_client_is_dropped_after_two_heartbeat_intervals(hare_broker_factory, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="hare.connection")  # whatever the root's level (Celery sets it)
     broker = hare_broker_factory()
     with RawClient("127.0.0.1", broker.port) as c:
         c.handshake(heartbeat=1)
@@ -142,6 +144,14 @@ def test_silent_client_is_dropped_after_two_heartbeat_intervals(hare_broker_fact
         elapsed = time.monotonic() - start
         assert heartbeats >= 1  # the broker sends heartbeats while it is silent
         assert 1.5 <= elapsed <= 4.5  # and drops us after about two intervals of our silence
+
+    def closing() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("closing AMQP")]
+
+    wait_until(lambda: bool(closing()))
+    assert len(closing()) == 1 and closing()[0].endswith(  # says why; not "client unexpectedly closed"
+        "vhost: '/', user: 'guest'): missed heartbeats from client, timeout: 1s")
+    assert [r.levelname for r in caplog.records if r.getMessage() == closing()[0]] == ["WARNING"]
 
 
 @hare_only

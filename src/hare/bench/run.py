@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from ..amqp import spec
 from .client import BenchClient
@@ -134,9 +137,38 @@ async def consumer(o: BenchOptions, counters: Counters, stop: asyncio.Event) -> 
         await c.close()
 
 
+CONNECT_TIMEOUT = 10.0
+
+
+class CannotConnect(Exception):
+    """The first connection failed: the broker is not there, refuses us, or is not AMQP."""
+
+
+def _reason(exc: OSError) -> str:
+    """``Connection refused``, not ``[Errno 111] Connect call failed ('127.0.0.1', 5672)``."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT:g} s"
+    if exc.errno and exc.errno > 0:  # asyncio's text names the address, which we print already
+        return os.strerror(exc.errno)
+    if exc.strerror:  # socket.gaierror: "Name or service not known"
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    u = urlparse(url)
+    if u.password is None:
+        return url
+    return u._replace(netloc=u.netloc.replace(f":{u.password}@", ":***@", 1)).geturl()
+
+
 async def run(o: BenchOptions) -> dict[str, float]:
     o.queue = o.queue or f"bench-{uuid.uuid4().hex[:8]}"
-    await _declare(o.url, o.queue, o.persistent)
+    try:
+        await asyncio.wait_for(_declare(o.url, o.queue, o.persistent), CONNECT_TIMEOUT)
+    except OSError as exc:  # ConnectionRefusedError, socket.gaierror, TimeoutError, closed by broker
+        raise CannotConnect(f"cannot connect to {_safe_url(o.url)}: {_reason(exc)}") from None
     counters = Counters()
     stop = asyncio.Event()
     result: dict[str, float] = {}
@@ -208,7 +240,14 @@ def main(args: argparse.Namespace) -> int:
                      consumers=args.consumers, size=args.size, duration=args.duration,
                      count=args.count, confirm=args.confirm, prefetch=args.prefetch,
                      persistent=args.persistent)
-    result = asyncio.run(run(o))
+    try:
+        result = asyncio.run(run(o))
+    except CannotConnect as exc:
+        print(f"hare bench: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"hare bench: connection to {_safe_url(o.url)} failed: {_reason(exc)}", file=sys.stderr)
+        return 1
     for key, value in result.items():
         print(f"{key}: {value:.0f} msg/s")
     return 0

@@ -1,13 +1,24 @@
 """The configuration file: RabbitMQ's ``rabbitmq.conf`` format (``key = value`` lines, ``#``
-comments), with the keys hare understands. Unknown keys are an error, so typos do not pass
-silently."""
+comments), with the keys hare understands, and the ``HARE_*`` environment variables.
+
+A key RabbitMQ knows but hare does not act on (``rabbitmq_keys``) is kept as a warning in
+``ServeOptions.warnings``, logged at start; a key nobody knows is an error, so typos do not pass
+silently. A bad value is an error naming the key and what it expects. Precedence: command-line flag
+> environment > file > default."""
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..broker.broker import BrokerConfig
+from . import logging_setup
+from .logging_setup import LogSettings
+from .rabbitmq_keys import known_names, rabbitmq_knows
 
 
 @dataclass
@@ -16,8 +27,11 @@ class ServeOptions:
     port: int = 5672
     http_port: int = 15672
     data_dir: str = "./hare-data"
-    log_level: str = "info"
+    log_level: str = "info"  # of every log output, unless log.console.level / log.file.level say
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    log: LogSettings = field(default_factory=LogSettings)
+    management_requested: bool = False  # an HTTP port was asked for (nothing serves it yet)
+    warnings: list[str] = field(default_factory=list)  # logged once logging is set up
 
 
 def _bool(value: str) -> bool:
@@ -25,7 +39,55 @@ def _bool(value: str) -> bool:
         return True
     if value.lower() in ("false", "no", "0", "off"):
         return False
-    raise ValueError(f"not a boolean: {value!r}")
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _uint(value: str) -> int:
+    """A non-negative integer (``heartbeat = 30``)."""
+    if not value.isdigit():
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"expected a port number (0-65535), got {value!r}")
+    return int(value)
+
+
+def _listener(value: str) -> tuple[str, int]:
+    """``5672``, ``127.0.0.1:5672`` or ``::1:5672`` / ``[::1]:5672``: (host or "", port)."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected PORT or ADDRESS:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"expected a non-negative number (a fraction of the total RAM), got {value!r}")
+    return number
+
+
+def total_memory() -> int:
+    """The machine's RAM in bytes (what RabbitMQ's relative limits are relative to)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError) as exc:
+        raise ValueError(f"cannot read the total RAM of this machine ({exc}); use "
+                         "disk_free_limit.absolute") from None
+
+
+def _permission(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"expected a regular expression, got {value!r} ({exc})") from None
+    return value
 
 
 _UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
@@ -38,7 +100,7 @@ def _size(value: str) -> int:
     digits = v.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
     unit = v[len(digits):].strip().lower()
     if unit not in _UNITS or not digits.strip().isdigit():
-        raise ValueError(f"not a size: {value!r}")
+        raise ValueError(f"expected a size in bytes (50000000, 50MB, 1GiB), got {value!r}")
     return int(digits) * _UNITS[unit]
 
 
@@ -48,13 +110,16 @@ def _consumer_timeout(value: str) -> int | None:
     if value.lower() in ("false", "infinity", "none"):
         return None
     if not value.isdigit() or int(value) == 0:
-        raise ValueError(f"consumer_timeout must be a positive number of milliseconds, or false "
-                         f"for no limit: {value!r}")
+        raise ValueError(f"expected a positive number of milliseconds, or false for no limit, "
+                         f"got {value!r}")
     return int(value)
 
 
 def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
+    """Apply the file at ``path`` to ``opts``. ValueError names the file, the line and the key."""
     loopback = set(opts.broker.loopback_users)
+    b = opts.broker
+    tags: list[str] | None = None  # default_user_tags.NAME = true|false, over RabbitMQ's default
     for lineno, raw in enumerate(Path(path).read_text().splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -62,19 +127,28 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
         if "=" not in line:
             raise ValueError(f"{path}:{lineno}: expected 'key = value'")
         key, value = (part.strip() for part in line.split("=", 1))
-        b = opts.broker
         try:
             if key in ("listeners.tcp.default", "listeners.tcp.1"):
-                host, _, port = value.rpartition(":")
-                opts.port = int(port)
+                host, opts.port = _listener(value)
                 if host:
                     opts.bind = host
             elif key == "management.tcp.port":
-                opts.http_port = int(value)
+                opts.http_port = _port(value)
+                opts.management_requested = True
             elif key == "data_dir":
                 opts.data_dir = value
             elif key == "log.console.level":
-                opts.log_level = value
+                opts.log.console_level = logging_setup.level(value)
+            elif key == "log.console":
+                opts.log.console = _bool(value)
+            elif key == "log.console.formatter":
+                opts.log.console_formatter = logging_setup.formatter(value)
+            elif key == "log.file":
+                opts.log.file = None if value.lower() == "false" else value
+            elif key == "log.file.level":
+                opts.log.file_level = logging_setup.level(value)
+            elif key == "log.file.formatter":
+                opts.log.file_formatter = logging_setup.formatter(value)
             elif key == "default_user":
                 b.default_user = value
             elif key == "default_pass":
@@ -82,13 +156,13 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
             elif key == "default_vhost":
                 b.default_vhost = value
             elif key == "heartbeat":
-                b.heartbeat = int(value)
+                b.heartbeat = _uint(value)
             elif key == "frame_max":
-                b.frame_max = int(value)
+                b.frame_max = _uint(value)
             elif key == "channel_max":
-                b.channel_max = int(value)
+                b.channel_max = _uint(value)
             elif key == "max_message_size":
-                b.max_message_size = int(value)
+                b.max_message_size = _uint(value)
             elif key == "disk_free_limit.absolute":
                 b.disk_free_limit = _size(value)
             elif key == "consumer_timeout":
@@ -108,9 +182,95 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
                     loopback.add(user)
                 else:
                     loopback.discard(user)
+            elif key == "disk_free_limit.relative":
+                b.disk_free_limit = int(_fraction(value) * total_memory())
+            elif key == "default_permissions.configure":
+                b.default_permissions = (_permission(value), *b.default_permissions[1:])
+            elif key == "default_permissions.write":
+                b.default_permissions = (b.default_permissions[0], _permission(value),
+                                         b.default_permissions[2])
+            elif key == "default_permissions.read":
+                b.default_permissions = (*b.default_permissions[:2], _permission(value))
+            elif key.startswith("default_user_tags."):
+                if tags is None:
+                    tags = []  # the file lists the tags: RabbitMQ's default list is replaced
+                tag = key.split(".", 1)[1]
+                if _bool(value) and tag not in tags:
+                    tags.append(tag)
+            elif rabbitmq_knows(key):
+                opts.warnings.append(f"{path}:{lineno}: {key} is a RabbitMQ setting hare does not "
+                                     "act on; ignored")
             else:
-                raise ValueError(f"unknown setting {key!r}")
+                raise _Unknown(key)
+            if key.startswith(("default_permissions.", "default_user_tags.")):
+                # kept on BrokerConfig; remove this once the permission model applies them
+                opts.warnings.append(f"{path}:{lineno}: {key} is kept for the default user but not "
+                                     "enforced yet: hare does not check permissions or tags per user")
+        except _Unknown:
+            close = difflib.get_close_matches(key, known_names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{path}:{lineno}: unknown setting {key!r}{hint}") from None
         except ValueError as exc:
-            raise ValueError(f"{path}:{lineno}: {exc}") from None
+            raise ValueError(f"{path}:{lineno}: {key}: {exc}") from None
     opts.broker.loopback_users = tuple(sorted(loopback))
+    if tags is not None:
+        b.default_user_tags = tuple(tags)
     return opts
+
+
+class _Unknown(Exception):
+    """A key neither hare nor RabbitMQ knows (a typo)."""
+
+
+# HARE_* environment variables, as RabbitMQ's RABBITMQ_*: (name, what it sets)
+ENVIRONMENT = {
+    "HARE_CONFIG_FILE": "the configuration file (--config)",
+    "HARE_NODE_IP_ADDRESS": "the address to listen on (--bind)",
+    "HARE_NODE_PORT": "the AMQP port (--port)",
+    "HARE_MANAGEMENT_PORT": "the HTTP port (--http-port)",
+    "HARE_DATA_DIR": "the data directory (--data-dir)",
+    "HARE_LOG_LEVEL": "the level of every log output (--log-level)",
+    "HARE_LOG_FILE": "the log file (log.file; false: none)",
+    "HARE_DEFAULT_USER": "default_user",
+    "HARE_DEFAULT_PASS": "default_pass",
+    "HARE_DEFAULT_VHOST": "default_vhost",
+}
+
+
+def apply_environment(opts: ServeOptions, env: Mapping[str, str]) -> ServeOptions:
+    """Apply the ``HARE_*`` variables of ``env`` (empty ones are unset, as RabbitMQ's are). They
+    override the configuration file; command-line flags override them. ValueError names the
+    variable."""
+    for name in ENVIRONMENT:
+        value = env.get(name, "")
+        if not value or name == "HARE_CONFIG_FILE":
+            continue
+        try:
+            if name == "HARE_NODE_IP_ADDRESS":
+                opts.bind = value
+            elif name == "HARE_NODE_PORT":
+                opts.port = _port(value)
+            elif name == "HARE_MANAGEMENT_PORT":
+                opts.http_port = _port(value)
+                opts.management_requested = True
+            elif name == "HARE_DATA_DIR":
+                opts.data_dir = value
+            elif name == "HARE_LOG_LEVEL":
+                set_log_level(opts, logging_setup.level(value))
+            elif name == "HARE_LOG_FILE":
+                opts.log.file = None if value.lower() == "false" else value
+            elif name == "HARE_DEFAULT_USER":
+                opts.broker.default_user = value
+            elif name == "HARE_DEFAULT_PASS":
+                opts.broker.default_pass = value
+            elif name == "HARE_DEFAULT_VHOST":
+                opts.broker.default_vhost = value
+        except ValueError as exc:
+            raise ValueError(f"environment variable {name}: {exc}") from None
+    return opts
+
+
+def set_log_level(opts: ServeOptions, level: str) -> None:
+    """``--log-level`` / HARE_LOG_LEVEL: the level of every output, over the file's levels."""
+    opts.log_level = level
+    opts.log.console_level = opts.log.file_level = None

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from collections.abc import Mapping
 
 from .. import __version__
 from ..bench import run as bench_run
 from ..broker.broker import Broker
 from ..server.server import Server, loop_factory
-from . import ctl
-from .config import ServeOptions, load_config
+from . import ctl, logging_setup
+from .config import ServeOptions, apply_environment, load_config, set_log_level
 
 log = logging.getLogger("hare")
 
@@ -25,10 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the broker in the foreground")
     s.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
     s.add_argument("--port", type=int, help="AMQP port (default 5672)")
-    s.add_argument("--http-port", type=int, help="management/metrics HTTP port (default 15672)")
+    s.add_argument("--http-port", type=int,
+                   help="reserved for the management HTTP API and metrics, which are planned but not "
+                        "served yet: nothing listens on it (default 15672)")
     s.add_argument("--data-dir", help="data directory (default ./hare-data)")
-    s.add_argument("--config", help="configuration file, rabbitmq.conf format")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--config", help="configuration file, rabbitmq.conf format (or $HARE_CONFIG_FILE)")
+    s.add_argument("--log-level", choices=list(logging_setup.LEVELS),
+                   help="level of every log output (default info)")
     b = sub.add_parser("bench", help="measure publish/consume rates against a broker")
     bench_run.add_arguments(b)
     c = sub.add_parser("ctl", help="manage a running broker (policies, queues), as rabbitmqctl")
@@ -36,20 +41,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def serve_options(args: argparse.Namespace) -> ServeOptions:
+def serve_options(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeOptions:
+    """The options of `hare serve`: command-line flag > environment (HARE_*) > file > default."""
+    env = os.environ if env is None else env
     opts = ServeOptions()
-    if args.config:
-        load_config(args.config, opts)
+    config = args.config or env.get("HARE_CONFIG_FILE")
+    if config:
+        load_config(config, opts)
+    apply_environment(opts, env)
     if args.bind is not None:
         opts.bind = args.bind
     if args.port is not None:
         opts.port = args.port
     if args.http_port is not None:
         opts.http_port = args.http_port
+        opts.management_requested = True
     if args.data_dir is not None:
         opts.data_dir = args.data_dir
     if args.log_level is not None:
-        opts.log_level = args.log_level
+        set_log_level(opts, args.log_level)
     return opts
 
 
@@ -59,6 +69,9 @@ async def serve(opts: ServeOptions) -> None:
     await server.start()
     log.info("hare %s ready: amqp://%s:%s (data in %s)", __version__, opts.bind, server.port,
              opts.data_dir)
+    if opts.management_requested:
+        log.info("HTTP port %s: the management API and metrics are planned but not served yet; "
+                 "nothing listens on that port", opts.http_port)
     timeout = opts.broker.consumer_timeout
     log.info("consumer_timeout: %s (a channel keeping a delivery unacknowledged longer is closed; "
              "change it with consumer_timeout in the config file, or per queue)",
@@ -82,8 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"hare: {exc}", file=sys.stderr)
             return 2
-        logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            logging_setup.configure(opts.log, opts.log_level)
+        except OSError as exc:
+            print(f"hare: cannot open the log file: {exc}", file=sys.stderr)
+            return 2
+        for warning in opts.warnings:
+            log.warning("%s", warning)
         try:
             with asyncio.Runner(loop_factory=loop_factory()) as runner:
                 runner.run(serve(opts))

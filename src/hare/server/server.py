@@ -13,6 +13,7 @@ from typing import Any
 
 from ..broker.broker import Broker
 from ..broker.timers import now_ms
+from ..session import conn_log
 from ..session.connection import CLOSED, CLOSING_CONN, OPENED, Connection
 from .control import SOCKET_NAME, ControlServer
 from .storage import StoreDriver
@@ -50,6 +51,8 @@ class AMQPProtocol(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
         self.conn = Connection(self.server.broker, transport.get_extra_info("peername"),
                                wake=self._wake, on_flow_resume=self._flow_resume)
+        self.conn.name = conn_log.name(self.conn.peer, transport.get_extra_info("sockname"))
+        conn_log.accepted(self.conn)
         self.server.protocols.add(self)
         self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
@@ -157,7 +160,7 @@ class AMQPProtocol(asyncio.Protocol):
     def _handshake_timeout(self) -> None:
         self.timer = None
         if self.conn.state != OPENED:
-            log.info("handshake timeout from %s", self.conn.peer)
+            self.conn.lost_reason = "handshake timeout"
             self._abort()
 
     def _heartbeat_tick(self) -> None:
@@ -173,8 +176,7 @@ class AMQPProtocol(asyncio.Protocol):
             elif self.silent_checks < 1:
                 self.silent_checks += 1
             else:
-                log.warning("missed heartbeats from client %s, timeout: %ss", self.conn.peer,
-                            self.heartbeat)
+                self.conn.lost_reason = f"missed heartbeats from client, timeout: {self.heartbeat}s"
                 self._abort()
                 return
         if (self.ticks == 1 or not self.sent) and self.conn.state == OPENED:

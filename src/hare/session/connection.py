@@ -23,6 +23,7 @@ from ..auth.permissions import Access
 from ..broker.broker import Broker
 from ..broker.queue import Queue
 from ..broker.vhost import VirtualHost
+from . import conn_log
 from .channel import OPEN, Channel
 from .handshake import (
     AWAIT_HEADER,
@@ -116,6 +117,8 @@ class Connection(Handshake):
                  on_flow_resume: Callable[[], None] | None = None) -> None:
         self.broker = broker
         self.peer = peer
+        self.name = conn_log.address(peer)  # "PEER -> LOCAL" in logs; the shell sets it
+        self.lost_reason: str | None = None  # why the shell dropped the socket (missed heartbeats)
         self.wake = wake or _noop  # called when output becomes pending
         self.on_flow_resume = on_flow_resume or _noop  # called when no queue throttles us any more
         self.state = AWAIT_HEADER
@@ -555,6 +558,7 @@ class Connection(Handshake):
         self.write(pack_header(1, chnum, 8) + b"\x00\x14\x00\x0b\x00\x00\x00\x00" + FRAME_END_BYTE)
 
     def _channel_error(self, ch: Channel, err: ChannelError) -> None:
+        conn_log.channel_error(self, ch.number, err)
         del self.channels[ch.number]
         self.closing_channels[ch.number] = _Closing()
         ch.close_for_error(err)
@@ -575,7 +579,7 @@ class Connection(Handshake):
         hare closes it at once)."""
         if self.state == CLOSING_CONN or self.closed:
             return
-        log.info("closing connection from %s: %s", self.peer, err.reply_text)
+        conn_log.connection_error(self, err)
         self.close_reason = err
         if isinstance(err, SilentClose) or self.state in (AWAIT_START_OK, AWAIT_TUNE_OK):
             self.closed = True
@@ -606,6 +610,8 @@ class Connection(Handshake):
 
     def connection_lost(self) -> None:
         """The socket is gone: requeue unacked messages, drop consumers and exclusive queues."""
+        if not self.closed:
+            conn_log.lost(self, self.lost_reason)
         if not self.closed or self.channels:
             self._release_all()
         self.closed = True

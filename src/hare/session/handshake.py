@@ -15,6 +15,7 @@ from ..amqp import spec
 from ..amqp.errors import ConnectionFault
 from ..auth.permissions import Access
 from ..auth.sasl import MECHANISMS, parse_response
+from . import conn_log
 
 if TYPE_CHECKING:
     from ..broker.broker import Broker
@@ -121,6 +122,7 @@ class Handshake:
 
     def _bad_header(self) -> None:
         """A wrong protocol header: answer with ours and close, as the spec says."""
+        conn_log.bad_header(self)  # type: ignore[arg-type]
         self.write(spec.PROTOCOL_HEADER)
         self.closed = True
 
@@ -137,6 +139,7 @@ class Handshake:
             return
         if state == OPENED:
             if t is spec.ConnectionClose:
+                conn_log.client_closed(self)
                 if self.client_closed:  # their close-ok first, whatever the input's segmentation
                     self._forget_client_closed()
                 self.send0(spec.ConnectionCloseOk())
@@ -217,4 +220,5 @@ class Handshake:
         self.state = OPENED
         self.broker.connections.add(self)
         self.send0(spec.ConnectionOpenOk())
+        conn_log.opened(self)
 

@@ -12,7 +12,10 @@ asyncio (the broker runs on the caller's event loop)::
 
 Both listen on 127.0.0.1 on a free port unless told otherwise, and keep their data in a
 temporary directory removed when they stop; pass ``data_dir`` to keep it (and to restart a broker
-on the data a previous one left).
+on the data a previous one left). Settings (the default user, heartbeat, limits, ...) are a
+``BrokerConfig``, exported here too::
+
+    EmbeddedBroker(config=BrokerConfig(default_user="app", default_pass="s3cret", heartbeat=10))
 """
 
 from __future__ import annotations
@@ -148,4 +151,4 @@ class EmbeddedBroker:
         self.stop()
 
 
-__all__ = ["AsyncBroker", "EmbeddedBroker"]
+__all__ = ["AsyncBroker", "BrokerConfig", "EmbeddedBroker"]
