@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from hare.broker.broker import Broker
 from hare.cli.config import ENVIRONMENT, ServeOptions, load_config, total_memory
 from hare.cli.main import _parser, serve_options
 
@@ -128,12 +129,12 @@ def test_default_user_tags_and_permissions_are_kept_for_the_default_user(tmp_pat
                            "default_permissions.read = ^app\\.\ndefault_permissions.write = ^app-out$\n")
     assert opts.broker.default_user_tags == ("monitoring", "management")  # the file's list replaces
     assert opts.broker.default_permissions == ("^$", "^app-out$", r"^app\.")  # configure, write, read
-    # not enforced yet: said at start, one line per key
-    assert [w.split(": ", 1)[1] for w in opts.warnings] == [
-        f"{key} is kept for the default user but not enforced yet: hare does not check permissions or "
-        "tags per user" for key in ("default_user_tags.monitoring", "default_user_tags.management",
-                                   "default_user_tags.policymaker", "default_permissions.configure",
-                                   "default_permissions.read", "default_permissions.write")]
+    assert opts.warnings == []
+    # and the default user is created with them
+    broker = Broker(opts.broker)
+    guest = broker.users.users["guest"]
+    assert guest.tags == ["monitoring", "management"]
+    assert guest.permissions["/"].as_json() == {"configure": "^$", "write": "^app-out$", "read": r"^app\."}
 
 
 def test_disk_free_limit_relative_is_a_fraction_of_the_total_ram(tmp_path: Path) -> None:

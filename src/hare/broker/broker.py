@@ -41,10 +41,6 @@ class BrokerConfig:
     # requeued; RabbitMQ's default, 30 minutes. None: no limit. Per queue: x-consumer-timeout.
     consumer_timeout: int | None = 1_800_000
     load_definitions: str | None = None  # a definitions JSON file applied at start (policies, ...)
-    # the default user's tags and its (configure, write, read) permissions on the default vhost,
-    # as rabbitmq.conf's default_user_tags.* and default_permissions.* set them
-    default_user_tags: tuple[str, ...] = ("administrator",)
-    default_permissions: tuple[str, str, str] = (".*", ".*", ".*")
     # what connection.start says the server is: the RabbitMQ release whose behaviour hare follows
     # (clients such as kombu pick their semantics by product and version); see server_properties
     product: str = "RabbitMQ"

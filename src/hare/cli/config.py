@@ -202,10 +202,6 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
                                      "act on; ignored")
             else:
                 raise _Unknown(key)
-            if key.startswith(("default_permissions.", "default_user_tags.")):
-                # kept on BrokerConfig; remove this once the permission model applies them
-                opts.warnings.append(f"{path}:{lineno}: {key} is kept for the default user but not "
-                                     "enforced yet: hare does not check permissions or tags per user")
         except _Unknown:
             close = difflib.get_close_matches(key, known_names(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
