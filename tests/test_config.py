@@ -16,7 +16,8 @@ def test_config_file_sets_listener_users_and_tuning(tmp_path: Path) -> None:
                  "default_pass = s3cret\nloopback_users = none\nheartbeat = 30  # trailing\n"
                  "frame_max = 65536\nchannel_max = 100\ndata_dir = /tmp/x\n")
     opts = load_config(f, ServeOptions())
-    assert (opts.bind, opts.port, opts.data_dir) == ("127.0.0.1", 5673, "/tmp/x")
+    assert [(li.host, li.port) for li in opts.net.listeners()] == [("127.0.0.1", 5673)]
+    assert opts.data_dir == "/tmp/x"
     b = opts.broker
     assert (b.default_user, b.default_pass, b.heartbeat, b.frame_max, b.channel_max) == (
         "app", "s3cret", 30, 65536, 100)
@@ -32,12 +33,14 @@ def test_unknown_key_is_an_error_naming_the_line(tmp_path: Path) -> None:
 
 def test_flags_override_the_file_and_defaults_match_the_issue(tmp_path: Path) -> None:
     defaults = serve_options(_parser().parse_args(["serve"]))
-    assert (defaults.bind, defaults.port, defaults.http_port, defaults.data_dir) == (
-        "0.0.0.0", 5672, 15672, "./hare-data")
+    # every interface, IPv4 and IPv6, as RabbitMQ (issue 9; was 0.0.0.0)
+    assert [(li.host, li.port, li.tls) for li in defaults.net.listeners(defaults.bind, defaults.port)] == [
+        (None, 5672, None)]
+    assert (defaults.http_port, defaults.data_dir) == (15672, "./hare-data")
     f = tmp_path / "hare.conf"
-    f.write_text("listeners.tcp.default = 5673\n")
+    f.write_text("listeners.tcp.default = 127.0.0.1:5673\n")
     opts = serve_options(_parser().parse_args(["serve", "--config", str(f), "--port", "5999"]))
-    assert opts.port == 5999
+    assert [(li.host, li.port) for li in opts.net.listeners(opts.bind, opts.port)] == [("127.0.0.1", 5999)]
 
 
 @pytest.mark.parametrize(("value", "limit"), [("50000000", 50_000_000), ("50MB", 50_000_000),

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..broker.broker import BrokerConfig
+from .listener_config import ListenerConfig
 
 
 @dataclass
 class ServeOptions:
-    bind: str = "0.0.0.0"
-    port: int = 5672
+    bind: str | None = None  # --bind / --port: one plain listener there (see ListenerConfig.listeners)
+    port: int | None = None
+    net: ListenerConfig = field(default_factory=ListenerConfig)  # listeners, TLS, auth mechanisms
     http_port: int = 15672
     data_dir: str = "./hare-data"
     log_level: str = "info"
@@ -64,11 +66,8 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
         key, value = (part.strip() for part in line.split("=", 1))
         b = opts.broker
         try:
-            if key in ("listeners.tcp.default", "listeners.tcp.1"):
-                host, _, port = value.rpartition(":")
-                opts.port = int(port)
-                if host:
-                    opts.bind = host
+            if opts.net.set(key, value, b):
+                pass
             elif key == "management.tcp.port":
                 opts.http_port = int(value)
             elif key == "data_dir":
@@ -113,4 +112,8 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
         except ValueError as exc:
             raise ValueError(f"{path}:{lineno}: {exc}") from None
     opts.broker.loopback_users = tuple(sorted(loopback))
+    try:
+        opts.net.check()
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return opts

@@ -11,6 +11,7 @@ import sys
 from .. import __version__
 from ..bench import run as bench_run
 from ..broker.broker import Broker
+from ..server.listeners import format_address
 from ..server.server import Server, loop_factory
 from . import ctl
 from .config import ServeOptions, load_config
@@ -23,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hare {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the broker in the foreground")
-    s.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
+    s.add_argument("--bind", help="address to listen on, replacing the config file's plain AMQP "
+                   "listeners (default: every interface, IPv4 and IPv6)")
     s.add_argument("--port", type=int, help="AMQP port (default 5672)")
     s.add_argument("--http-port", type=int, help="management/metrics HTTP port (default 15672)")
     s.add_argument("--data-dir", help="data directory (default ./hare-data)")
@@ -54,11 +56,16 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
 
 
 async def serve(opts: ServeOptions) -> None:
+    listeners = opts.net.listeners(opts.bind, opts.port)  # before the broker: bad TLS files stop us
+    if opts.net.depth is not None and opts.net.ssl:
+        log.warning("ssl_options.depth = %d is not enforced: hare verifies client certificate chains "
+                    "of any length up to a trusted CA (docs/security.md)", opts.net.depth)
     broker = Broker(opts.broker, data_dir=opts.data_dir)
-    server = Server(broker, opts.bind, opts.port)
+    server = Server(broker, listeners=listeners)
     await server.start()
-    log.info("hare %s ready: amqp://%s:%s (data in %s)", __version__, opts.bind, server.port,
-             opts.data_dir)
+    log.info("hare %s ready: %s (data in %s)", __version__, ", ".join(
+        f"{'amqps' if listener.tls else 'amqp'}://{format_address(*addrs[0][:2])}"
+        for listener, addrs in server.bound) or "no listener", opts.data_dir)
     timeout = opts.broker.consumer_timeout
     log.info("consumer_timeout: %s (a channel keeping a delivery unacknowledged longer is closed; "
              "change it with consumer_timeout in the config file, or per queue)",
