@@ -56,6 +56,10 @@ def round_trip_pika(conn: pika.BlockingConnection) -> None:
             break
     ch.cancel()
     assert got == [b"secret-0", b"secret-1", b"secret-2"]
+    big = bytes(range(256)) * 8192  # 2 MiB: many frames, many TLS records
+    ch.basic_publish("", q, big)
+    method, _props, body = ch.basic_get(q, auto_ack=True)
+    assert body == big
 
 
 def tls_socket(broker: EmbeddedBroker, ctx: ssl.SSLContext) -> ssl.SSLSocket:
