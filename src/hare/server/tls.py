@@ -109,7 +109,11 @@ class _SSLProtocol(sslproto.SSLProtocol):
         self._handshake_failed = False
         log.warning("TLS handshake from %s failed: %s", transport.get_extra_info("peername"),
                     getattr(exc, "reason", None) or exc)
-        alert = self._outgoing.read()
+        outgoing = getattr(self, "_outgoing", None)  # asyncio's own (3.11+); if it ever goes, drop as before
+        if outgoing is None:
+            super()._fatal_error(exc, message)
+            return
+        alert = outgoing.read()
         if alert:
             transport.write(alert)
         transport.close()  # after the alert is written
