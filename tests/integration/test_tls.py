@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 import aio_pika
@@ -377,3 +378,12 @@ def test_amqplain_only(hare_broker_factory: Factory) -> None:
         c.send_method(0, spec.ConnectionStartOk(client_properties={}, mechanism="AMQPLAIN",
                                                 response=response, locale="en_US"))
         c.expect(spec.ConnectionTune)
+
+
+def test_a_client_silent_in_the_tls_handshake_is_dropped_after_ssl_handshake_timeout(
+        hare_broker_factory: Factory, tls_certs: Certs) -> None:
+    broker = hare_broker_factory(tls=tls_certs.options(handshake_timeout=0.5))
+    with socket.create_connection(("127.0.0.1", broker.tls_port), timeout=5) as s:
+        started = time.monotonic()
+        assert s.recv(100) == b""  # no ClientHello: closed without a byte
+        assert 0.4 < time.monotonic() - started < 3
