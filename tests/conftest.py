@@ -9,6 +9,7 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from rawamqp import RawClient, raw_client
 from support import connect, deleted_after, unique_name
+from tlscerts import Certs, make_certs
 
 
 @pytest.fixture
@@ -81,3 +82,9 @@ def raw(hare_url: str) -> Iterator[RawClient]:
     c = raw_client(hare_url)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """Certificates made for this test session (tests/tlscerts.py)."""
+    return make_certs(tmp_path_factory.mktemp("tls"))

@@ -18,7 +18,8 @@ def test_config_file_sets_listener_users_and_tuning(tmp_path: Path) -> None:
                  "default_pass = s3cret\nloopback_users = none\nheartbeat = 30  # trailing\n"
                  "frame_max = 65536\nchannel_max = 100\ndata_dir = /tmp/x\n")
     opts = load_config(f, ServeOptions())
-    assert (opts.bind, opts.port, opts.data_dir) == ("127.0.0.1", 5673, "/tmp/x")
+    assert [(li.host, li.port) for li in opts.net.listeners()] == [("127.0.0.1", 5673)]
+    assert opts.data_dir == "/tmp/x"
     b = opts.broker
     assert (b.default_user, b.default_pass, b.heartbeat, b.frame_max, b.channel_max) == (
         "app", "s3cret", 30, 65536, 100)
@@ -34,12 +35,14 @@ def test_unknown_key_is_an_error_naming_the_line(tmp_path: Path) -> None:
 
 def test_flags_override_the_file_and_defaults_match_the_issue(tmp_path: Path) -> None:
     defaults = serve_options(_parser().parse_args(["serve"]))
-    assert (defaults.bind, defaults.port, defaults.http_port, defaults.data_dir) == (
-        "0.0.0.0", 5672, 15672, "./hare-data")
+    # every interface, IPv4 and IPv6, as RabbitMQ (issue 9; was 0.0.0.0)
+    assert [(li.host, li.port, li.tls) for li in defaults.net.listeners(defaults.bind, defaults.port)] == [
+        (None, 5672, None)]
+    assert (defaults.http_port, defaults.data_dir) == (15672, "./hare-data")
     f = tmp_path / "hare.conf"
-    f.write_text("listeners.tcp.default = 5673\n")
+    f.write_text("listeners.tcp.default = 127.0.0.1:5673\n")
     opts = serve_options(_parser().parse_args(["serve", "--config", str(f), "--port", "5999"]))
-    assert opts.port == 5999
+    assert [(li.host, li.port) for li in opts.net.listeners(opts.bind, opts.port)] == [("127.0.0.1", 5999)]
 
 
 @pytest.mark.parametrize(("value", "limit"), [("50000000", 50_000_000), ("50MB", 50_000_000),
@@ -69,8 +72,8 @@ def _load(tmp_path: Path, text: str) -> ServeOptions:
     ("heartbeat = abc", "heartbeat: expected a non-negative integer, got 'abc'"),
     ("frame_max = -1", "frame_max: expected a non-negative integer, got '-1'"),
     ("channel_max = 2k", "channel_max: expected a non-negative integer, got '2k'"),
-    ("listeners.tcp.default = localhost", "listeners.tcp.default: expected PORT or ADDRESS:PORT, got "
-                                          "'localhost'"),
+    ("listeners.tcp.default = localhost", "listeners.tcp.default: expected a port, HOST:PORT or "
+                                          "[IPV6]:PORT, not 'localhost'"),
     ("management.tcp.port = 99999", "management.tcp.port: expected a port number (0-65535), got '99999'"),
     ("loopback_users.guest = maybe", "loopback_users.guest: expected true or false, got 'maybe'"),
     ("log.file.level = loud", "log.file.level: expected one of debug, info, notice, warning, error, "
@@ -91,8 +94,7 @@ def test_a_bad_value_names_the_key_and_what_is_expected(tmp_path: Path, line: st
 
 def test_rabbitmq_keys_hare_ignores_are_warnings_one_per_key(tmp_path: Path) -> None:
     lines = ["cluster_name = prod", "collect_statistics_interval = 10000",
-             "vm_memory_high_watermark.relative = 0.6", "ssl_options.versions.1 = tlsv1.3",
-             "listeners.ssl.default = 5671", "auth_mechanisms.1 = PLAIN", "log.file.rotation.count = 5",
+             "vm_memory_high_watermark.relative = 0.6", "log.file.rotation.count = 5",
              "cluster_formation.peer_discovery_backend = classic_config",
              "cluster_formation.classic_config.nodes.1 = rabbit@a", "management.tcp.ip = 0.0.0.0",
              "mqtt.listeners.tcp.default = 1883", "prometheus.tcp.port = 15692",
@@ -163,6 +165,11 @@ def _serve(argv: list[str], env: dict[str, str], conf: str | None = None,
     return serve_options(_parser().parse_args(["serve", *argv]), env)
 
 
+def _plain(opts: ServeOptions) -> list[tuple[str | None, int]]:
+    """The plain AMQP listeners ``hare serve`` would open with these options."""
+    return [(x.host, x.port) for x in opts.net.listeners(opts.bind, opts.port) if x.tls is None]
+
+
 def test_environment_sets_the_common_settings() -> None:
     opts = _serve([], {"HARE_NODE_PORT": "5999", "HARE_NODE_IP_ADDRESS": "127.0.0.2", "HARE_DATA_DIR": "/d",
                        "HARE_LOG_LEVEL": "debug", "HARE_DEFAULT_USER": "app", "HARE_DEFAULT_PASS": "pw",
@@ -173,7 +180,7 @@ def test_environment_sets_the_common_settings() -> None:
     assert (b.default_user, b.default_pass, b.default_vhost) == ("app", "pw", "v")
     assert opts.management_requested
     assert not _serve([], {"HARE_NODE_PORT": ""}).management_requested  # empty: unset
-    assert _serve([], {"HARE_NODE_PORT": ""}).port == 5672
+    assert _plain(_serve([], {"HARE_NODE_PORT": ""})) == [(None, 5672)]
     assert set(ENVIRONMENT) == {"HARE_CONFIG_FILE", "HARE_NODE_IP_ADDRESS", "HARE_NODE_PORT",
                                 "HARE_MANAGEMENT_PORT", "HARE_DATA_DIR", "HARE_LOG_LEVEL", "HARE_LOG_FILE",
                                 "HARE_DEFAULT_USER", "HARE_DEFAULT_PASS", "HARE_DEFAULT_VHOST"}
@@ -182,18 +189,19 @@ def test_environment_sets_the_common_settings() -> None:
 def test_precedence_is_flag_then_environment_then_file_then_default(tmp_path: Path) -> None:
     conf = "listeners.tcp.default = 127.0.0.1:5801\ndefault_user = file-user\nlog.console.level = error\n"
     from_file = _serve([], {}, conf, tmp_path)
-    assert (from_file.port, from_file.bind, from_file.broker.default_user) == (5801, "127.0.0.1", "file-user")
+    assert (_plain(from_file), from_file.broker.default_user) == ([("127.0.0.1", 5801)], "file-user")
     assert (from_file.log_level, from_file.log.console_level) == ("info", "error")
     env = {"HARE_NODE_PORT": "5802", "HARE_DEFAULT_USER": "env-user", "HARE_LOG_LEVEL": "debug"}
     from_env = _serve([], env, conf, tmp_path)
-    assert (from_env.port, from_env.bind, from_env.broker.default_user) == (5802, "127.0.0.1", "env-user")
+    assert (_plain(from_env), from_env.broker.default_user) == ([("127.0.0.1", 5802)], "env-user")
     assert (from_env.log_level, from_env.log.console_level) == ("debug", None)  # over the file's level
     from_flag = _serve(["--port", "5803", "--log-level", "warning"], env, conf, tmp_path)
-    assert (from_flag.port, from_flag.broker.default_user, from_flag.log_level) == (
-        5803, "env-user", "warning")
+    assert (_plain(from_flag), from_flag.broker.default_user, from_flag.log_level) == (
+        [("127.0.0.1", 5803)], "env-user", "warning")
     f = tmp_path / "other.conf"
     f.write_text("listeners.tcp.default = 5804\n")
-    assert _serve(["--config", str(f)], {"HARE_CONFIG_FILE": str(tmp_path / "none.conf")}).port == 5804
+    assert _plain(_serve(["--config", str(f)], {"HARE_CONFIG_FILE": str(tmp_path / "none.conf")})) == [
+        (None, 5804)]
 
 
 def test_a_bad_environment_value_names_the_variable() -> None:

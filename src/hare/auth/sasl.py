@@ -1,11 +1,22 @@
-"""SASL mechanisms RabbitMQ offers by default: PLAIN and AMQPLAIN."""
+"""SASL mechanisms: PLAIN and AMQPLAIN (RabbitMQ's default ``auth_mechanisms``), and EXTERNAL
+(the TLS client certificate, ``auth/external.py``) where ``auth_mechanisms`` lists it."""
 
 from __future__ import annotations
 
 from ..amqp.errors import SyntaxFault
 from ..amqp.table import decode_table
 
-MECHANISMS = b"PLAIN AMQPLAIN"
+KNOWN = ("PLAIN", "AMQPLAIN", "EXTERNAL")
+# the order connection.start lists them in, whatever auth_mechanisms' order: RabbitMQ 3.10's (its
+# registry's): "AMQPLAIN PLAIN", "AMQPLAIN PLAIN EXTERNAL"
+ORDER = ("AMQPLAIN", "PLAIN", "EXTERNAL")
+
+
+def offered(configured: tuple[str, ...], tls: bool) -> tuple[str, ...]:
+    """The mechanisms connection.start offers: the configured ones, EXTERNAL only on a TLS
+    connection (with or without a client certificate: as RabbitMQ, a client without one is
+    refused at start-ok with a clear reason rather than left without a mechanism)."""
+    return tuple(m for m in ORDER if m in configured and (m != "EXTERNAL" or tls))
 
 
 def parse_response(mechanism: str, response: bytes) -> tuple[str, str] | None:

@@ -41,6 +41,10 @@ class BrokerConfig:
     # requeued; RabbitMQ's default, 30 minutes. None: no limit. Per queue: x-consumer-timeout.
     consumer_timeout: int | None = 1_800_000
     load_definitions: str | None = None  # a definitions JSON file applied at start (policies, ...)
+    # SASL mechanisms offered (RabbitMQ's default; EXTERNAL: the TLS client certificate, offered on
+    # TLS connections only) and where EXTERNAL takes the user name from (auth/external.py)
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "AMQPLAIN")
+    ssl_cert_login_from: str = "distinguished_name"
     # what connection.start says the server is: the RabbitMQ release whose behaviour hare follows
     # (clients such as kombu pick their semantics by product and version); see server_properties
     product: str = "RabbitMQ"

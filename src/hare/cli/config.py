@@ -17,14 +17,16 @@ from pathlib import Path
 
 from ..broker.broker import BrokerConfig
 from . import logging_setup
+from .listener_config import ListenerConfig
 from .logging_setup import LogSettings
 from .rabbitmq_keys import known_names, rabbitmq_knows
 
 
 @dataclass
 class ServeOptions:
-    bind: str = "0.0.0.0"
-    port: int = 5672
+    bind: str | None = None  # --bind / --port: one plain listener there (see ListenerConfig.listeners)
+    port: int | None = None
+    net: ListenerConfig = field(default_factory=ListenerConfig)  # listeners, TLS, auth mechanisms
     http_port: int = 15672
     data_dir: str = "./hare-data"
     log_level: str = "info"  # of every log output, unless log.console.level / log.file.level say
@@ -53,14 +55,6 @@ def _port(value: str) -> int:
     if not value.isdigit() or int(value) > 65535:
         raise ValueError(f"expected a port number (0-65535), got {value!r}")
     return int(value)
-
-
-def _listener(value: str) -> tuple[str, int]:
-    """``5672``, ``127.0.0.1:5672`` or ``::1:5672`` / ``[::1]:5672``: (host or "", port)."""
-    host, _, port = value.rpartition(":")
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"expected PORT or ADDRESS:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
 
 
 def _fraction(value: str) -> float:
@@ -128,10 +122,8 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
             raise ValueError(f"{path}:{lineno}: expected 'key = value'")
         key, value = (part.strip() for part in line.split("=", 1))
         try:
-            if key in ("listeners.tcp.default", "listeners.tcp.1"):
-                host, opts.port = _listener(value)
-                if host:
-                    opts.bind = host
+            if opts.net.set(key, value, b):
+                pass
             elif key == "management.tcp.port":
                 opts.http_port = _port(value)
                 opts.management_requested = True
@@ -207,10 +199,16 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{path}:{lineno}: unknown setting {key!r}{hint}") from None
         except ValueError as exc:
-            raise ValueError(f"{path}:{lineno}: {key}: {exc}") from None
+            text = str(exc)  # the key first (some messages name it already)
+            text = text if text.startswith(key) else f"{key}: {text}"
+            raise ValueError(f"{path}:{lineno}: {text}") from None
     opts.broker.loopback_users = tuple(sorted(loopback))
     if tags is not None:
         b.default_user_tags = tuple(tags)
+    try:
+        opts.net.check()
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return opts
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from .. import __version__
 from ..bench import run as bench_run
 from ..broker.broker import Broker
+from ..server.listeners import format_address
 from ..server.server import Server, loop_factory
 from . import ctl, logging_setup
 from .config import ServeOptions, apply_environment, load_config, set_log_level
@@ -25,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hare {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the broker in the foreground")
-    s.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
+    s.add_argument("--bind", help="address to listen on, replacing the config file's plain AMQP "
+                   "listeners (default: every interface, IPv4 and IPv6)")
     s.add_argument("--port", type=int, help="AMQP port (default 5672)")
     s.add_argument("--http-port", type=int,
                    help="reserved for the management HTTP API and metrics, which are planned but not "
@@ -64,11 +66,16 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str] | None = None
 
 
 async def serve(opts: ServeOptions) -> None:
+    listeners = opts.net.listeners(opts.bind, opts.port)  # before the broker: bad TLS files stop us
+    if opts.net.depth is not None and opts.net.ssl:
+        log.warning("ssl_options.depth = %d is not enforced: hare verifies client certificate chains "
+                    "of any length up to a trusted CA (docs/security.md)", opts.net.depth)
     broker = Broker(opts.broker, data_dir=opts.data_dir)
-    server = Server(broker, opts.bind, opts.port)
+    server = Server(broker, listeners=listeners)
     await server.start()
-    log.info("hare %s ready: amqp://%s:%s (data in %s)", __version__, opts.bind, server.port,
-             opts.data_dir)
+    log.info("hare %s ready: %s (data in %s)", __version__, ", ".join(
+        f"{'amqps' if listener.tls else 'amqp'}://{format_address(*addrs[0][:2])}"
+        for listener, addrs in server.bound) or "no listener", opts.data_dir)
     if opts.management_requested:
         log.info("HTTP port %s: the management API and metrics are planned but not served yet; "
                  "nothing listens on that port", opts.http_port)

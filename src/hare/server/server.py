@@ -15,7 +15,9 @@ from ..broker.broker import Broker
 from ..broker.timers import now_ms
 from ..session import conn_log
 from ..session.connection import CLOSED, CLOSING_CONN, OPENED, Connection
+from . import tls
 from .control import SOCKET_NAME, ControlServer
+from .listeners import Listener, bind, describe
 from .storage import StoreDriver
 
 log = logging.getLogger("hare.server")
@@ -53,6 +55,10 @@ class AMQPProtocol(asyncio.Protocol):
                                wake=self._wake, on_flow_resume=self._flow_resume)
         self.conn.name = conn_log.name(self.conn.peer, transport.get_extra_info("sockname"))
         conn_log.accepted(self.conn)
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:  # an AMQPS listener: the handshake is done, the certificate verified
+            self.conn.tls = True
+            self.conn.peer_cert = sslobj.getpeercert() or None
         self.server.protocols.add(self)
         self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
@@ -204,15 +210,19 @@ def _noop() -> None:
 
 
 class Server:
-    """Listens for AMQP connections for one Broker."""
+    """Listens for AMQP connections for one Broker: on ``host:port``, or on each of
+    ``listeners`` (plain and TLS; host None: every interface, IPv4 and IPv6)."""
 
-    def __init__(self, broker: Broker, host: str = "0.0.0.0", port: int = 5672) -> None:
+    def __init__(self, broker: Broker, host: str | None = "0.0.0.0", port: int = 5672,
+                 listeners: list[Listener] | None = None) -> None:
         self.broker = broker
         self.host = host
-        self.port = port
+        self.port = port  # of the first plain listener (else the first), once started
+        self.listeners = listeners if listeners is not None else [Listener(host, port)]
+        self.bound: list[tuple[Listener, list[tuple]]] = []  # each listener's socket addresses
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.protocols: set[AMQPProtocol] = set()
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
         self.storage: StoreDriver | None = None
         self.timer: asyncio.TimerHandle | None = None  # runs the broker's due timers
         self.timer_at = 0  # the deadline (ms) it is set for
@@ -224,16 +234,45 @@ class Server:
             self.storage = StoreDriver(self.broker, self.broker.store, self.loop)
         self.broker.timers.on_change = self._schedule_timers
         self._schedule_timers()
-        self._server = await self.loop.create_server(
-            lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024)
-        sockets = self._server.sockets or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
-        log.info("AMQP listener started on %s:%s", self.host, self.port)
+        self.bound = []
+        try:
+            for listener in self.listeners:
+                await self._listen(listener)
+        except BaseException:
+            await self._close_listeners()
+            raise
+        plain = [addrs for listener, addrs in self.bound if listener.tls is None]
+        if self.bound:
+            self.port = (plain or [self.bound[0][1]])[0][0][1]
         if self.broker.data_dir is not None and self.control is None:
             control = ControlServer(self.broker, self.broker.data_dir / SOCKET_NAME)
             if await control.start():
                 self.control = control
+
+    async def _listen(self, listener: Listener) -> None:
+        socks = bind(listener.host, listener.port)
+        try:
+            for sock in socks:
+                self._servers.append(await self.loop.create_server(
+                    lambda: self._protocol(listener), sock=sock, backlog=1024))
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        self.bound.append((listener, [s.getsockname() for s in socks]))
+        log.info("%s listener started on %s", "AMQPS (TLS)" if listener.tls else "AMQP", describe(socks))
+
+    def _protocol(self, listener: Listener) -> asyncio.BaseProtocol:
+        if listener.tls is None:
+            return AMQPProtocol(self)
+        return tls.server_protocol(self.loop, AMQPProtocol(self), listener.tls, listener.handshake_timeout)
+
+    async def _close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers = []
 
     def _schedule_timers(self) -> None:
         """Wake at the broker's earliest deadline (expiries, timeouts)."""
@@ -255,8 +294,8 @@ class Server:
         if self.control is not None:
             await self.control.stop()
             self.control = None
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for proto in list(self.protocols):
             proto.shutdown()
         deadline = self.loop.time() + grace
@@ -264,9 +303,7 @@ class Server:
             await asyncio.sleep(0.01)
         for proto in list(self.protocols):
             proto._abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await self._close_listeners()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

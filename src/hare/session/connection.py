@@ -137,6 +137,8 @@ class Connection(Handshake):
         self.vhost: VirtualHost = None  # type: ignore[assignment]  # set by connection.open
         self.username = ""
         self.access: Access = None  # type: ignore[assignment]  # set by connection.open
+        self.tls = False  # set by the shell: a TLS connection
+        self.peer_cert: dict[str, Any] | None = None  # and the client's verified certificate
         self.client_properties: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.pending_dispatch: dict[Queue, None] = {}

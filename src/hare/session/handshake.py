@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import __version__
 from ..amqp import spec
 from ..amqp.errors import ConnectionFault
+from ..auth import external
 from ..auth.permissions import Access
-from ..auth.sasl import MECHANISMS, parse_response
+from ..auth.sasl import KNOWN, offered, parse_response
 from . import conn_log
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class Handshake:
     vhost: VirtualHost
     username: str
     access: Access
+    tls: bool
+    peer_cert: dict[str, Any] | None
     client_properties: dict[str, Any]
     capabilities: dict[str, Any]
     client_closed: list[int]
@@ -117,7 +120,8 @@ class Handshake:
             version_major=0, version_minor=9,
             server_properties=server_properties(self.broker.config.product,
                                               self.broker.config.product_version),
-            mechanisms=MECHANISMS, locales=b"en_US"))
+            mechanisms=" ".join(offered(self.broker.config.auth_mechanisms, self.tls)).encode(),
+            locales=b"en_US"))
         return data
 
     def _bad_header(self) -> None:
@@ -161,22 +165,32 @@ class Handshake:
 
     def _start_ok(self, m: spec.ConnectionStartOk) -> None:
         # (errors before tune-ok close the socket silently, see _hard_error)
-        if m.mechanism not in ("PLAIN", "AMQPLAIN"):
+        cfg = self.broker.config
+        if m.mechanism not in KNOWN:
             raise ConnectionFault(503, f"unknown authentication mechanism '{m.mechanism}'")
+        if m.mechanism not in offered(cfg.auth_mechanisms, self.tls):
+            raise ConnectionFault(503, f"invalid authentication mechanism '{m.mechanism}'")
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
-        creds = parse_response(m.mechanism, m.response)
-        if creds is None:
-            raise ConnectionFault(502, f"{m.mechanism} response {m.response[:64]!r} invalid")
-        user = self.broker.users.authenticate(*creds)
-        if user is None:
-            self._auth_failed(m.mechanism, f"user '{creds[0]}' - invalid credentials")
+        if m.mechanism == "EXTERNAL":  # the certificate is the credential; the response is ignored
+            name, reason = external.user_name(self.peer_cert, cfg.ssl_cert_login_from)
+            if name is None:
+                self._auth_failed(m.mechanism, reason)
+            user = self.broker.users.users.get(name)
+            if user is None:
+                self._auth_failed(m.mechanism, f"user '{name}' - invalid credentials")
+        else:
+            creds = parse_response(m.mechanism, m.response)
+            if creds is None:
+                raise ConnectionFault(502, f"{m.mechanism} response {m.response[:64]!r} invalid")
+            user = self.broker.users.authenticate(*creds)
+            if user is None:
+                self._auth_failed(m.mechanism, f"user '{creds[0]}' - invalid credentials")
         if user.loopback_only and not _is_loopback(self.peer):
             self._auth_failed(m.mechanism, f"user '{user.name}' can only connect via localhost")
         self.username = user.name
         self.state = AWAIT_TUNE_OK
-        cfg = self.broker.config
         self.send0(spec.ConnectionTune(channel_max=cfg.channel_max, frame_max=cfg.frame_max,
                                        heartbeat=cfg.heartbeat))
 

@@ -16,6 +16,9 @@ on the data a previous one left). Settings (the default user, heartbeat, limits,
 ``BrokerConfig``, exported here too::
 
     EmbeddedBroker(config=BrokerConfig(default_user="app", default_pass="s3cret", heartbeat=10))
+
+With ``tls=TLSOptions(certfile=..., keyfile=...)`` they also
+listen for AMQPS (on ``tls_port``, default a free one): ``broker.amqps_url``.
 """
 
 from __future__ import annotations
@@ -29,18 +32,24 @@ from types import TracebackType
 from typing import Any
 
 from ..broker.broker import Broker, BrokerConfig
+from ..server.listeners import Listener, format_address
 from ..server.server import Server, loop_factory
+from ..server.tls import TLSOptions
 
 
 class AsyncBroker:
     """A broker on the running event loop: ``async with AsyncBroker() as b: ... b.url``."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, config: BrokerConfig | None = None,
-                 data_dir: str | Path | None = None) -> None:
+                 data_dir: str | Path | None = None, tls: TLSOptions | None = None,
+                 tls_port: int = 0) -> None:
+        listeners = [Listener(host, port)]
+        if tls is not None:  # built first: a bad option fails here, before a directory is made
+            listeners.append(Listener(host, tls_port, tls.context(), tls.handshake_timeout))
         self._temp_dir = tempfile.mkdtemp(prefix="hare-") if data_dir is None else None
         self.data_dir = Path(data_dir if data_dir is not None else self._temp_dir)  # type: ignore[arg-type]
         self.broker = Broker(config, data_dir=self.data_dir)
-        self.server = Server(self.broker, host, port)
+        self.server = Server(self.broker, host, port, listeners=listeners)
         self.host = host
 
     @property
@@ -48,9 +57,23 @@ class AsyncBroker:
         return self.server.port
 
     @property
+    def tls_port(self) -> int:
+        """The AMQPS listener's port (after start; ValueError without ``tls``)."""
+        for listener, addrs in self.server.bound:
+            if listener.tls is not None:
+                return addrs[0][1]
+        raise ValueError("this broker has no TLS listener (pass tls=TLSOptions(...))")
+
+    @property
     def url(self) -> str:
         c = self.broker.config
-        return f"amqp://{c.default_user}:{c.default_pass}@{self.host}:{self.port}/"
+        return f"amqp://{c.default_user}:{c.default_pass}@{format_address(self.host, self.port)}/"
+
+    @property
+    def amqps_url(self) -> str:
+        """``amqps://`` URL of the TLS listener (the client must trust the broker's certificate)."""
+        c = self.broker.config
+        return f"amqps://{c.default_user}:{c.default_pass}@{format_address(self.host, self.tls_port)}/"
 
     async def start(self) -> AsyncBroker:
         await self.server.start()
@@ -72,8 +95,9 @@ class EmbeddedBroker:
     """A broker in a background thread: ``with EmbeddedBroker() as b: ... b.url``."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, config: BrokerConfig | None = None,
-                 data_dir: str | Path | None = None) -> None:
-        self._async = AsyncBroker(host, port, config, data_dir)
+                 data_dir: str | Path | None = None, tls: TLSOptions | None = None,
+                 tls_port: int = 0) -> None:
+        self._async = AsyncBroker(host, port, config, data_dir, tls, tls_port)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -90,6 +114,14 @@ class EmbeddedBroker:
     @property
     def url(self) -> str:
         return self._async.url
+
+    @property
+    def tls_port(self) -> int:
+        return self._async.tls_port
+
+    @property
+    def amqps_url(self) -> str:
+        return self._async.amqps_url
 
     @property
     def data_dir(self) -> Path:
@@ -151,4 +183,4 @@ class EmbeddedBroker:
         self.stop()
 
 
-__all__ = ["AsyncBroker", "BrokerConfig", "EmbeddedBroker"]
+__all__ = ["AsyncBroker", "BrokerConfig", "EmbeddedBroker", "TLSOptions"]
