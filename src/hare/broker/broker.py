@@ -11,6 +11,7 @@ from typing import Any
 from ..auth.users import UserStore
 from ..store import delayed as delayed_store
 from ..store.definitions import Definitions
+from ..store.lock import DataDirLock
 from ..store.message_store import MessageStore
 from .definitions_file import load_definitions_file
 from .timers import Timers
@@ -51,8 +52,21 @@ class Broker:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.store: MessageStore | None = None
         self.definitions: Definitions | None = None
+        self.lock: DataDirLock | None = None
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            # before anything in the directory is read or written: one broker per directory
+            lock = DataDirLock(self.data_dir)
+            lock.acquire()  # raises DataDirLocked, naming the holder's pid
+            self.lock = lock
+        try:
+            self._open()
+        except BaseException:
+            self.close()  # a broker that failed to start leaves the directory to the next
+            raise
+
+    def _open(self) -> None:
+        if self.data_dir is not None:
             self.store = MessageStore(self.data_dir)
             self.definitions = Definitions(self.data_dir / "definitions.sqlite3")
         self.timers = Timers()  # expiries and timeouts; the shell runs them when due
@@ -122,8 +136,13 @@ class Broker:
             conn.alarm_changed()
 
     def close(self) -> None:
-        """Write out and close the store (after the connections are gone)."""
-        if self.store is not None:
-            self.store.close()
-        if self.definitions is not None:
-            self.definitions.close()
+        """Write out and close the store (after the connections are gone), then let the data
+        directory go."""
+        try:
+            if self.store is not None:
+                self.store.close()
+            if self.definitions is not None:
+                self.definitions.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
