@@ -12,7 +12,7 @@ from ..auth.users import UserStore
 from ..store import delayed as delayed_store
 from ..store.definitions import Definitions
 from ..store.lock import DataDirLock
-from ..store.message_store import MessageStore
+from ..store.message_store import MessageStore, sync_directory
 from .definitions_file import load_definitions_file
 from .timers import Timers
 from .vhost import VirtualHost
@@ -43,6 +43,19 @@ class BrokerConfig:
     product_version: str = "3.10.8"
 
 
+def make_dirs(path: Path) -> None:
+    """mkdir -p, with each new directory's entry synced in its parent (a power loss right after
+    must not take the data directory away with everything confirmed in it)."""
+    missing = []
+    d = path
+    while not d.is_dir():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        sync_directory(d.parent)
+
+
 class Broker:
     """Everything one node serves. With a ``data_dir`` the durable definitions and messages are
     kept there and restored at start; without one, everything is in memory."""
@@ -54,7 +67,7 @@ class Broker:
         self.definitions: Definitions | None = None
         self.lock: DataDirLock | None = None
         if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.data_dir)
             # before anything in the directory is read or written: one broker per directory
             lock = DataDirLock(self.data_dir)
             lock.acquire()  # raises DataDirLocked, naming the holder's pid
@@ -69,6 +82,7 @@ class Broker:
         if self.data_dir is not None:
             self.store = MessageStore(self.data_dir)
             self.definitions = Definitions(self.data_dir / "definitions.sqlite3")
+            sync_directory(self.data_dir)  # the entries of hare.lock, queues/, the database files
         self.timers = Timers()  # expiries and timeouts; the shell runs them when due
         self.vhosts: dict[str, VirtualHost] = {}
         self.users = UserStore()

@@ -48,12 +48,17 @@ class SyncJob:
         self.error: OSError | None = None
 
     def run(self) -> None:
+        # Order matters at a power loss in mid-job: the files a log is done with (older segments)
+        # first, then the files being written, then the directories that gained entries. A log
+        # thus never depends on an older segment with an unsynced tail: the only damage a power
+        # loss can leave is a torn tail in a log's newest segment (and nothing is confirmed
+        # before every part of the job is done).
         try:
-            for fd in self.fds:
-                os.fdatasync(fd)
             for fd, needs_sync in self.retired:
                 if needs_sync:
                     os.fdatasync(fd)
+            for fd in self.fds:
+                os.fdatasync(fd)
             for d in self.dirs:
                 try:
                     dfd = os.open(d, os.O_RDONLY)
@@ -72,7 +77,9 @@ class MessageStore:
         self.data_dir = Path(data_dir)
         self.queues_dir = self.data_dir / "queues"
         self.transient_dir = self.data_dir / "transient"
-        self.queues_dir.mkdir(parents=True, exist_ok=True)
+        if not self.queues_dir.is_dir():
+            self.queues_dir.mkdir(parents=True, exist_ok=True)
+            sync_directory(self.data_dir)  # its entry in the data directory
         shutil.rmtree(self.transient_dir, ignore_errors=True)  # transient queues did not survive
         self.dirty: list[QueueLog] = []
         self.sync_fds: dict[int, None] = {}
@@ -98,8 +105,9 @@ class MessageStore:
             old.destroy()
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-        if durable:
-            (d / "name").write_text(f"{vhost}\n{name}\n", encoding="utf-8", errors="surrogateescape")
+        if durable:  # the directory's entry in queues/ and its name file: synced with the log's data
+            self.sync_dir(self.queues_dir)
+            self.write_synced(d / "name", f"{vhost}\n{name}\n")
         qlog = self.logs[d] = QueueLog(d, durable, self)
         return qlog
 
@@ -164,7 +172,18 @@ class MessageStore:
         self.on_wake()
 
     def sync_dir(self, path: Path) -> None:
+        """``path`` gained (or lost) an entry: fsync it in the next sync."""
         self.dirs[path] = None
+
+    def write_synced(self, path: Path, text: str) -> None:
+        """Create a small file whose data the next sync makes durable (its entry: sync_dir)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
+        except BaseException:
+            os.close(fd)
+            raise
+        self.retire_fd(fd, True)
 
     # -- group commit ------------------------------------------------------------------------------
 
@@ -220,6 +239,15 @@ class MessageStore:
             qlog.close()
         self.logs.clear()
         self.sync_now()
+
+
+def sync_directory(path: Path) -> None:
+    """fsync a directory now (its new entries survive a power loss)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _noop() -> None:

@@ -160,7 +160,9 @@ class QueueLog:
         """Start a new segment (the old one's fd is synced, if needed, and closed by the store)."""
         if self.wseg is not None:
             self._flush_writes()
-            self.store.retire_fd(self.wfd, self.needs_sync)
+            # a durable log's older segments are always synced whole, transient records included:
+            # a tail lost at a power loss would be corruption (an error) in any but the last one
+            self.store.retire_fd(self.wfd, self.durable)
             self.needs_sync = False
             self.wfd = -1
         else:
@@ -469,6 +471,14 @@ class QueueLog:
             if is_last:  # a crash mid-write leaves a torn record at the very end
                 log.warning("queue log: torn tail in %s at offset %d (%s): %d bytes dropped", seg.path,
                             err.offset, err.reason, len(data) - err.offset)
+                # cut it off: this run writes to a new segment, after which this one is no longer
+                # the last, and a tail left in it would read as corruption at the next recovery
+                fd = os.open(seg.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+                try:
+                    os.ftruncate(fd, err.offset)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
             else:
                 log.error("queue log: corrupt segment %s at offset %d (%s): the %d bytes from there on "
                           "are not served", seg.path, err.offset, err.reason, len(data) - err.offset)
