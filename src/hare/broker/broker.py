@@ -81,6 +81,7 @@ class Broker:
     def _open(self) -> None:
         if self.data_dir is not None:
             self.store = MessageStore(self.data_dir)
+            self.store.on_sync_error = self.set_sync_alarm
             self.definitions = Definitions(self.data_dir / "definitions.sqlite3")
             sync_directory(self.data_dir)  # the entries of hare.lock, queues/, the database files
         self.timers = Timers()  # expiries and timeouts; the shell runs them when due
@@ -91,7 +92,10 @@ class Broker:
         self.users.add(c.default_user, c.default_pass, tags=["administrator"],
                        vhosts={c.default_vhost}, loopback_only=c.default_user in c.loopback_users)
         self.connections: set[Any] = set()
-        self.alarms: set[str] = set()  # resource alarms in effect ("disk"): publishers are blocked
+        # resource alarms in effect ("disk": free space; "disk_sync": the store cannot sync to
+        # disk): publishers are blocked
+        self.alarms: set[str] = set()
+        self.sync_error: str | None = None  # why "disk_sync" is on
         if self.definitions is not None:
             self._restore()
         if self.config.load_definitions:
@@ -146,6 +150,23 @@ class Broker:
         else:
             log.info("free disk space (%d bytes) is back over the limit: publishers may go on", free)
             self.alarms.discard("disk")
+        for conn in list(self.connections):
+            conn.alarm_changed()
+
+    def set_sync_alarm(self, error: OSError | None) -> None:
+        """A sync of the message store failed (error), or one succeeded again (None). The store
+        logs the failure; meanwhile publishers are blocked, as under the disk alarm."""
+        if (error is not None) == ("disk_sync" in self.alarms):
+            return
+        if error is not None:
+            self.alarms.add("disk_sync")
+            self.sync_error = str(error)
+            log.error("alarm set: disk_sync (the message store cannot sync to disk: %s); publishers "
+                      "are blocked", error)
+        else:
+            self.alarms.discard("disk_sync")
+            self.sync_error = None
+            log.warning("alarm cleared: disk_sync (the message store syncs again); publishers may go on")
         for conn in list(self.connections):
             conn.alarm_changed()
 

@@ -4,6 +4,8 @@
 - Group commit: when confirms or tx.commits wait for stable storage, the files written since the
   last sync are fdatasync'ed in a worker thread; the next sync starts as soon as one ends, so
   every waiter that arrived meanwhile shares it.
+- A failed sync: its waiters are refused (confirms nacked), and its files synced again every
+  second until it succeeds (the broker's "disk_sync" alarm is on meanwhile).
 - Free disk: checked every second; under ``disk_free_limit`` the broker raises its disk alarm
   (publishers are blocked) and clears it when space returns.
 """
@@ -62,6 +64,9 @@ class StoreDriver:
             self.broker.set_disk_alarm(free < self.broker.config.disk_free_limit, free)
         if self.store.write_error is not None:
             self.wake()  # retry the writes that failed
+        if self.store.sync_error is not None:
+            self.store.retry_sync = True  # and the syncs
+            self.wake()
         self.disk_timer = self.loop.call_later(DISK_CHECK_INTERVAL, self.check_disk)
 
     async def close(self) -> None:

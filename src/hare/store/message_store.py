@@ -34,14 +34,22 @@ def queue_id(vhost: str, name: str) -> str:
     return hashlib.sha1(f"{vhost}\x00{name}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
+# a waiter: run once what was written before it is on stable storage, or (if given) told of the
+# error when that cannot be done
+OnSynced = Callable[[], None]
+OnSyncError = Callable[[OSError], None]
+
+
 class SyncJob:
     """Files to make durable, run in a worker thread; then the waiters run on the loop."""
 
-    __slots__ = ("fds", "retired", "dirs", "waiters", "error")
+    __slots__ = ("fds", "logs", "retired", "dirs", "waiters", "error")
 
     def __init__(self, fds: list[int], retired: list[tuple[int, bool]], dirs: list[Path],
-                 waiters: list[Callable[[], None]]) -> None:
+                 waiters: list[tuple[OnSynced, OnSyncError | None]],
+                 logs: list[QueueLog] | None = None) -> None:
         self.fds = fds
+        self.logs = logs or []  # the logs whose current segments are in fds
         self.retired = retired  # (fd, needs sync): closed once synced
         self.dirs = dirs
         self.waiters = waiters
@@ -82,13 +90,16 @@ class MessageStore:
             sync_directory(self.data_dir)  # its entry in the data directory
         shutil.rmtree(self.transient_dir, ignore_errors=True)  # transient queues did not survive
         self.dirty: list[QueueLog] = []
-        self.sync_fds: dict[int, None] = {}
+        self.sync_fds: dict[int, QueueLog | None] = {}
         self.retired: list[tuple[int, bool]] = []
         self.dirs: dict[Path, None] = {}
-        self.waiters: list[Callable[[], None]] = []
+        self.waiters: list[tuple[OnSynced, OnSyncError | None]] = []
         self.syncing = False
         self.write_error: OSError | None = None  # the last flush failed: retry before confirming
+        self.sync_error: OSError | None = None  # the last sync failed: its files are synced again
+        self.retry_sync = False  # (on the shell's timer) until one succeeds
         self.on_wake: Callable[[], None] = _noop  # the shell: schedule flush / sync soon
+        self.on_sync_error: Callable[[OSError | None], None] = _ignore  # the broker's alarm
         self.logs: dict[Path, QueueLog] = {}
 
     # -- queue logs --------------------------------------------------------------------------------
@@ -158,8 +169,8 @@ class MessageStore:
                 log.info("the message store can write again")
             self.write_error = failed
 
-    def sync_fd(self, fd: int) -> None:
-        self.sync_fds[fd] = None
+    def sync_fd(self, fd: int, qlog: QueueLog | None = None) -> None:
+        self.sync_fds[fd] = qlog
 
     def retire_fd(self, fd: int, needs_sync: bool) -> None:
         """A log is done with a file: close it after the next sync (synced first if asked)."""
@@ -187,23 +198,30 @@ class MessageStore:
 
     # -- group commit ------------------------------------------------------------------------------
 
-    def after_sync(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` once everything written so far is on stable storage."""
+    def after_sync(self, callback: OnSynced, on_error: OnSyncError | None = None) -> None:
+        """Run ``callback`` once everything written so far is on stable storage; if a sync fails
+        first, ``on_error(exc)`` instead (no callback at all without one)."""
         if not self.waiters:
             self.on_wake()
-        self.waiters.append(callback)
+        self.waiters.append((callback, on_error))
 
     @property
     def sync_wanted(self) -> bool:
-        return bool(self.waiters or self.retired)
+        """A sync should start now. After a failed one, the files it had are synced again only
+        when the shell's timer says so (retry_sync), or for new waiters."""
+        if self.waiters:
+            return True
+        return self.retry_sync if self.sync_error is not None else bool(self.retired)
 
     def start_sync(self) -> SyncJob | None:
         """Flush, then take the files to sync and the waiters into a job (None: nothing to do,
         or a sync is already running: its end starts the next)."""
         self.flush()
-        if self.syncing or self.write_error is not None or not (self.waiters or self.retired):
+        if self.syncing or self.write_error is not None or not self.sync_wanted:
             return None
-        job = SyncJob(list(self.sync_fds), self.retired, list(self.dirs), self.waiters)
+        self.retry_sync = False
+        logs = [qlog for qlog in self.sync_fds.values() if qlog is not None]
+        job = SyncJob(list(self.sync_fds), self.retired, list(self.dirs), self.waiters, logs)
         self.sync_fds = {}
         self.retired = []
         self.dirs = {}
@@ -213,15 +231,53 @@ class MessageStore:
 
     def finish_sync(self, job: SyncJob) -> None:
         self.syncing = False
+        if job.error is not None:
+            self._sync_failed(job, job.error)
+            return
         for fd, _ in job.retired:
             os.close(fd)
-        if job.error is not None:
-            # The data may not be on disk: never confirm it. RabbitMQ stops the node on a failed
-            # write; hare logs it, and the waiters (confirms) stay unanswered.
-            log.critical("fdatasync failed: %s; confirms withheld", job.error)
-            return
-        for waiter in job.waiters:
-            waiter()
+        if self.sync_error is not None and (job.fds or job.retired):
+            self.sync_error = None
+            log.warning("the message store syncs to disk again")
+            self.on_sync_error(None)
+        for callback, _ in job.waiters:
+            callback()
+
+    def _sync_failed(self, job: SyncJob, exc: OSError) -> None:
+        """The data may not be on disk: confirm none of it. Every waiter is told (confirms are
+        nacked, tx.commits fail), those that came during the job too (their data may sit in the
+        same files, behind pages the kernel could not write). The job's files are synced again
+        on the shell's timer, and the logs go on in new segments: nothing confirmed later lies
+        behind a hole. RabbitMQ stops the node here; hare raises an alarm (publishers blocked)
+        until a sync succeeds."""
+        waiters = job.waiters + self.waiters
+        self.waiters = []
+        for fd, needs_sync in job.retired:
+            if needs_sync:
+                self.retired.append((fd, True))  # synced (then closed) at the retry
+            else:
+                os.close(fd)
+        retired = {fd for fd, _ in self.retired}
+        for fd in job.fds:
+            if fd not in retired:  # still a log's write segment (else the retry syncs it anyway)
+                self.sync_fds.setdefault(fd, None)
+        for d in job.dirs:
+            self.dirs[d] = None
+        for qlog in job.logs:
+            qlog.roll_at = 0  # its next append starts a new segment
+        first = self.sync_error is None
+        self.sync_error = exc
+        if waiters or first:
+            log.error("cannot sync the message store to disk: %s: %d confirm batches (or tx.commits) "
+                      "waiting for it are refused (basic.nack; a tx.commit closes its channel)%s",
+                      exc, sum(1 for _, on_error in waiters if on_error is not None),
+                      "; publishers are blocked until a sync succeeds (retried every second)"
+                      if first else "")
+        if first:
+            self.on_sync_error(exc)
+        for _, on_error in waiters:
+            if on_error is not None:
+                on_error(exc)
 
     def sync_now(self) -> None:
         """Flush and sync in this thread (shutdown, tests without an event loop)."""
@@ -234,11 +290,19 @@ class MessageStore:
 
     def close(self) -> None:
         """Clean shutdown: flush every log, sync, close the files."""
+        self.retry_sync = True
         self.sync_now()  # waiters first: they may still write (a delayed exchange's acks)
         for qlog in list(self.logs.values()):
             qlog.close()
         self.logs.clear()
+        self.retry_sync = True
         self.sync_now()
+        if self.sync_error is not None:  # the last syncs failed too: give the files up
+            log.error("closing the message store with files that could not be synced: %s",
+                      self.sync_error)
+            for fd, _ in self.retired:
+                os.close(fd)
+            self.retired = []
 
 
 def sync_directory(path: Path) -> None:
@@ -251,4 +315,8 @@ def sync_directory(path: Path) -> None:
 
 
 def _noop() -> None:
+    pass
+
+
+def _ignore(_exc: OSError | None) -> None:
     pass

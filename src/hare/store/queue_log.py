@@ -104,7 +104,7 @@ class Segment:
 class QueueLog:
     __slots__ = ("dir", "durable", "store", "segments", "firsts", "wseg", "wfd", "wbuf", "rseg", "roff",
                  "rfd", "rfd_seg", "delivered", "delivered_saved", "delivered_fd", "dirty", "needs_sync",
-                 "redelivered_upto", "live", "live_bytes", "closed")
+                 "redelivered_upto", "live", "live_bytes", "closed", "roll_at")
 
     def __init__(self, directory: Path, durable: bool, store: MessageStore) -> None:
         self.dir = directory
@@ -128,13 +128,14 @@ class QueueLog:
         self.live = 0  # records not acked, in all segments
         self.live_bytes = 0  # their body bytes, as recovery found them
         self.closed = False
+        self.roll_at = SEGMENT_SIZE  # the write segment's size that starts a new one (0: at once)
 
     # -- writing ------------------------------------------------------------------------------------
 
     def append(self, position: int, enqueued_ms: int, flags: int, route_bytes: bytes, properties: bytes,
                body: bytes) -> None:
         seg = self.wseg
-        if seg is None or seg.size >= SEGMENT_SIZE:
+        if seg is None or seg.size >= self.roll_at:
             seg = self._roll()
         if seg.first < 0:
             seg.first = position
@@ -158,6 +159,7 @@ class QueueLog:
 
     def _roll(self) -> Segment:
         """Start a new segment (the old one's fd is synced, if needed, and closed by the store)."""
+        self.roll_at = SEGMENT_SIZE
         if self.wseg is not None:
             self._flush_writes()
             # a durable log's older segments are always synced whole, transient records included:
@@ -216,7 +218,7 @@ class QueueLog:
                 self.delivered_saved = self.delivered
         if self.needs_sync:
             self.needs_sync = False
-            self.store.sync_fd(self.wfd)
+            self.store.sync_fd(self.wfd, self)
 
     # -- acks -------------------------------------------------------------------------------------
 
