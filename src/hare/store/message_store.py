@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .queue_log import QueueLog
+from .queue_log import CompactJob, QueueLog
 
 log = logging.getLogger("hare.store")
 
@@ -100,6 +100,10 @@ class MessageStore:
         self.retry_sync = False  # (on the shell's timer) until one succeeds
         self.on_wake: Callable[[], None] = _noop  # the shell: schedule flush / sync soon
         self.on_sync_error: Callable[[OSError | None], None] = _ignore  # the broker's alarm
+        # segment compactions: run by the shell in a worker thread (one at a time) when it sets
+        # compact_in_thread, else at once, in the caller's thread (no event loop: tests, tools)
+        self.compact_in_thread = False
+        self.compactions: list[CompactJob] = []
         self.logs: dict[Path, QueueLog] = {}
 
     # -- queue logs --------------------------------------------------------------------------------
@@ -195,6 +199,27 @@ class MessageStore:
             os.close(fd)
             raise
         self.retire_fd(fd, True)
+
+    # -- compaction --------------------------------------------------------------------------------
+
+    def compact(self, job: CompactJob) -> None:
+        """Rewrite a segment (queue_log.CompactJob) and hand it back to its log."""
+        job.open_dir()
+        if self.compact_in_thread:
+            self.compactions.append(job)
+            self.on_wake()
+        else:
+            job.run()
+            job.log.finish_compaction(job)
+
+    def next_compaction(self) -> CompactJob | None:
+        return self.compactions.pop(0) if self.compactions else None
+
+    def drop_compactions(self) -> None:
+        """Shutdown: compactions not started stay undone (the segments stay as they are)."""
+        jobs, self.compactions = self.compactions, []
+        for job in jobs:
+            job.cancel()
 
     # -- group commit ------------------------------------------------------------------------------
 
