@@ -239,3 +239,15 @@ def test_a_failed_sync_refuses_its_waiters_and_is_retried(tmp_path: Path) -> Non
     store.close()
     again = restarted(tmp_path)
     assert [int(b) for b, _ in drain(again, ack=False)] == [1, 2, 3]
+
+
+def test_older_segments_of_a_durable_log_are_synced_whole(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transient messages paged out to a durable queue's log need no sync of their own, but a
+    segment the log is done with is synced whole all the same: an unsynced tail in any but the
+    newest segment would read as corruption after a power loss."""
+    monkeypatch.setattr(queue_log, "SEGMENT_SIZE", 1024)
+    store, paged = make(tmp_path, window=1)
+    for i in range(200):
+        paged.push(msg(i, persistent=False))
+    assert len(store.retired) > 3 and all(needs for _, needs in store.retired)

@@ -195,6 +195,32 @@ def test_torn_tail_at_any_offset_keeps_the_intact_prefix(tmp_path: Path,
             os.close(again.rfd)
 
 
+def test_a_torn_tail_is_cut_off_so_the_next_recovery_finds_no_corruption(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A crash tore the last segment's tail; the next run writes to a new segment, after which the
+    torn one is no longer the last: recovery must have cut the tail off, or the run after would
+    report it as corruption (an error)."""
+    store, qlog = new_log(tmp_path)
+    for i in range(10):
+        append(qlog, i, b"m%d" % i)
+    store.flush()
+    path = qlog.segments[-1].path
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-5])  # the last record torn
+    with caplog.at_level(logging.WARNING, "hare.store"):
+        store2 = MessageStore(tmp_path)
+        again = store2.recover_log("/", "q")
+    assert again is not None and "torn tail" in caplog.text
+    assert len(path.read_bytes()) < len(whole) - 5  # cut to the last whole record
+    append(again, 20, b"after the restart")  # a new segment
+    store2.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "hare.store"):
+        third = recovered(tmp_path)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert bodies(third) == [b"m%d" % i for i in range(9)] + [b"after the restart"]
+
+
 def test_corrupt_middle_segment_is_reported_and_the_rest_still_served(
         tmp_path: Path, small_segments: None, caplog: pytest.LogCaptureFixture) -> None:
     store, qlog = new_log(tmp_path)
