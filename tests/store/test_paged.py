@@ -199,3 +199,55 @@ def test_a_failed_write_keeps_the_data_and_withholds_confirms(tmp_path: Path,
     store.sync_now()  # the disk has room again: the retry writes it, then confirms
     assert ran == [1] and store.write_error is None
     assert [b for b, _ in drain(restarted(tmp_path))] == [b"1"]
+
+
+def test_a_failed_sync_refuses_its_waiters_and_is_retried(tmp_path: Path) -> None:
+    """fdatasync fails for real (a pipe among the files to sync: EINVAL): every waiter is told,
+    those without an error callback are dropped, the broker's hook hears of it, the log goes on
+    in a new segment, and only the shell's retry (or new waiters) syncs again; a successful sync
+    clears the error."""
+    store, paged = make(tmp_path)
+    alarms: list[OSError | None] = []
+    store.on_sync_error = alarms.append
+    paged.push(msg(1))
+    store.sync_now()
+    qlog = paged.log
+    assert qlog is not None and len(qlog.segments) == 1
+    paged.push(msg(2))
+    store.flush()
+    r, w = os.pipe()
+    store.sync_fd(w, qlog)
+    outcome: list[str] = []
+    store.after_sync(lambda: outcome.append("ok"), lambda exc: outcome.append(f"error {exc.errno}"))
+    store.after_sync(lambda: outcome.append("no error callback"))
+    store.sync_now()
+    assert outcome == [f"error {errno.EINVAL}"]
+    assert store.sync_error is not None and alarms == [store.sync_error]
+    assert not store.sync_wanted and store.start_sync() is None  # no retry in a loop
+    paged.push(msg(3))  # a new segment: nothing confirmed later lies behind the failed pages
+    assert len(qlog.segments) == 2
+    store.retry_sync = True
+    store.sync_now()  # the pipe is still there: fails again, no new alarm
+    assert store.sync_error is not None and len(alarms) == 1
+    del store.sync_fds[w]
+    os.close(r)
+    os.close(w)
+    store.retry_sync = True
+    store.after_sync(lambda: outcome.append("ok"), lambda exc: outcome.append("error"))
+    store.sync_now()
+    assert outcome[-1] == "ok" and store.sync_error is None and alarms[-1] is None
+    store.close()
+    again = restarted(tmp_path)
+    assert [int(b) for b, _ in drain(again, ack=False)] == [1, 2, 3]
+
+
+def test_older_segments_of_a_durable_log_are_synced_whole(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transient messages paged out to a durable queue's log need no sync of their own, but a
+    segment the log is done with is synced whole all the same: an unsynced tail in any but the
+    newest segment would read as corruption after a power loss."""
+    monkeypatch.setattr(queue_log, "SEGMENT_SIZE", 1024)
+    store, paged = make(tmp_path, window=1)
+    for i in range(200):
+        paged.push(msg(i, persistent=False))
+    assert len(store.retired) > 3 and all(needs for _, needs in store.retired)

@@ -195,6 +195,32 @@ def test_torn_tail_at_any_offset_keeps_the_intact_prefix(tmp_path: Path,
             os.close(again.rfd)
 
 
+def test_a_torn_tail_is_cut_off_so_the_next_recovery_finds_no_corruption(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A crash tore the last segment's tail; the next run writes to a new segment, after which the
+    torn one is no longer the last: recovery must have cut the tail off, or the run after would
+    report it as corruption (an error)."""
+    store, qlog = new_log(tmp_path)
+    for i in range(10):
+        append(qlog, i, b"m%d" % i)
+    store.flush()
+    path = qlog.segments[-1].path
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-5])  # the last record torn
+    with caplog.at_level(logging.WARNING, "hare.store"):
+        store2 = MessageStore(tmp_path)
+        again = store2.recover_log("/", "q")
+    assert again is not None and "torn tail" in caplog.text
+    assert len(path.read_bytes()) < len(whole) - 5  # cut to the last whole record
+    append(again, 20, b"after the restart")  # a new segment
+    store2.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "hare.store"):
+        third = recovered(tmp_path)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert bodies(third) == [b"m%d" % i for i in range(9)] + [b"after the restart"]
+
+
 def test_corrupt_middle_segment_is_reported_and_the_rest_still_served(
         tmp_path: Path, small_segments: None, caplog: pytest.LogCaptureFixture) -> None:
     store, qlog = new_log(tmp_path)
@@ -245,3 +271,95 @@ def test_segments_pinned_by_a_few_unacked_records_are_compacted(tmp_path: Path,
         qlog.ack(i)
     store.flush()
     assert len(list(qlog.dir.glob("*.seg"))) == 1
+
+
+# -- compaction off the event loop ------------------------------------------------------------------
+# With an event loop the shell runs each CompactJob in a worker thread and hands it back to its log
+# on the loop (server/storage.py); these tests take the shell's place: they hold the job, do on the
+# "loop" what may happen meanwhile, then run it (as the thread would) and finish it.
+
+
+def pinned_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[MessageStore, QueueLog]:
+    """A log whose first segment was read through and is about to be compacted: 4 records in 5
+    acked, the rest pinned by old deliveries. Compactions are queued, not run."""
+    monkeypatch.setattr(queue_log, "SEGMENT_SIZE", 64 << 10)
+    monkeypatch.setattr(queue_log, "COMPACT_MIN", 0)
+    store, qlog = new_log(tmp_path)
+    store.compact_in_thread = True
+    for i in range(1200):
+        append(qlog, i, b"%04d" % i + b"b" * 100)
+    assert len(qlog.segments) >= 2
+    qlog.read(1 << 20, 1 << 30)
+    first = qlog.segments[0]
+    for i in range(first.first, first.last + 1):
+        if i % 5:
+            qlog.ack(i)
+    store.flush()
+    assert first.compacting and len(store.compactions) == 1
+    return store, qlog
+
+
+def test_acks_during_a_compaction_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, qlog = pinned_log(tmp_path, monkeypatch)
+    seg = qlog.segments[0]
+    job = store.next_compaction()
+    assert job is not None
+    during = [i for i in range(seg.first, seg.last + 1, 5)][:10]  # acked while the rewrite runs
+    for i in during:
+        qlog.ack(i)
+    store.flush()
+    job.run()
+    qlog.finish_compaction(job)
+    assert not seg.compacting and seg.count == len(job.positions)
+    store.flush()
+    left = [int(b[:4]) for b in bodies(recovered(tmp_path))]
+    assert not set(during) & set(left), "acks made during the compaction were lost"
+    assert left == sorted(set(range(0, seg.last + 1, 5)) - set(during)) + list(range(seg.last + 1, 1200))
+
+
+def test_a_segment_acked_through_during_its_compaction_is_dropped_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, qlog = pinned_log(tmp_path, monkeypatch)
+    seg = qlog.segments[0]
+    job = store.next_compaction()
+    assert job is not None
+    for i in range(seg.first, seg.last + 1, 5):
+        qlog.ack(i)
+    assert seg in qlog.segments and seg.path.exists()  # not under the rewrite's feet
+    job.run()
+    qlog.finish_compaction(job)
+    assert seg not in qlog.segments and not seg.path.exists() and not seg.ack_path.exists()
+    store.flush()
+    assert [int(b[:4]) for b in bodies(recovered(tmp_path))] == list(range(seg.last + 1, 1200))
+
+
+def test_a_queue_deleted_during_a_compaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue is deleted, and a new one of the same name made, while the rewrite is under way:
+    the rewrite stays in the old directory, which goes once it is done; the new queue's files are
+    untouched."""
+    store, qlog = pinned_log(tmp_path, monkeypatch)
+    job = store.next_compaction()
+    assert job is not None
+    d = qlog.dir
+    fresh = store.open_log("/", "q", True)  # destroys the old log
+    assert fresh.dir == d and qlog.closed
+    append(fresh, 0, b"new")
+    store.sync_now()
+    job.run()
+    qlog.finish_compaction(job)
+    assert sorted(p.name for p in d.parent.iterdir()) == [d.name]  # no leftover directory
+    assert [b for b in bodies(recovered(tmp_path))] == [b"new"]
+
+
+def test_shutdown_during_a_compaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compactions queued but not started are dropped at shutdown: the segment stays as it was,
+    whole, and a restart finds exactly the unacked records."""
+    store, qlog = pinned_log(tmp_path, monkeypatch)
+    seg = qlog.segments[0]
+    size = seg.path.stat().st_size
+    store.drop_compactions()
+    assert not seg.compacting and not qlog.compactions
+    store.close()
+    assert seg.path.stat().st_size == size
+    assert [int(b[:4]) for b in bodies(recovered(tmp_path))] == (
+        list(range(0, seg.last + 1, 5)) + list(range(seg.last + 1, 1200)))

@@ -11,7 +11,8 @@ from typing import Any
 from ..auth.users import UserStore
 from ..store import delayed as delayed_store
 from ..store.definitions import Definitions
-from ..store.message_store import MessageStore
+from ..store.lock import DataDirLock
+from ..store.message_store import MessageStore, sync_directory
 from .commands import Commands, user_from_record
 from .definitions_file import load_definitions_file
 from .timers import Timers
@@ -51,6 +52,19 @@ class BrokerConfig:
     product_version: str = "3.10.8"
 
 
+def make_dirs(path: Path) -> None:
+    """mkdir -p, with each new directory's entry synced in its parent (a power loss right after
+    must not take the data directory away with everything confirmed in it)."""
+    missing = []
+    d = path
+    while not d.is_dir():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        sync_directory(d.parent)
+
+
 class Broker:
     """Everything one node serves. With a ``data_dir`` the durable definitions and messages are
     kept there and restored at start; without one, everything is in memory."""
@@ -60,16 +74,34 @@ class Broker:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.store: MessageStore | None = None
         self.definitions: Definitions | None = None
+        self.lock: DataDirLock | None = None
         if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.data_dir)
+            # before anything in the directory is read or written: one broker per directory
+            lock = DataDirLock(self.data_dir)
+            lock.acquire()  # raises DataDirLocked, naming the holder's pid
+            self.lock = lock
+        try:
+            self._open()
+        except BaseException:
+            self.close()  # a broker that failed to start leaves the directory to the next
+            raise
+
+    def _open(self) -> None:
+        if self.data_dir is not None:
             self.store = MessageStore(self.data_dir)
+            self.store.on_sync_error = self.set_sync_alarm
             self.definitions = Definitions(self.data_dir / "definitions.sqlite3")
+            sync_directory(self.data_dir)  # the entries of hare.lock, queues/, the database files
         self.timers = Timers()  # expiries and timeouts; the shell runs them when due
         self.vhosts: dict[str, VirtualHost] = {}
         self.users = UserStore()
         self.commands = Commands(self)  # the one path for metadata changes (commands.py)
         self.connections: set[Any] = set()
-        self.alarms: set[str] = set()  # resource alarms in effect ("disk"): publishers are blocked
+        # resource alarms in effect ("disk": free space; "disk_sync": the store cannot sync to
+        # disk): publishers are blocked
+        self.alarms: set[str] = set()
+        self.sync_error: str | None = None  # why "disk_sync" is on
         if self.definitions is None or not self.definitions.seeded():
             self._seed()
         if self.definitions is not None:
@@ -143,9 +175,31 @@ class Broker:
         for conn in list(self.connections):
             conn.alarm_changed()
 
+    def set_sync_alarm(self, error: OSError | None) -> None:
+        """A sync of the message store failed (error), or one succeeded again (None). The store
+        logs the failure; meanwhile publishers are blocked, as under the disk alarm."""
+        if (error is not None) == ("disk_sync" in self.alarms):
+            return
+        if error is not None:
+            self.alarms.add("disk_sync")
+            self.sync_error = str(error)
+            log.error("alarm set: disk_sync (the message store cannot sync to disk: %s); publishers "
+                      "are blocked", error)
+        else:
+            self.alarms.discard("disk_sync")
+            self.sync_error = None
+            log.warning("alarm cleared: disk_sync (the message store syncs again); publishers may go on")
+        for conn in list(self.connections):
+            conn.alarm_changed()
+
     def close(self) -> None:
-        """Write out and close the store (after the connections are gone)."""
-        if self.store is not None:
-            self.store.close()
-        if self.definitions is not None:
-            self.definitions.close()
+        """Write out and close the store (after the connections are gone), then let the data
+        directory go."""
+        try:
+            if self.store is not None:
+                self.store.close()
+            if self.definitions is not None:
+                self.definitions.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()

@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lp = sub.add_parser("list_policies", parents=[common], help="list the policies of a vhost")
     _listing(lp)
 
+    sub.add_parser("status", parents=[common], help="the broker's version, vhosts and resource alarms")
     lq = sub.add_parser("list_queues", parents=[common], help="list queues with their effective policy")
     lq.add_argument("columns", nargs="*", metavar="COLUMN",
                     help=f"columns (default: {' '.join(DEFAULT_QUEUE_COLUMNS)}); "
@@ -145,7 +146,21 @@ def main(args: argparse.Namespace) -> int:
         _print_rows(args, POLICY_COLUMNS, rows)
     elif cmd == "list_queues":
         _print_rows(args, tuple(args.columns) or DEFAULT_QUEUE_COLUMNS, reply["queues"])
+    elif cmd == "status":
+        _print_status(reply)
     return 0
+
+
+def _print_status(reply: dict[str, Any]) -> None:
+    print(f"Version: hare {reply.get('version')}")
+    print(f"Virtual hosts: {', '.join(reply.get('vhosts', []))}")
+    alarms = reply.get("alarms", [])
+    print("Alarms:", ", ".join(alarms) if alarms else "(none)")
+    if "disk_sync" in alarms:
+        print(f"  disk_sync: the message store cannot sync to disk: {reply.get('sync_error')}; "
+              "publishers are blocked")
+    if "disk" in alarms:
+        print("  disk: free disk space is under disk_free_limit; publishers are blocked")
 
 
 def _print_rows(args: argparse.Namespace, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:

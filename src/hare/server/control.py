@@ -109,7 +109,8 @@ class ControlServer:
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         command = req.get("command")
         if command == "status":
-            return {"version": __version__, "vhosts": sorted(self.broker.vhosts)}
+            return {"version": __version__, "vhosts": sorted(self.broker.vhosts),
+                    "alarms": sorted(self.broker.alarms), "sync_error": self.broker.sync_error}
         vhost = self._vhost(req.get("vhost", "/"))
         if command == "set_policy":
             try:

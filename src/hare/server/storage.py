@@ -4,6 +4,10 @@
 - Group commit: when confirms or tx.commits wait for stable storage, the files written since the
   last sync are fdatasync'ed in a worker thread; the next sync starts as soon as one ends, so
   every waiter that arrived meanwhile shares it.
+- A failed sync: its waiters are refused (confirms nacked), and its files synced again every
+  second until it succeeds (the broker's "disk_sync" alarm is on meanwhile).
+- Compaction: a segment rewrite (queue_log.CompactJob) runs in a second worker thread, one at a
+  time, and is adopted by its log on the loop when done.
 - Free disk: checked every second; under ``disk_free_limit`` the broker raises its disk alarm
   (publishers are blocked) and clears it when space returns.
 """
@@ -17,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..broker.broker import Broker
 from ..store.message_store import MessageStore, SyncJob
+from ..store.queue_log import CompactJob
 
 log = logging.getLogger("hare.server")
 
@@ -31,6 +36,11 @@ class StoreDriver:
         self.scheduled = False
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hare-sync")
         self.running: asyncio.Future[None] | None = None
+        # segment compactions (queue_log.CompactJob): in a thread of their own, one at a time, so
+        # that neither the loop nor the group commit waits for a rewrite
+        self.compact_executor = ThreadPoolExecutor(1, thread_name_prefix="hare-compact")
+        self.compacting: asyncio.Future[None] | None = None
+        store.compact_in_thread = True
         self.disk_timer: asyncio.TimerHandle | None = None
         store.on_wake = self.wake
         self.check_disk()
@@ -46,6 +56,21 @@ class StoreDriver:
         if job is not None:
             self.running = self.loop.run_in_executor(self.executor, job.run)
             self.running.add_done_callback(lambda _f: self._synced(job))
+        if self.compacting is None and self.store.compactions:
+            self._start_compaction()
+
+    def _start_compaction(self) -> None:
+        cjob = self.store.next_compaction()
+        if cjob is None:
+            return
+        self.compacting = self.loop.run_in_executor(self.compact_executor, cjob.run)
+        self.compacting.add_done_callback(lambda _f: self._compacted(cjob))
+
+    def _compacted(self, cjob: CompactJob) -> None:
+        self.compacting = None
+        cjob.log.finish_compaction(cjob)  # may write (acks): the next tick flushes them
+        if self.store.compactions:
+            self._start_compaction()
 
     def _synced(self, job: SyncJob) -> None:
         self.running = None
@@ -62,18 +87,27 @@ class StoreDriver:
             self.broker.set_disk_alarm(free < self.broker.config.disk_free_limit, free)
         if self.store.write_error is not None:
             self.wake()  # retry the writes that failed
+        if self.store.sync_error is not None:
+            self.store.retry_sync = True  # and the syncs
+            self.wake()
         self.disk_timer = self.loop.call_later(DISK_CHECK_INTERVAL, self.check_disk)
 
     async def close(self) -> None:
         """After the connections are gone: finish the running sync, then close the store."""
         if self.disk_timer is not None:
             self.disk_timer.cancel()
+        self.store.drop_compactions()  # those not started; the running one is finished
+        while self.compacting is not None:
+            await asyncio.shield(self.compacting)
+            await asyncio.sleep(0)
+        self.store.compact_in_thread = False
         while self.running is not None:
             await asyncio.shield(self.running)
             await asyncio.sleep(0)
         self.store.on_wake = _noop
         self.broker.close()
         self.executor.shutdown(wait=True)
+        self.compact_executor.shutdown(wait=True)
 
 
 def _noop() -> None:

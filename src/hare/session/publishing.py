@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..amqp import properties as props_codec
 from ..amqp import spec
-from ..amqp.errors import AMQPError, ConnectionFault, access_refused, not_found, precondition_failed
+from ..amqp.errors import (
+    AMQPError,
+    ChannelError,
+    ConnectionFault,
+    access_refused,
+    not_found,
+    precondition_failed,
+)
 from ..auth.permissions import WRITE
 from ..broker.deadletter import cc_keys
 from ..broker.direct_reply import REPLY_QUEUE
@@ -214,7 +221,7 @@ class Publishing:
             assert store is not None
             self.queued_upto = upto
             self.sync_waits += 1
-            store.after_sync(lambda: self._synced_confirms(upto))
+            store.after_sync(lambda: self._synced_confirms(upto), lambda _exc: self._failed_confirms(upto))
             return
         self.queued_upto = upto
         self._send_confirms(upto)
@@ -223,6 +230,16 @@ class Publishing:
         self.sync_waits -= 1
         if self.state == OPEN:
             self._send_confirms(upto)
+
+    def _failed_confirms(self, upto: int) -> None:
+        """The sync they waited for failed: nack the batch (the publisher may publish again)."""
+        self.sync_waits -= 1
+        if self.state == OPEN:
+            if self.nacks:
+                self.nacks = [t for t in self.nacks if t > upto]
+            lo = self.confirmed_upto
+            self.send(spec.BasicNack(delivery_tag=upto, multiple=upto > lo + 1, requeue=False))
+            self.confirmed_upto = upto
 
     def _send_confirms(self, upto: int) -> None:
         start = self.confirmed_upto
@@ -281,13 +298,19 @@ class Publishing:
                 self.settle(tag, False, None if kind == 0 else requeue)
         store = self.conn.broker.store
         if store is not None and any(msg.needs_sync for msg, _, _ in publishes):
-            store.after_sync(self._commit_ok)  # committed = on stable storage
+            store.after_sync(self._commit_ok, self._commit_failed)  # committed = on stable storage
         else:
             self.send(spec.TxCommitOk())
 
     def _commit_ok(self) -> None:
         if self.state == OPEN:
             self.send(spec.TxCommitOk())
+
+    def _commit_failed(self, exc: OSError) -> None:
+        if self.state == OPEN:
+            self.conn.channel_error(self, ChannelError(  # type: ignore[arg-type]  (self: a Channel)
+                541, f"the message store cannot sync to disk ({exc}): the "
+                "transaction's messages may not be on disk", 90, 20))
 
     def _tx_rollback(self, m: spec.TxRollback) -> None:
         if not self.tx:

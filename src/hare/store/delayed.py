@@ -187,10 +187,12 @@ class DelayedStore:
     def _new_bucket(self, level: int, start: int) -> Bucket:
         if not self.dir_ready:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "name").write_text(self.label, encoding="utf-8", errors="surrogateescape")
             if self.durable:  # the new directories' entries: delayed/<xid>, and delayed/ itself
                 self.store.sync_dir(self.dir.parent)
                 self.store.sync_dir(self.dir.parent.parent)
+                self.store.write_synced(self.dir / "name", self.label)  # entry: sync_dir(self.dir)
+            else:
+                (self.dir / "name").write_text(self.label, encoding="utf-8", errors="surrogateescape")
             self.dir_ready = True
         d = self.dir / f"{level}-{start}"
         qlog = self.store.logs[d] = QueueLog(d, self.durable, self.store)

@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .queue_log import QueueLog
+from .queue_log import CompactJob, QueueLog
 
 log = logging.getLogger("hare.store")
 
@@ -34,26 +34,39 @@ def queue_id(vhost: str, name: str) -> str:
     return hashlib.sha1(f"{vhost}\x00{name}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
+# a waiter: run once what was written before it is on stable storage, or (if given) told of the
+# error when that cannot be done
+OnSynced = Callable[[], None]
+OnSyncError = Callable[[OSError], None]
+
+
 class SyncJob:
     """Files to make durable, run in a worker thread; then the waiters run on the loop."""
 
-    __slots__ = ("fds", "retired", "dirs", "waiters", "error")
+    __slots__ = ("fds", "logs", "retired", "dirs", "waiters", "error")
 
     def __init__(self, fds: list[int], retired: list[tuple[int, bool]], dirs: list[Path],
-                 waiters: list[Callable[[], None]]) -> None:
+                 waiters: list[tuple[OnSynced, OnSyncError | None]],
+                 logs: list[QueueLog] | None = None) -> None:
         self.fds = fds
+        self.logs = logs or []  # the logs whose current segments are in fds
         self.retired = retired  # (fd, needs sync): closed once synced
         self.dirs = dirs
         self.waiters = waiters
         self.error: OSError | None = None
 
     def run(self) -> None:
+        # Order matters at a power loss in mid-job: the files a log is done with (older segments)
+        # first, then the files being written, then the directories that gained entries. A log
+        # thus never depends on an older segment with an unsynced tail: the only damage a power
+        # loss can leave is a torn tail in a log's newest segment (and nothing is confirmed
+        # before every part of the job is done).
         try:
-            for fd in self.fds:
-                os.fdatasync(fd)
             for fd, needs_sync in self.retired:
                 if needs_sync:
                     os.fdatasync(fd)
+            for fd in self.fds:
+                os.fdatasync(fd)
             for d in self.dirs:
                 try:
                     dfd = os.open(d, os.O_RDONLY)
@@ -72,16 +85,25 @@ class MessageStore:
         self.data_dir = Path(data_dir)
         self.queues_dir = self.data_dir / "queues"
         self.transient_dir = self.data_dir / "transient"
-        self.queues_dir.mkdir(parents=True, exist_ok=True)
+        if not self.queues_dir.is_dir():
+            self.queues_dir.mkdir(parents=True, exist_ok=True)
+            sync_directory(self.data_dir)  # its entry in the data directory
         shutil.rmtree(self.transient_dir, ignore_errors=True)  # transient queues did not survive
         self.dirty: list[QueueLog] = []
-        self.sync_fds: dict[int, None] = {}
+        self.sync_fds: dict[int, QueueLog | None] = {}
         self.retired: list[tuple[int, bool]] = []
         self.dirs: dict[Path, None] = {}
-        self.waiters: list[Callable[[], None]] = []
+        self.waiters: list[tuple[OnSynced, OnSyncError | None]] = []
         self.syncing = False
         self.write_error: OSError | None = None  # the last flush failed: retry before confirming
+        self.sync_error: OSError | None = None  # the last sync failed: its files are synced again
+        self.retry_sync = False  # (on the shell's timer) until one succeeds
         self.on_wake: Callable[[], None] = _noop  # the shell: schedule flush / sync soon
+        self.on_sync_error: Callable[[OSError | None], None] = _ignore  # the broker's alarm
+        # segment compactions: run by the shell in a worker thread (one at a time) when it sets
+        # compact_in_thread, else at once, in the caller's thread (no event loop: tests, tools)
+        self.compact_in_thread = False
+        self.compactions: list[CompactJob] = []
         self.logs: dict[Path, QueueLog] = {}
 
     # -- queue logs --------------------------------------------------------------------------------
@@ -98,8 +120,9 @@ class MessageStore:
             old.destroy()
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-        if durable:
-            (d / "name").write_text(f"{vhost}\n{name}\n", encoding="utf-8", errors="surrogateescape")
+        if durable:  # the directory's entry in queues/ and its name file: synced with the log's data
+            self.sync_dir(self.queues_dir)
+            self.write_synced(d / "name", f"{vhost}\n{name}\n")
         qlog = self.logs[d] = QueueLog(d, durable, self)
         return qlog
 
@@ -150,8 +173,8 @@ class MessageStore:
                 log.info("the message store can write again")
             self.write_error = failed
 
-    def sync_fd(self, fd: int) -> None:
-        self.sync_fds[fd] = None
+    def sync_fd(self, fd: int, qlog: QueueLog | None = None) -> None:
+        self.sync_fds[fd] = qlog
 
     def retire_fd(self, fd: int, needs_sync: bool) -> None:
         """A log is done with a file: close it after the next sync (synced first if asked)."""
@@ -164,27 +187,66 @@ class MessageStore:
         self.on_wake()
 
     def sync_dir(self, path: Path) -> None:
+        """``path`` gained (or lost) an entry: fsync it in the next sync."""
         self.dirs[path] = None
+
+    def write_synced(self, path: Path, text: str) -> None:
+        """Create a small file whose data the next sync makes durable (its entry: sync_dir)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
+        except BaseException:
+            os.close(fd)
+            raise
+        self.retire_fd(fd, True)
+
+    # -- compaction --------------------------------------------------------------------------------
+
+    def compact(self, job: CompactJob) -> None:
+        """Rewrite a segment (queue_log.CompactJob) and hand it back to its log."""
+        job.open_dir()
+        if self.compact_in_thread:
+            self.compactions.append(job)
+            self.on_wake()
+        else:
+            job.run()
+            job.log.finish_compaction(job)
+
+    def next_compaction(self) -> CompactJob | None:
+        return self.compactions.pop(0) if self.compactions else None
+
+    def drop_compactions(self) -> None:
+        """Shutdown: compactions not started stay undone (the segments stay as they are)."""
+        jobs, self.compactions = self.compactions, []
+        for job in jobs:
+            job.cancel()
 
     # -- group commit ------------------------------------------------------------------------------
 
-    def after_sync(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` once everything written so far is on stable storage."""
+    def after_sync(self, callback: OnSynced, on_error: OnSyncError | None = None) -> None:
+        """Run ``callback`` once everything written so far is on stable storage; if a sync fails
+        first, ``on_error(exc)`` instead (no callback at all without one)."""
         if not self.waiters:
             self.on_wake()
-        self.waiters.append(callback)
+        self.waiters.append((callback, on_error))
 
     @property
     def sync_wanted(self) -> bool:
-        return bool(self.waiters or self.retired)
+        """A sync should start now. After a failed one, the files it had are synced again only
+        when the shell's timer says so (retry_sync), or for new waiters."""
+        if self.waiters:
+            return True
+        return self.retry_sync if self.sync_error is not None else bool(self.retired)
 
     def start_sync(self) -> SyncJob | None:
         """Flush, then take the files to sync and the waiters into a job (None: nothing to do,
         or a sync is already running: its end starts the next)."""
         self.flush()
-        if self.syncing or self.write_error is not None or not (self.waiters or self.retired):
+        if self.syncing or self.write_error is not None or not self.sync_wanted:
             return None
-        job = SyncJob(list(self.sync_fds), self.retired, list(self.dirs), self.waiters)
+        self.retry_sync = False
+        logs = [qlog for qlog in self.sync_fds.values() if qlog is not None]
+        job = SyncJob(list(self.sync_fds), self.retired, list(self.dirs), self.waiters, logs)
         self.sync_fds = {}
         self.retired = []
         self.dirs = {}
@@ -194,15 +256,53 @@ class MessageStore:
 
     def finish_sync(self, job: SyncJob) -> None:
         self.syncing = False
+        if job.error is not None:
+            self._sync_failed(job, job.error)
+            return
         for fd, _ in job.retired:
             os.close(fd)
-        if job.error is not None:
-            # The data may not be on disk: never confirm it. RabbitMQ stops the node on a failed
-            # write; hare logs it, and the waiters (confirms) stay unanswered.
-            log.critical("fdatasync failed: %s; confirms withheld", job.error)
-            return
-        for waiter in job.waiters:
-            waiter()
+        if self.sync_error is not None and (job.fds or job.retired):
+            self.sync_error = None
+            log.warning("the message store syncs to disk again")
+            self.on_sync_error(None)
+        for callback, _ in job.waiters:
+            callback()
+
+    def _sync_failed(self, job: SyncJob, exc: OSError) -> None:
+        """The data may not be on disk: confirm none of it. Every waiter is told (confirms are
+        nacked, tx.commits fail), those that came during the job too (their data may sit in the
+        same files, behind pages the kernel could not write). The job's files are synced again
+        on the shell's timer, and the logs go on in new segments: nothing confirmed later lies
+        behind a hole. RabbitMQ stops the node here; hare raises an alarm (publishers blocked)
+        until a sync succeeds."""
+        waiters = job.waiters + self.waiters
+        self.waiters = []
+        for fd, needs_sync in job.retired:
+            if needs_sync:
+                self.retired.append((fd, True))  # synced (then closed) at the retry
+            else:
+                os.close(fd)
+        retired = {fd for fd, _ in self.retired}
+        for fd in job.fds:
+            if fd not in retired:  # still a log's write segment (else the retry syncs it anyway)
+                self.sync_fds.setdefault(fd, None)
+        for d in job.dirs:
+            self.dirs[d] = None
+        for qlog in job.logs:
+            qlog.roll_at = 0  # its next append starts a new segment
+        first = self.sync_error is None
+        self.sync_error = exc
+        if waiters or first:
+            log.error("cannot sync the message store to disk: %s: %d confirm batches (or tx.commits) "
+                      "waiting for it are refused (basic.nack; a tx.commit closes its channel)%s",
+                      exc, sum(1 for _, on_error in waiters if on_error is not None),
+                      "; publishers are blocked until a sync succeeds (retried every second)"
+                      if first else "")
+        if first:
+            self.on_sync_error(exc)
+        for _, on_error in waiters:
+            if on_error is not None:
+                on_error(exc)
 
     def sync_now(self) -> None:
         """Flush and sync in this thread (shutdown, tests without an event loop)."""
@@ -215,12 +315,33 @@ class MessageStore:
 
     def close(self) -> None:
         """Clean shutdown: flush every log, sync, close the files."""
+        self.retry_sync = True
         self.sync_now()  # waiters first: they may still write (a delayed exchange's acks)
         for qlog in list(self.logs.values()):
             qlog.close()
         self.logs.clear()
+        self.retry_sync = True
         self.sync_now()
+        if self.sync_error is not None:  # the last syncs failed too: give the files up
+            log.error("closing the message store with files that could not be synced: %s",
+                      self.sync_error)
+            for fd, _ in self.retired:
+                os.close(fd)
+            self.retired = []
+
+
+def sync_directory(path: Path) -> None:
+    """fsync a directory now (its new entries survive a power loss)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _noop() -> None:
+    pass
+
+
+def _ignore(_exc: OSError | None) -> None:
     pass

@@ -64,7 +64,8 @@ _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 class Segment:
     """What the log keeps in memory of one segment file: a few numbers and an acked bitmap."""
 
-    __slots__ = ("id", "path", "first", "last", "count", "live", "size", "acked", "ack_buf", "ack_fd")
+    __slots__ = ("id", "path", "first", "last", "count", "live", "size", "acked", "ack_buf", "ack_fd",
+                 "compacting")
 
     def __init__(self, segment_id: int, path: Path) -> None:
         self.id = segment_id
@@ -77,6 +78,7 @@ class Segment:
         self.acked = bytearray()  # bit (position - first): acked, or not a live record
         self.ack_buf = bytearray()
         self.ack_fd = -1
+        self.compacting = False  # a CompactJob is rewriting its file (off the event loop)
 
     def is_acked(self, position: int) -> bool:
         i = position - self.first
@@ -104,7 +106,7 @@ class Segment:
 class QueueLog:
     __slots__ = ("dir", "durable", "store", "segments", "firsts", "wseg", "wfd", "wbuf", "rseg", "roff",
                  "rfd", "rfd_seg", "delivered", "delivered_saved", "delivered_fd", "dirty", "needs_sync",
-                 "redelivered_upto", "live", "live_bytes", "closed")
+                 "redelivered_upto", "live", "live_bytes", "closed", "roll_at", "compactions", "trash")
 
     def __init__(self, directory: Path, durable: bool, store: MessageStore) -> None:
         self.dir = directory
@@ -128,13 +130,16 @@ class QueueLog:
         self.live = 0  # records not acked, in all segments
         self.live_bytes = 0  # their body bytes, as recovery found them
         self.closed = False
+        self.roll_at = SEGMENT_SIZE  # the write segment's size that starts a new one (0: at once)
+        self.compactions = 0  # compactions of this log's segments under way
+        self.trash: Path | None = None  # destroyed during a compaction: its directory, to remove after
 
     # -- writing ------------------------------------------------------------------------------------
 
     def append(self, position: int, enqueued_ms: int, flags: int, route_bytes: bytes, properties: bytes,
                body: bytes) -> None:
         seg = self.wseg
-        if seg is None or seg.size >= SEGMENT_SIZE:
+        if seg is None or seg.size >= self.roll_at:
             seg = self._roll()
         if seg.first < 0:
             seg.first = position
@@ -158,9 +163,12 @@ class QueueLog:
 
     def _roll(self) -> Segment:
         """Start a new segment (the old one's fd is synced, if needed, and closed by the store)."""
+        self.roll_at = SEGMENT_SIZE
         if self.wseg is not None:
             self._flush_writes()
-            self.store.retire_fd(self.wfd, self.needs_sync)
+            # a durable log's older segments are always synced whole, transient records included:
+            # a tail lost at a power loss would be corruption (an error) in any but the last one
+            self.store.retire_fd(self.wfd, self.durable)
             self.needs_sync = False
             self.wfd = -1
         else:
@@ -214,7 +222,7 @@ class QueueLog:
                 self.delivered_saved = self.delivered
         if self.needs_sync:
             self.needs_sync = False
-            self.store.sync_fd(self.wfd)
+            self.store.sync_fd(self.wfd, self)
 
     # -- acks -------------------------------------------------------------------------------------
 
@@ -236,55 +244,54 @@ class QueueLog:
             if not self.dirty:
                 self.dirty = True
                 self.store.mark_dirty(self)
-        if seg is not self.wseg:
+        if seg is not self.wseg and not seg.compacting:  # (a compacted one: see finish_compaction)
             if not seg.live:
                 self._drop_segment(seg)
             elif (seg.live * COMPACT_RATIO < seg.count and seg.size >= COMPACT_MIN
                   and (self.rseg is None or self.rseg.id > seg.id)):
-                self._compact(seg)
+                seg.compacting = True
+                self.compactions += 1
+                self.store.compact(CompactJob(self, seg))
 
-    def _compact(self, seg: Segment) -> None:
-        """Rewrite a segment that was read through and is mostly acked with only its live records
-        (old unacked deliveries pin it). The new file is synced and renamed over the old one, then
-        the ack file emptied: a crash in between leaves acks of records that are gone, which
-        recovery ignores."""
-        fd = os.open(seg.path, _O_READ)
-        try:
-            data = os.pread(fd, seg.size, 0)
-        finally:
-            os.close(fd)
-        out = bytearray(MAGIC)
-        kept = 0
-        for off, p, e in scan(data, verify=False):
-            if not seg.is_acked(message_position(data, p)[0]):
-                out += data[off:e]
-                kept += 1
-        tmp = seg.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            os.write(fd, out)
+    def finish_compaction(self, job: CompactJob) -> None:
+        """On the loop, after ``job.run`` (in the store's worker thread, or inline): adopt the
+        rewritten file. Acks that came meanwhile are kept (written again to the emptied ack file);
+        a segment acked through meanwhile is dropped now."""
+        seg = job.seg
+        seg.compacting = False
+        self.compactions -= 1
+        if self.closed:  # destroyed meanwhile (or closed at shutdown): nothing to adopt
+            if self.trash is not None and not self.compactions:
+                shutil.rmtree(self.trash, ignore_errors=True)
+                self.trash = None
+            return
+        if job.error is not None:
+            log.warning("queue log %s: cannot compact %s: %s (left as it is)", self.dir, seg.path.name,
+                        job.error)
+        else:
+            if self.rfd_seg is seg:
+                os.close(self.rfd)
+                self.rfd = -1
+                self.rfd_seg = None
             if self.durable:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, seg.path)
-        if self.rfd_seg is seg:
-            os.close(self.rfd)
-            self.rfd = -1
-            self.rfd_seg = None
-        if self.durable:
-            dfd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-            seg.ack_buf.clear()  # acks of records that are gone
-            if seg.ack_fd >= 0:
-                os.ftruncate(seg.ack_fd, 0)
-            elif seg.ack_path.exists():
-                os.truncate(seg.ack_path, 0)
-        seg.size = len(out)
-        seg.count = kept
+                # the ack file held acks of records that are gone, and of some still there (acked
+                # during the rewrite, after its snapshot of the bitmap): keep only those
+                seg.ack_buf.clear()
+                if seg.ack_fd >= 0:
+                    os.ftruncate(seg.ack_fd, 0)
+                elif seg.ack_path.exists():
+                    os.truncate(seg.ack_path, 0)
+                snapshot = job.acked
+                for position in job.positions:
+                    if seg.is_acked(position) and not _bit(snapshot, position - seg.first):
+                        seg.ack_buf += _pack_ack(position, ~position & 0xFFFFFFFF)
+                if seg.ack_buf and not self.dirty:
+                    self.dirty = True
+                    self.store.mark_dirty(self)
+            seg.size = job.size
+            seg.count = len(job.positions)
+        if not seg.live and seg in self.segments:
+            self._drop_segment(seg)
 
     def mark_delivered(self, position: int) -> None:
         if position > self.delivered:
@@ -469,6 +476,14 @@ class QueueLog:
             if is_last:  # a crash mid-write leaves a torn record at the very end
                 log.warning("queue log: torn tail in %s at offset %d (%s): %d bytes dropped", seg.path,
                             err.offset, err.reason, len(data) - err.offset)
+                # cut it off: this run writes to a new segment, after which this one is no longer
+                # the last, and a tail left in it would read as corruption at the next recovery
+                fd = os.open(seg.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+                try:
+                    os.ftruncate(fd, err.offset)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
             else:
                 log.error("queue log: corrupt segment %s at offset %d (%s): the %d bytes from there on "
                           "are not served", seg.path, err.offset, err.reason, len(data) - err.offset)
@@ -508,8 +523,111 @@ class QueueLog:
         self.rfd_seg = None
 
     def destroy(self) -> None:
-        """The queue is deleted: close and remove its files."""
+        """The queue is deleted: close and remove its files (a compaction under way works in the
+        directory: it is renamed out of the way first, and removed once the compaction is over)."""
         self.closed = True
         self._close_fds(sync=False)
         self.store.forget(self)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        target = self.dir
+        if self.compactions:
+            trash = self.dir.with_name(f"{self.dir.name}.deleted.{id(self):x}")
+            try:
+                os.rename(self.dir, trash)
+                target = self.trash = trash
+            except OSError:
+                pass
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _bit(bitmap: bytes | bytearray, i: int) -> bool:
+    byte = i >> 3
+    return byte < len(bitmap) and bool(bitmap[byte] & (1 << (i & 7)))
+
+
+class CompactJob:
+    """Rewrite one segment with only its live records, off the event loop: ``run`` touches no
+    state of the log (it works from a snapshot of the acked bitmap, on a file nobody appends to);
+    ``QueueLog.finish_compaction`` then adopts the result on the loop.
+
+    The new file is written beside the old one, synced, renamed over it, and the directory
+    synced; only then (on the loop) is the ack file emptied: a crash in between leaves acks of
+    records that are gone, which recovery ignores."""
+
+    __slots__ = ("log", "seg", "name", "dir_fd", "durable", "length", "first", "acked", "size",
+                 "positions", "error")
+
+    def __init__(self, qlog: QueueLog, seg: Segment) -> None:
+        self.log = qlog
+        self.seg = seg
+        self.name = seg.path.name
+        # the directory, opened now: if the queue is deleted meanwhile (its directory renamed away,
+        # maybe a new queue of the same name made), the rewrite stays in the old one
+        self.dir_fd = -1
+        self.durable = qlog.durable
+        self.length = seg.size
+        self.first = seg.first
+        self.acked = bytes(seg.acked)  # the snapshot: records acked after it are kept
+        self.size = 0
+        self.positions: list[int] = []  # of the records kept
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            if self.error is None:
+                self._run()
+        except OSError as exc:  # reported by finish_compaction on the loop
+            self.error = exc
+        finally:
+            if self.dir_fd >= 0:
+                os.close(self.dir_fd)
+                self.dir_fd = -1
+
+    def cancel(self) -> None:
+        """Not run after all (shutdown): the segment stays as it is."""
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+        self.seg.compacting = False
+        self.log.compactions -= 1
+
+    def open_dir(self) -> None:
+        """On the loop, before run(): pin the directory (see __init__)."""
+        try:
+            self.dir_fd = os.open(self.log.dir, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            self.error = exc
+
+    def _run(self) -> None:
+        if self.dir_fd < 0:
+            return  # open_dir failed: error set
+        dfd = self.dir_fd
+        fd = os.open(self.name, _O_READ, dir_fd=dfd)
+        try:
+            data = os.pread(fd, self.length, 0)
+        finally:
+            os.close(fd)
+        out = bytearray(MAGIC)
+        acked = self.acked
+        first = self.first
+        kept = self.positions
+        for off, p, e in scan(data, verify=False):
+            position = message_position(data, p)[0]
+            if not _bit(acked, position - first):
+                out += data[off:e]
+                kept.append(position)
+        tmp = self.name[: -len(".seg")] + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644,
+                     dir_fd=dfd)
+        try:
+            view = memoryview(out)
+            written = 0
+            while written < len(out):
+                written += os.write(fd, view[written:])
+            if self.durable:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        if self.durable:
+            os.fsync(dfd)
+        self.size = len(out)
