@@ -183,7 +183,7 @@ class Commands:
         vhost = self.vhost(name)
         for conn in list(self.broker.connections):
             if conn.vhost is vhost:
-                conn.close(320, f"vhost '{name}' is deleted")
+                conn.close(320, f"vhost '{name}' is down")  # RabbitMQ 3.10's text
         for q in list(vhost.queues.values()):
             vhost.remove_queue(q)
         for ex in list(vhost.exchanges.values()):
