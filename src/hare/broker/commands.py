@@ -408,10 +408,11 @@ class Commands:
                 if not ex.name:
                     continue
                 if not ex.name.startswith("amq."):
-                    exchanges.append({"name": ex.name, "vhost": v, "type": ex.type_name,
-                                      "durable": ex.durable, "auto_delete": ex.auto_delete,
-                                      "internal": ex.internal,
-                                      "arguments": dict(ex.arguments)})
+                    x = {"name": ex.name, "vhost": v, "type": ex.type_name, "durable": ex.durable,
+                         "auto_delete": ex.auto_delete, "arguments": dict(ex.arguments)}
+                    if ex.internal:  # RabbitMQ 3.10 leaves it out; its import reads it
+                        x["internal"] = True
+                    exchanges.append(x)
                 for (dest, routing_key, _frozen), arguments in ex.bindings.items():
                     is_queue = not hasattr(dest, "type_name")
                     if is_queue and dest.name not in kept:
