@@ -3,12 +3,16 @@
 It talks to the broker through the control socket in the broker's data directory
 (``server/control.py``)::
 
+    hare ctl add_user app            # the password from stdin
+    hare ctl set_permissions -p / app "^app\\." "^app\\." "^app\\."
+    hare ctl set_vhost_limits -p / '{"max-connections": 100}'
     hare ctl set_policy ttl "^orders\\." '{"message-ttl": 60000}' --apply-to queues --priority 1
-    hare ctl list_policies
-    hare ctl clear_policy ttl
     hare ctl list_queues name messages consumers policy
+    hare ctl export_definitions backup.json
 
-Texts and exit codes follow rabbitmqctl's.
+The commands, their arguments, informational lines, table headers, error texts and exit codes are
+rabbitmqctl 3.10's (docs/security.md lists them). The broker does the work (server/control.py,
+through broker.commands); this module parses, prints and reads files.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     b = sub.add_parser("bench", help="measure publish/consume rates against a broker")
     bench_run.add_arguments(b)
-    c = sub.add_parser("ctl", help="manage a running broker (policies, queues), as rabbitmqctl")
+    c = sub.add_parser("ctl", help="manage a running broker (users, vhosts, permissions, limits, policies, "
+                                       "definitions), as rabbitmqctl")
     ctl.add_arguments(c)
     return p
 
