@@ -153,6 +153,8 @@ def _key(item: dict) -> str:
 def test_export_then_import_round_trip(imported: EmbeddedBroker, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     first = export(imported, tmp_path / "first.json", capsys)
+    assert main(["ctl", "--data-dir", str(imported.data_dir), "export_definitions", "-"]) == 0
+    assert json.loads(capsys.readouterr().out) == first  # "-": the same, on stdout, with no other line
     with EmbeddedBroker(data_dir=tmp_path / "fresh") as fresh:
         path = tmp_path / "first.json"
         assert main(["ctl", "--data-dir", str(fresh.data_dir), "import_definitions", str(path)]) == 0
