@@ -46,7 +46,7 @@ def test_failed_sync_nacks_confirms_fails_commits_and_raises_an_alarm(tmp_path: 
             ch.confirm_delivery()
             ch.queue_declare("q", durable=True)
             ch.basic_publish("", "q", b"before", PERSISTENT)  # confirmed: ack
-            assert "Alarms: (none)" in ctl_status(data)
+            assert "\nAlarms\n\n(none)" in ctl_status(data)
 
             fs.command("fail-fsync .seg")
             started = time.monotonic()
@@ -54,13 +54,14 @@ def test_failed_sync_nacks_confirms_fails_commits_and_raises_an_alarm(tmp_path: 
                 ch.basic_publish("", "q", b"refused", PERSISTENT)
             assert time.monotonic() - started < 5, "the nack came late"
             status = ctl_status(data)
-            assert "Alarms: disk_sync" in status and "Input/output error" in status, status
+            assert "\ndisk_sync: the message store cannot sync" in status, status
+            assert "Input/output error" in status, status
             log = node.log.read_text()
             assert "ERROR hare.store: cannot sync the message store to disk" in log, log
             assert "alarm set: disk_sync" in log, log
 
             fs.command("fail-fsync")  # the disk works again: the retry clears the alarm
-            wait_until(lambda: "Alarms: (none)" in ctl_status(data), timeout=10)
+            wait_until(lambda: "\nAlarms\n\n(none)" in ctl_status(data), timeout=10)
             assert "alarm cleared: disk_sync" in node.log.read_text()
             ch.basic_publish("", "q", b"after", PERSISTENT)  # confirmed again
 
@@ -73,7 +74,7 @@ def test_failed_sync_nacks_confirms_fails_commits_and_raises_an_alarm(tmp_path: 
             assert err.value.reply_code == 541
             assert "cannot sync to disk" in err.value.reply_text
             fs.command("fail-fsync")
-            wait_until(lambda: "Alarms: (none)" in ctl_status(data), timeout=10)
+            wait_until(lambda: "\nAlarms\n\n(none)" in ctl_status(data), timeout=10)
             ch.basic_publish("", "q", b"last", PERSISTENT)
             conn.close()
         finally:

@@ -124,7 +124,7 @@ class Access:
             name = DEFAULT_EXCHANGE_NAME
         perm = self.user.permissions.get(self.vhost)
         if perm is None or not perm.allows(what, name):
-            raise access_refused(f"{what} access to {resource(kind, name, self.vhost)} refused for user "
+            raise access_refused(f"access to {resource(kind, name, self.vhost)} refused for user "
                                  f"'{self.user.name}'")
         self.allowed.add(key)
 
@@ -140,5 +140,5 @@ class Access:
         tp = topics.get(exchange)
         if tp is None or tp.allows(what, routing_key, self.variables):
             return
-        raise access_refused(f"{what} access to topic '{routing_key}' in exchange '{exchange}' in vhost "
+        raise access_refused(f"access to topic '{routing_key}' in exchange '{exchange}' in vhost "
                              f"'{self.vhost}' refused for user '{self.user.name}'")

@@ -21,6 +21,7 @@ from ..amqp.errors import ConnectionFault, access_refused, precondition_failed
 from ..auth.permissions import CONFIGURE, READ, WRITE, Access, PatternError, Permission, TopicPermission
 from ..auth.users import HASHES, KNOWN_TAGS, SHA256, USER_LIMITS, User, hash_password
 from .exchanges import EXCHANGE_TYPES
+from .policies import erl
 from .vhost import VirtualHost, server_queue_name
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class Commands:
         vhost = self.vhost(name)
         for conn in list(self.broker.connections):
             if conn.vhost is vhost:
-                conn.close(320, f"vhost '{name}' is deleted")
+                conn.close(320, f"vhost '{name}' is down")  # RabbitMQ 3.10's text
         for q in list(vhost.queues.values()):
             vhost.remove_queue(q)
         for ex in list(vhost.exchanges.values()):
@@ -198,7 +199,10 @@ class Commands:
 
     def set_vhost_limits(self, name: str, limits: dict[str, Any]) -> None:
         vhost = self.vhost(name)
-        vhost.limits = _limits(limits, VHOST_LIMITS)
+        try:
+            vhost.limits = _limits(limits, VHOST_LIMITS)
+        except CommandError as exc:
+            raise CommandError("invalid", f"Validation failed\n\n{exc}\n") from None
         if self._defs is not None:
             self._defs.set_vhost_limits(name, vhost.limits)
 
@@ -236,7 +240,7 @@ class Commands:
                     loopback_only=name in self.broker.config.loopback_users)
         if existing is not None:
             user.permissions, user.topic_permissions = existing.permissions, existing.topic_permissions
-        user.limits = _limits(limits or {}, USER_LIMITS)
+        user.limits = _limits(limits or {}, USER_LIMITS, "user-limits")
         self.broker.users.users[name] = user
         self._save_user(user)
         self._refresh_access(user)
@@ -269,7 +273,7 @@ class Commands:
 
     def set_user_limits(self, name: str, limits: dict[str, Any]) -> None:
         user = self.user(name)
-        user.limits = _limits(limits, USER_LIMITS)
+        user.limits = _limits(limits, USER_LIMITS, "user-limits")
         self._save_user(user)
 
     # -- permissions -------------------------------------------------------------------------------
@@ -316,6 +320,112 @@ class Commands:
         self._save_user(user)
         self._refresh_access(user)
 
+    # -- operator commands: the rest of rabbitmqctl's (hare ctl, definitions files) ------------------
+
+    def authenticate_user(self, name: str, password: str) -> User:
+        """``rabbitmqctl authenticate_user``: the user if the password is its, else "invalid"."""
+        user = self.broker.users.authenticate(name, password)
+        if user is None:
+            raise CommandError("invalid", f"user '{name}' - invalid credentials")
+        return user
+
+    def clear_vhost_limits(self, name: str) -> None:
+        vhost = self.vhost(name)
+        if not vhost.limits:
+            raise CommandError("not_found", "Parameter does not exist")
+        vhost.limits = {}
+        if self._defs is not None:
+            self._defs.set_vhost_limits(name, {})
+
+    def clear_user_limits(self, name: str, limit: str) -> None:
+        """One limit by name, or ``all`` of them (an unknown name clears nothing, as RabbitMQ)."""
+        user = self.user(name)
+        if limit == "all":
+            user.limits = {}
+        else:
+            user.limits.pop(limit, None)
+        self._save_user(user)
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return [{"user": u.name, "tags": list(u.tags)} for u in self._users()]
+
+    def list_vhosts(self) -> list[dict[str, Any]]:
+        return [{"name": v.name, "tracing": False} for v in self._vhosts()]
+
+    def list_permissions(self, vhost: str) -> list[dict[str, str]]:
+        self.vhost(vhost)
+        return [{"user": u.name, **u.permissions[vhost].as_json()} for u in self._users()
+                if vhost in u.permissions]
+
+    def list_user_permissions(self, name: str) -> list[dict[str, str]]:
+        return [{"vhost": v, **p.as_json()} for v, p in sorted(self.user(name).permissions.items())]
+
+    def list_topic_permissions(self, vhost: str) -> list[dict[str, str]]:
+        self.vhost(vhost)
+        return [{"user": u.name, **tp.as_json()} for u in self._users()
+                for tp in u.topic_permissions.get(vhost, {}).values()]
+
+    def list_user_topic_permissions(self, name: str) -> list[dict[str, str]]:
+        return [{"vhost": v, **tp.as_json()} for v, tps in sorted(self.user(name).topic_permissions.items())
+                for tp in tps.values()]
+
+    def _users(self) -> list[User]:
+        return sorted(self.broker.users.users.values(), key=lambda u: u.name)
+
+    def _vhosts(self) -> list[VirtualHost]:
+        return sorted(self.broker.vhosts.values(), key=lambda v: v.name)
+
+    def export_definitions(self) -> dict[str, Any]:
+        """Everything, in the format of ``rabbitmqctl export_definitions`` (RabbitMQ 3.10 imports
+        it back): queues that are not exclusive, exchanges but the default and ``amq.*`` ones,
+        their bindings, policies, vhost limits (as RabbitMQ: in ``parameters`` and in ``vhosts``)."""
+        version = self.broker.config.product_version
+        users, permissions, topic_permissions = [], [], []
+        for u in self._users():
+            users.append({"name": u.name, "password_hash": base64.b64encode(u.password_hash).decode(),
+                          "hashing_algorithm": u.hashing, "tags": list(u.tags), "limits": dict(u.limits)})
+            for v, p in sorted(u.permissions.items()):
+                permissions.append({"user": u.name, "vhost": v, **p.as_json()})
+            for v, tps in sorted(u.topic_permissions.items()):
+                topic_permissions.extend({"user": u.name, "vhost": v, **tp.as_json()} for tp in tps.values())
+        vhosts, parameters, policies, queues, exchanges, bindings = [], [], [], [], [], []
+        for vhost in self._vhosts():
+            v = vhost.name
+            vhosts.append({"name": v, "limits": [[k, n] for k, n in sorted(vhost.limits.items())],
+                           "metadata": {"description": "", "tags": []}})
+            if vhost.limits:
+                parameters.append({"vhost": v, "component": "vhost-limits", "name": "limits",
+                                   "value": dict(sorted(vhost.limits.items()))})
+            policies.extend(p.as_json() for p in vhost.policies())
+            kept = {q.name for q in vhost.queues.values() if not q.exclusive}
+            for q in vhost.queues.values():
+                if q.name in kept:
+                    qtype = q.arguments.get("x-queue-type")
+                    queues.append({"name": q.name, "vhost": v, "durable": q.durable,
+                                   "auto_delete": q.auto_delete, "arguments": dict(q.arguments),
+                                   "type": qtype if isinstance(qtype, str) else "classic"})
+            for ex in vhost.exchanges.values():
+                if not ex.name:
+                    continue
+                if not ex.name.startswith("amq."):
+                    x = {"name": ex.name, "vhost": v, "type": ex.type_name, "durable": ex.durable,
+                         "auto_delete": ex.auto_delete, "arguments": dict(ex.arguments)}
+                    if ex.internal:  # RabbitMQ 3.10 leaves it out; its import reads it
+                        x["internal"] = True
+                    exchanges.append(x)
+                for (dest, routing_key, _frozen), arguments in ex.bindings.items():
+                    is_queue = not hasattr(dest, "type_name")
+                    if is_queue and dest.name not in kept:
+                        continue  # RabbitMQ exports an exclusive queue's too; they cannot be imported
+                    bindings.append({"source": ex.name, "vhost": v, "destination": dest.name,
+                                     "destination_type": "queue" if is_queue else "exchange",
+                                     "routing_key": routing_key, "arguments": dict(arguments)})
+        return {"rabbit_version": version, "rabbitmq_version": version, "users": users, "vhosts": vhosts,
+                "permissions": permissions,
+                "topic_permissions": topic_permissions, "parameters": parameters,
+                "global_parameters": [], "policies": policies, "queues": queues,
+                "exchanges": exchanges, "bindings": bindings}
+
     def _refresh_access(self, user: User) -> None:
         """The user's permissions changed: its open channels decide afresh from now on."""
         for conn in list(self.broker.connections):
@@ -323,17 +433,18 @@ class Commands:
                 conn.permissions_changed(user)
 
 
-def _limits(limits: dict[str, Any], known: tuple[str, ...]) -> dict[str, int]:
-    """Limits as ``set_vhost_limits``/``set_user_limits`` take them: a negative value is no limit."""
+def _limits(limits: dict[str, Any], known: tuple[str, ...], component: str = "limits") -> dict[str, int]:
+    """Limits as ``set_vhost_limits``/``set_user_limits`` take them: a negative value is no limit.
+    Refused with RabbitMQ 3.10's texts (``component``: "limits" for a vhost's, "user-limits")."""
     if not isinstance(limits, dict):
-        raise CommandError("invalid", "limits must be a JSON object")
+        raise CommandError("invalid", f"Unrecognised terms {erl(limits)} in {component}")
+    unknown = [f"{{{erl(k)},{erl(v)}}}" for k, v in limits.items() if k not in known]
+    if unknown:
+        raise CommandError("invalid", f"Unrecognised terms [{','.join(unknown)}] in {component}")
     out = {}
     for key, value in limits.items():
-        if key not in known:
-            raise CommandError("invalid", f"Validation failed\n\n{key} is not a valid limit "
-                               f"(expected one of: {', '.join(known)})")
         if isinstance(value, bool) or not isinstance(value, int):
-            raise CommandError("invalid", f"Validation failed\n\n{key}: expected an integer, got {value!r}")
+            raise CommandError("invalid", f"{key} should be a number, actually was {erl(value)}")
         if value >= 0:
             out[key] = value
     return out

@@ -1,11 +1,15 @@
 """``load_definitions``: a definitions file in RabbitMQ's JSON format, applied at start.
 
 The format is the one ``rabbitmqctl export_definitions`` and the management UI write. hare applies,
-in RabbitMQ's order: ``users`` (rabbit_password_hashing_sha256 hashes), ``vhosts``,
-``permissions`` (a permission opens the vhost to the user), ``policies``, ``queues``,
-``exchanges`` and ``bindings``; it ignores the rest (parameters, topic permissions, versions). An
-invalid file or policy stops the broker from starting, as it stops RabbitMQ; a queue or exchange
-that exists with other properties is left as it is, with a warning.
+in RabbitMQ's order: ``users`` (SHA-256, SHA-512 and MD5 password hashes, or a clear ``password``;
+their ``tags`` and ``limits``), ``vhosts``, ``permissions`` (a permission opens the vhost to the
+user), ``topic_permissions``, ``parameters`` (the ``vhost-limits`` component; others are
+ignored), ``policies``, ``queues``, ``exchanges`` and ``bindings``; it ignores the rest
+(global parameters, versions). Every change goes through the command layer (``broker.commands``).
+An invalid file or policy stops the broker from starting, as it stops RabbitMQ (and fails
+``hare ctl import_definitions``); a queue or exchange that exists with other properties is left as
+it is, with a warning. ``hare ctl export_definitions`` writes the same format
+(``Commands.export_definitions``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,20 @@ def apply_definitions(broker: Broker, data: dict[str, Any]) -> None:
                                      p.get("write", ""), p.get("read", ""))
         except CommandError as exc:
             log.warning("definitions: permissions of user %r not applied: %s", p.get("user"), exc)
+    for p in _items(data, "topic_permissions"):
+        try:
+            commands.set_topic_permissions(p.get("user", ""), p.get("vhost", default_vhost),
+                                           p.get("exchange", ""), p.get("write", ""), p.get("read", ""))
+        except CommandError as exc:
+            log.warning("definitions: topic permissions of user %r not applied: %s", p.get("user"), exc)
+    for p in _items(data, "parameters"):
+        if p.get("component") != "vhost-limits":
+            log.info("definitions: parameter %r of component %r ignored", p.get("name"), p.get("component"))
+            continue
+        try:
+            commands.set_vhost_limits(p.get("vhost", default_vhost), p.get("value") or {})
+        except CommandError as exc:
+            log.warning("definitions: limits of vhost %r not applied: %s", p.get("vhost"), exc)
 
     def vhost_of(item: dict[str, Any]) -> Any:
         name = item.get("vhost", default_vhost)
@@ -77,27 +95,27 @@ def apply_definitions(broker: Broker, data: dict[str, Any]) -> None:
         if isinstance(definition, str):  # some exports keep it as JSON text
             definition = json.loads(definition)
         try:
-            vhost_of(p).set_policy(p["name"], p["pattern"], definition, p.get("priority", 0),
-                                   p.get("apply-to", "all"))
+            commands.set_policy(vhost_of(p), p["name"], p["pattern"], definition, p.get("priority", 0),
+                                p.get("apply-to", "all"))
         except PolicyError as exc:
             raise PolicyError(f"policy '{p['name']}': Validation failed: {exc}") from None
     for q in _items(data, "queues"):
-        _declare(q, "queue", lambda q=q: vhost_of(q).declare_queue(
-            q["name"], durable=q.get("durable", True), auto_delete=q.get("auto_delete", False),
+        _declare(q, "queue", lambda q=q: commands.declare_queue(
+            vhost_of(q), q["name"], durable=q.get("durable", True), auto_delete=q.get("auto_delete", False),
             arguments=q.get("arguments") or {}))
     for x in _items(data, "exchanges"):
-        _declare(x, "exchange", lambda x=x: vhost_of(x).declare_exchange(
-            x["name"], x.get("type", "direct"), durable=x.get("durable", True),
+        _declare(x, "exchange", lambda x=x: commands.declare_exchange(
+            vhost_of(x), x["name"], x.get("type", "direct"), durable=x.get("durable", True),
             auto_delete=x.get("auto_delete", False), internal=x.get("internal", False),
             arguments=x.get("arguments") or {}))
     for b in _items(data, "bindings"):
         vhost = vhost_of(b)
         if b.get("destination_type", "queue") == "exchange":
-            bind = vhost.bind_exchange
+            bind = commands.bind_exchange
         else:
-            bind = vhost.bind_queue
-        _declare(b, "binding", lambda b=b, bind=bind: bind(
-            b["destination"], b["source"], b.get("routing_key", ""), b.get("arguments") or {}))
+            bind = commands.bind_queue
+        _declare(b, "binding", lambda b=b, bind=bind, vhost=vhost: bind(
+            vhost, b["destination"], b["source"], b.get("routing_key", ""), b.get("arguments") or {}))
 
 
 def _declare(item: dict[str, Any], kind: str, declare: Any) -> None:

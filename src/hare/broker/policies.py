@@ -127,16 +127,22 @@ _PCRE_ERRORS: dict[str, Callable[[str, int], tuple[str, int]]] = {
 }
 
 
+def pcre_error(pattern: str, exc: re.error) -> tuple[str, int]:
+    """PCRE's message and position for the error Python's ``re`` found in ``pattern``."""
+    msg, pos = exc.msg, exc.pos or 0
+    if msg in _PCRE_ERRORS:
+        return _PCRE_ERRORS[msg](pattern, pos)
+    if msg.startswith("bad character range"):
+        return "range out of order in character class", pos + 2
+    return msg, pos
+
+
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """The pattern as RabbitMQ's ``re`` (PCRE) reads it; PolicyError if it is not valid."""
     try:
         return re.compile(_NAMED_GROUP.sub("(?P<", pattern))
     except re.error as exc:
-        msg, pos = exc.msg, exc.pos or 0
-        if msg in _PCRE_ERRORS:
-            msg, pos = _PCRE_ERRORS[msg](pattern, pos)
-        elif msg.startswith("bad character range"):
-            msg, pos = "range out of order in character class", pos + 2
+        msg, pos = pcre_error(pattern, exc)
         prefix = "pattern should be regular expression but is invalid: "
         items = [p_string(msg.encode("utf-8", "surrogateescape")), str(pos)]
         raise PolicyError(prefix + p_tuple(items, column(prefix))) from None

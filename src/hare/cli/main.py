@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="level of every log output (default info)")
     b = sub.add_parser("bench", help="measure publish/consume rates against a broker")
     bench_run.add_arguments(b)
-    c = sub.add_parser("ctl", help="manage a running broker (policies, queues), as rabbitmqctl")
+    c = sub.add_parser("ctl", help="manage a running broker (users, vhosts, permissions, limits, policies, "
+                                       "definitions), as rabbitmqctl")
     ctl.add_arguments(c)
     return p
 

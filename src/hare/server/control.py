@@ -10,7 +10,9 @@ the broker between two AMQP reads. One JSON object per line each way::
     <- {"ok": false, "error": "Error:\\nValidation failed\\n\\n...", "status": 69}
 
 ``error`` is the text ``rabbitmqctl`` prints for the same failure and ``status`` its exit code.
-Commands: ``set_policy``, ``clear_policy``, ``list_policies``, ``list_queues``, ``status``.
+Each command is a ``_cmd_<name>`` method: rabbitmqctl's names (users, vhosts, permissions, topic
+permissions, limits, policies, definitions, list_queues, status). Every change goes through the
+broker's command layer (``broker.commands``); this module only words the answers as rabbitmqctl.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 from collections import Counter
 from pathlib import Path
@@ -26,17 +29,23 @@ from typing import Any
 
 from .. import __version__
 from ..broker.broker import Broker
-from ..broker.policies import PolicyError
+from ..broker.commands import CommandError as ModelError
+from ..broker.commands import Commands
+from ..broker.definitions_file import apply_definitions
+from ..broker.policies import PolicyError, pcre_error
 from ..broker.vhost import VirtualHost
 
 log = logging.getLogger("hare.control")
 
 SOCKET_NAME = "hare-ctl.sock"
 MAX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
-MAX_REQUEST = 1 << 20
+MAX_REQUEST = 64 << 20  # a request line (import_definitions sends the whole file)
 
-EX_DATAERR = 65  # rabbitmqctl's exit codes
+EX_USAGE = 64  # rabbitmqctl's exit codes (sysexits.h)
+EX_DATAERR = 65
+EX_NOUSER = 67
 EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
 
 
 class CommandError(Exception):
@@ -108,32 +117,207 @@ class ControlServer:
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         command = req.get("command")
-        if command == "status":
-            return {"version": __version__, "vhosts": sorted(self.broker.vhosts),
-                    "alarms": sorted(self.broker.alarms), "sync_error": self.broker.sync_error}
-        vhost = self._vhost(req.get("vhost", "/"))
-        if command == "set_policy":
-            try:
-                vhost.set_policy(str(req["name"]), str(req["pattern"]), req["definition"],
-                                 req.get("priority", 0), str(req.get("apply_to", "all")))
-            except PolicyError as exc:
-                raise CommandError(f"Error:\nValidation failed\n\n{exc}\n") from None
-            return {}
-        if command == "clear_policy":
-            if not vhost.clear_policy(str(req["name"])):
-                raise CommandError("Error:\nParameter does not exist")
-            return {}
-        if command == "list_policies":
-            return {"policies": [p.as_json() for p in vhost.policies()]}
-        if command == "list_queues":
-            return {"queues": self._queues(vhost)}
-        raise CommandError(f"Error: unknown command {command!r}", 64)
+        handler = getattr(self, f"_cmd_{command}", None) if isinstance(command, str) else None
+        if handler is None:
+            raise CommandError(f"Error: unknown command {command!r}", EX_USAGE)
+        try:
+            result: dict[str, Any] = handler(req)
+        except ModelError as exc:  # what the handler did not word itself
+            status = {"exists": EX_SOFTWARE, "not_found": EX_UNAVAILABLE}.get(exc.kind, EX_UNAVAILABLE)
+            raise CommandError(f"Error:\n{exc}", status) from None
+        return result
+
+    @property
+    def _c(self) -> Commands:
+        return self.broker.commands
 
     def _vhost(self, name: Any) -> VirtualHost:
         vhost = self.broker.vhosts.get(name)
         if vhost is None:
             raise CommandError(f"Virtual host '{name}' does not exist", EX_DATAERR)
         return vhost
+
+    def _user_vhost(self, req: dict[str, Any]) -> tuple[str, str]:
+        """The user, then the vhost, of a permission command, as rabbitmqctl checks them."""
+        user, vhost = str(req["user"]), str(req.get("vhost", "/"))
+        if user not in self.broker.users.users:
+            raise CommandError(f"Error:\nUser {user} does not exist", EX_NOUSER)
+        if vhost not in self.broker.vhosts:
+            raise CommandError(f"Error:\nVirtual host {vhost} does not exist", EX_UNAVAILABLE)
+        return user, vhost
+
+    def _user(self, name: Any, quoted: bool = True) -> str:
+        """An existing user: rabbitmqctl says 'User "x" does not exist' (67) for some commands,
+        and prints the Erlang error ({:no_such_user, "x"}, 69) for others."""
+        name = str(name)
+        if name not in self.broker.users.users:
+            if quoted:
+                raise CommandError(f'Error:\nUser "{name}" does not exist', EX_NOUSER)
+            raise CommandError(f'Error:\n{{:no_such_user, {_ex_string(name)}}}', EX_UNAVAILABLE)
+        return name
+
+    # policies and queues
+
+    def _cmd_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        b = self.broker
+        return {"version": __version__, "product_version": b.config.product_version,
+                "vhosts": sorted(b.vhosts), "users": len(b.users.users), "connections": len(b.connections),
+                "queues": sum(len(v.queues) for v in b.vhosts.values()), "alarms": sorted(b.alarms),
+                "sync_error": b.sync_error,
+                "data_directory": str(b.data_dir) if b.data_dir is not None else None}
+
+    def _cmd_set_policy(self, req: dict[str, Any]) -> dict[str, Any]:
+        vhost = self._vhost(req.get("vhost", "/"))
+        try:
+            self._c.set_policy(vhost, str(req["name"]), str(req["pattern"]), req["definition"],
+                               req.get("priority", 0), str(req.get("apply_to", "all")))
+        except PolicyError as exc:
+            raise CommandError(f"Error:\nValidation failed\n\n{exc}\n") from None
+        return {}
+
+    def _cmd_clear_policy(self, req: dict[str, Any]) -> dict[str, Any]:
+        if not self._c.clear_policy(self._vhost(req.get("vhost", "/")), str(req["name"])):
+            raise CommandError("Error:\nParameter does not exist")
+        return {}
+
+    def _cmd_list_policies(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"policies": [p.as_json() for p in self._vhost(req.get("vhost", "/")).policies()]}
+
+    def _cmd_list_queues(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"queues": self._queues(self._vhost(req.get("vhost", "/")))}
+
+    # users
+
+    def _cmd_add_user(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.add_user(str(req["user"]), str(req["password"]))
+        return {}
+
+    def _cmd_delete_user(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.delete_user(self._user(req["user"]))
+        return {}
+
+    def _cmd_change_password(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.change_password(self._user(req["user"]), str(req["password"]))
+        return {}
+
+    def _cmd_clear_password(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.clear_password(self._user(req["user"], quoted=False))
+        return {}
+
+    def _cmd_authenticate_user(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req["user"])
+        try:
+            self._c.authenticate_user(name, str(req["password"]))
+        except ModelError as exc:
+            raise CommandError(f'Error:\nError: failed to authenticate user "{name}"\n{exc}',
+                               EX_DATAERR) from None
+        return {}
+
+    def _cmd_set_user_tags(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.set_user_tags(self._user(req["user"]), [str(t) for t in req.get("tags", [])])
+        return {}
+
+    def _cmd_list_users(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": self._c.list_users()}
+
+    def _cmd_set_user_limits(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.set_user_limits(self._user(req["user"], quoted=False), req["limits"])
+        return {}
+
+    def _cmd_clear_user_limits(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.clear_user_limits(self._user(req["user"], quoted=False), str(req["limit"]))
+        return {}
+
+    def _cmd_list_user_limits(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req.get("global"):
+            return {"rows": [{"user": u["user"], "limits": self._c.user(u["user"]).limits}
+                             for u in self._c.list_users() if self._c.user(u["user"]).limits]}
+        return {"limits": self._c.user(self._user(req["user"], quoted=False)).limits}
+
+    # virtual hosts
+
+    def _cmd_add_vhost(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req["vhost"])
+        if name not in self.broker.vhosts:  # rabbitmqctl: adding one that exists succeeds
+            self._c.add_vhost(name)
+        return {}
+
+    def _cmd_delete_vhost(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.delete_vhost(self._vhost(req["vhost"]).name)
+        return {}
+
+    def _cmd_list_vhosts(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": self._c.list_vhosts()}
+
+    def _cmd_set_vhost_limits(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.set_vhost_limits(self._vhost(req.get("vhost", "/")).name, req["limits"])
+        return {}
+
+    def _cmd_clear_vhost_limits(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req.get("vhost", "/"))
+        if name not in self.broker.vhosts:
+            raise CommandError("Error:\nParameter does not exist")
+        self._c.clear_vhost_limits(name)
+        return {}
+
+    def _cmd_list_vhost_limits(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req.get("global"):
+            return {"rows": [{"vhost": v["name"], "limits": self.broker.vhosts[v["name"]].limits}
+                             for v in self._c.list_vhosts() if self.broker.vhosts[v["name"]].limits]}
+        return {"limits": self._vhost(req.get("vhost", "/")).limits}
+
+    # permissions
+
+    def _cmd_set_permissions(self, req: dict[str, Any]) -> dict[str, Any]:
+        user, vhost = self._user_vhost(req)
+        for key in ("configure", "write", "read"):
+            _check_regexp(str(req[key]), charlist=True)
+        self._c.set_permissions(user, vhost, str(req["configure"]), str(req["write"]), str(req["read"]))
+        return {}
+
+    def _cmd_clear_permissions(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._c.clear_permissions(*self._user_vhost(req))
+        return {}
+
+    def _cmd_list_permissions(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": self._c.list_permissions(self._vhost(req.get("vhost", "/")).name)}
+
+    def _cmd_list_user_permissions(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": self._c.list_user_permissions(self._user(req["user"], quoted=False))}
+
+    def _cmd_set_topic_permissions(self, req: dict[str, Any]) -> dict[str, Any]:
+        user, vhost = self._user_vhost(req)
+        for key in ("write", "read"):
+            _check_regexp(str(req[key]), charlist=False)
+        self._c.set_topic_permissions(user, vhost, str(req["exchange"]), str(req["write"]), str(req["read"]))
+        return {}
+
+    def _cmd_clear_topic_permissions(self, req: dict[str, Any]) -> dict[str, Any]:
+        user, vhost = self._user_vhost(req)
+        exchange = req.get("exchange")
+        self._c.clear_topic_permissions(user, vhost, None if exchange is None else str(exchange))
+        return {}
+
+    def _cmd_list_topic_permissions(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": self._c.list_topic_permissions(self._vhost(req.get("vhost", "/")).name)}
+
+    def _cmd_list_user_topic_permissions(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": self._c.list_user_topic_permissions(self._user(req["user"], quoted=False))}
+
+    # definitions
+
+    def _cmd_export_definitions(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"definitions": self._c.export_definitions()}
+
+    def _cmd_import_definitions(self, req: dict[str, Any]) -> dict[str, Any]:
+        data = req.get("definitions")
+        if not isinstance(data, dict):
+            raise CommandError("Error:\nthe definitions are not a JSON object", EX_DATAERR)
+        try:
+            apply_definitions(self.broker, data)
+        except (PolicyError, ValueError, KeyError, TypeError) as exc:
+            raise CommandError(f"Error:\nFailed to import definitions: {exc}", EX_DATAERR) from None
+        return {}
 
     def _queues(self, vhost: VirtualHost) -> list[dict[str, Any]]:
         unacked: Counter[Any] = Counter()
@@ -152,6 +336,25 @@ class ControlServer:
                 "auto_delete": q.auto_delete, "exclusive": q.exclusive,
                 "arguments": {k: v for k, v in q.arguments.items()}})
         return out
+
+
+def _ex_string(s: str) -> str:
+    """An Elixir string as ``inspect`` prints it."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _check_regexp(pattern: str, charlist: bool) -> None:
+    """Refuse a pattern as rabbitmqctl does: ``{:invalid_regexp, '(', {'missing )', 1}}`` (the
+    pattern is a charlist for set_permissions, a binary for set_topic_permissions)."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        msg, pos = pcre_error(pattern, exc)
+        if charlist:
+            shown = "'" + pattern.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        else:
+            shown = _ex_string(pattern)
+        raise CommandError(f"Error:\n{{:invalid_regexp, {shown}, {{'{msg}', {pos}}}}}") from None
 
 
 async def _alive(path: Path) -> bool:

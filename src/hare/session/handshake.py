@@ -69,7 +69,7 @@ def check_connection_limits(broker: Broker, vhost: VirtualHost, user: Any) -> No
                               f"connection limit ({limit}) is reached")
     limit = user.limits.get("max-connections")
     if limit is not None and sum(1 for c in broker.connections if c.username == user.name) >= limit:
-        raise ConnectionFault(530, f"Connection refused for user '{user.name}': user connection limit "
+        raise ConnectionFault(530, f"connection refused for user '{user.name}': user connection limit "
                               f"({limit}) is reached")
 
 
