@@ -139,7 +139,6 @@ class Connection(Handshake):
         self.closed = False  # the shell should close the socket once output is flushed
         self.close_reason: AMQPError | None = None
         self.blocked = False  # connection.blocked was sent (or would be, without the capability)
-        self.published = False  # a publisher: resource alarms block it
         self.alarm_paused = False  # blocked by a resource alarm: the shell does not read us
         self.throttled: set[Queue] = set()  # queues whose backlog asks us to stop reading
 
@@ -271,6 +270,7 @@ class Connection(Handshake):
         n = len(data)
         channels = self.channels
         frame_max = self.frame_max
+        alarms = self.broker.alarms  # (a set changed in place)
         while n - pos >= 7 and not self.closed:
             ftype, chnum, size = unpack_header(data, pos)
             if size > frame_max:  # RabbitMQ allows frame_max octets of payload, 8 more than it says
@@ -299,6 +299,8 @@ class Connection(Handshake):
                         if got < ch.pub_size:
                             ch.pub_body.append(body)
                             ch.pub_received = got
+                            if alarms and not self.alarm_paused:
+                                self.publish_blocked()
                             continue
                         if got > ch.pub_size:
                             # RabbitMQ counts down past zero and keeps awaiting body frames
@@ -346,6 +348,8 @@ class Connection(Handshake):
                         class_weight, body_size = _unpack_IQ(data, start)
                         if class_weight != 0x3C0000:  # class 60, weight 0
                             raise self._bad_content_header(data[start:end])
+                        if alarms and not self.alarm_paused:
+                            self.publish_blocked()
                         props = data[start + 12 : end]
                         if body_size == 0:
                             ch.pub = None
@@ -615,25 +619,25 @@ class Connection(Handshake):
         self.blocked = False
 
     def alarm_changed(self) -> None:
-        """A resource alarm went on or off. As RabbitMQ: publishers are told (connection.blocked)
-        at once; a connection is no longer read once it publishes during the alarm; when every
-        alarm is clear, blocked connections are told (connection.unblocked) and read again."""
-        if self.broker.alarms:
-            if self.published:
-                self.block(_alarm_reason(self.broker.alarms))
-        elif self.blocked or self.alarm_paused:
+        """A resource alarm went on or off. As RabbitMQ 3.10, an alarm going on tells nobody: a
+        connection is blocked (connection.blocked, no longer read) when a publish's content
+        arrives during the alarm, even if it published before. When every alarm is clear, blocked
+        connections are told (connection.unblocked) and read again."""
+        if not self.broker.alarms and (self.blocked or self.alarm_paused):
             self.unblock()
             self.alarm_paused = False
             self.on_flow_resume()
 
     def publish_blocked(self) -> None:
-        """A publish arrived during a resource alarm: it is taken; then stop reading."""
+        """A publish's content arrived during a resource alarm: this frame is taken (and the rest
+        of the input in hand); then stop reading."""
         self.block(_alarm_reason(self.broker.alarms))
         self.alarm_paused = True
 
 
 def _alarm_reason(alarms: set[str]) -> str:
-    return "low on memory" if "memory" in alarms else "low on disk"
+    """connection.blocked's reason, as RabbitMQ words it: "low on memory", "low on disk & memory"."""
+    return "low on " + " & ".join(sorted(alarms))
 
 
 def _noop() -> None:

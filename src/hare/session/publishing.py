@@ -81,8 +81,7 @@ class Publishing:
     def publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
         """A whole message has arrived: route it, store it, confirm it."""
         conn = self.conn
-        conn.published = True
-        if conn.broker.alarms:
+        if conn.broker.alarms and not conn.alarm_paused:  # (a body completed during an alarm)
             conn.publish_blocked()
         try:
             ex = self._check_publish(m, props_raw, len(body))
