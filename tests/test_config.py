@@ -54,3 +54,49 @@ def test_disk_free_limit_default_is_rabbitmqs_and_garbage_is_refused(tmp_path: P
     f.write_text("disk_free_limit.absolute = lots\n")
     with pytest.raises(ValueError, match="hare.conf:1: not a size"):
         load_config(f, ServeOptions())
+
+
+def _load(tmp_path: Path, text: str) -> ServeOptions:
+    f = tmp_path / "hare.conf"
+    f.write_text(text)
+    return load_config(f, ServeOptions())
+
+
+def test_limits_and_alarms_keys(tmp_path: Path) -> None:
+    b = ServeOptions().broker  # RabbitMQ's defaults
+    assert (b.vm_memory_high_watermark, b.vm_memory_high_watermark_absolute,
+            b.total_memory_available_override_value) == (0.4, None, None)
+    b = _load(tmp_path, "vm_memory_high_watermark.absolute = 512MiB\n"
+                        "total_memory_available_override_value = 2GB\n"
+                        "max_message_size = 536870912\n").broker
+    assert (b.vm_memory_high_watermark_absolute, b.total_memory_available_override_value,
+            b.max_message_size) == (512 << 20, 2 * 10**9, 512 << 20)
+    b = _load(tmp_path, "vm_memory_high_watermark.relative = 0.6\n").broker
+    assert b.vm_memory_high_watermark == 0.6
+
+
+@pytest.mark.parametrize(("value", "size"), [("1073741824", 1 << 30), ("1GB", 10**9), ("1G", 1 << 30),
+                                             ("1024k", 1 << 20), ("100MB", 10**8), ("100M", 100 << 20)])
+def test_absolute_watermark_takes_rabbitmq_units(tmp_path: Path, value: str, size: int) -> None:
+    b = _load(tmp_path, f"vm_memory_high_watermark.absolute = {value}\n").broker
+    assert b.vm_memory_high_watermark_absolute == size
+
+
+def test_relative_watermark_wins_over_absolute_as_in_rabbitmq(tmp_path: Path) -> None:
+    for text in ("vm_memory_high_watermark.relative = 0.5\nvm_memory_high_watermark.absolute = 1GB\n",
+                 "vm_memory_high_watermark.absolute = 1GB\nvm_memory_high_watermark.relative = 0.5\n"):
+        b = _load(tmp_path, text).broker
+        assert (b.vm_memory_high_watermark, b.vm_memory_high_watermark_absolute) == (0.5, None)
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    ("vm_memory_high_watermark.relative = 1.5", "vm_memory_high_watermark.relative must be a fraction"),
+    ("vm_memory_high_watermark.relative = lots", "vm_memory_high_watermark.relative must be a fraction"),
+    ("vm_memory_high_watermark.absolute = 1 TB", "vm_memory_high_watermark.absolute must be a size"),
+    ("total_memory_available_override_value = x", "total_memory_available_override_value must be a size"),
+    ("max_message_size = 536870913", "max_message_size must be between 1 and 536870912"),
+    ("max_message_size = 0", "max_message_size must be between 1 and 536870912"),
+])
+def test_limit_keys_refuse_bad_values_naming_the_key(tmp_path: Path, line: str, error: str) -> None:
+    with pytest.raises(ValueError, match=f"hare.conf:1: {error}"):
+        _load(tmp_path, line + "\n")

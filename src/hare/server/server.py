@@ -15,6 +15,7 @@ from ..broker.broker import Broker
 from ..broker.timers import now_ms
 from ..session.connection import CLOSED, CLOSING_CONN, OPENED, Connection
 from .control import SOCKET_NAME, ControlServer
+from .memory import MemoryMonitor
 from .storage import StoreDriver
 
 log = logging.getLogger("hare.server")
@@ -215,6 +216,7 @@ class Server:
         self.timer: asyncio.TimerHandle | None = None  # runs the broker's due timers
         self.timer_at = 0  # the deadline (ms) it is set for
         self.control: ControlServer | None = None  # the socket of `hare ctl` (server/control.py)
+        self.memory: MemoryMonitor | None = None  # the memory alarm (server/memory.py)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -222,6 +224,8 @@ class Server:
             self.storage = StoreDriver(self.broker, self.broker.store, self.loop)
         self.broker.timers.on_change = self._schedule_timers
         self._schedule_timers()
+        if self.memory is None:
+            self.memory = MemoryMonitor(self.broker, self.loop)
         self._server = await self.loop.create_server(
             lambda: AMQPProtocol(self), self.host, self.port, reuse_address=True, backlog=1024)
         sockets = self._server.sockets or []
@@ -268,6 +272,9 @@ class Server:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.memory is not None:
+            self.memory.stop()
+            self.memory = None
         self.broker.timers.on_change = _noop
         await asyncio.sleep(0)  # let the aborted connections release their messages
         if self.storage is not None:
