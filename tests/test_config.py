@@ -65,14 +65,17 @@ def _load(tmp_path: Path, text: str) -> ServeOptions:
 def test_limits_and_alarms_keys(tmp_path: Path) -> None:
     b = ServeOptions().broker  # RabbitMQ's defaults
     assert (b.vm_memory_high_watermark, b.vm_memory_high_watermark_absolute,
-            b.total_memory_available_override_value) == (0.4, None, None)
-    b = _load(tmp_path, "vm_memory_high_watermark.absolute = 512MiB\n"
-                        "total_memory_available_override_value = 2GB\n"
+            b.total_memory_available_override_value, b.handshake_timeout, b.connection_max) == (
+        0.4, None, None, 10_000, None)
+    b = _load(tmp_path, "vm_memory_high_watermark.absolute = 512MiB\nhandshake_timeout = 2500\n"
+                        "connection_max = 100\ntotal_memory_available_override_value = 2GB\n"
                         "max_message_size = 536870912\n").broker
     assert (b.vm_memory_high_watermark_absolute, b.total_memory_available_override_value,
-            b.max_message_size) == (512 << 20, 2 * 10**9, 512 << 20)
-    b = _load(tmp_path, "vm_memory_high_watermark.relative = 0.6\n").broker
-    assert b.vm_memory_high_watermark == 0.6
+            b.handshake_timeout, b.connection_max, b.max_message_size) == (
+        512 << 20, 2 * 10**9, 2500, 100, 512 << 20)
+    b = _load(tmp_path, "vm_memory_high_watermark.relative = 0.6\nhandshake_timeout = infinity\n"
+                        "connection_max = infinity\n").broker
+    assert (b.vm_memory_high_watermark, b.handshake_timeout, b.connection_max) == (0.6, None, None)
 
 
 @pytest.mark.parametrize(("value", "size"), [("1073741824", 1 << 30), ("1GB", 10**9), ("1G", 1 << 30),
@@ -94,6 +97,9 @@ def test_relative_watermark_wins_over_absolute_as_in_rabbitmq(tmp_path: Path) ->
     ("vm_memory_high_watermark.relative = lots", "vm_memory_high_watermark.relative must be a fraction"),
     ("vm_memory_high_watermark.absolute = 1 TB", "vm_memory_high_watermark.absolute must be a size"),
     ("total_memory_available_override_value = x", "total_memory_available_override_value must be a size"),
+    ("handshake_timeout = 0", "handshake_timeout must be an integer of at least 1, or infinity"),
+    ("handshake_timeout = 10s", "handshake_timeout must be an integer of at least 1, or infinity"),
+    ("connection_max = -1", "connection_max must be an integer of at least 0, or infinity"),
     ("max_message_size = 536870913", "max_message_size must be between 1 and 536870912"),
     ("max_message_size = 0", "max_message_size must be between 1 and 536870912"),
 ])

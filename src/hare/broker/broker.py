@@ -37,6 +37,8 @@ class BrokerConfig:
     vm_memory_high_watermark: float = 0.4
     vm_memory_high_watermark_absolute: int | None = None
     total_memory_available_override_value: int | None = None
+    handshake_timeout: int | None = 10_000  # ms from the socket's accept to connection.open-ok
+    connection_max: int | None = None  # open connections at most (None: no limit)
     # ms a channel may keep a delivery unacknowledged before it is closed (406) and the delivery
     # requeued; RabbitMQ's default, 30 minutes. None: no limit. Per queue: x-consumer-timeout.
     consumer_timeout: int | None = 1_800_000

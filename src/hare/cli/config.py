@@ -62,6 +62,15 @@ def _size_of(key: str, value: str) -> int:
                          f"{value!r}") from None
 
 
+def _limit(key: str, value: str, least: int = 0) -> int | None:
+    """A count or a time in ms: an integer of at least ``least``, or ``infinity`` (no limit)."""
+    if value == "infinity":
+        return None
+    if not value.isdigit() or int(value) < least:
+        raise ValueError(f"{key} must be an integer of at least {least}, or infinity: {value!r}")
+    return int(value)
+
+
 def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
     loopback = set(opts.broker.loopback_users)
     relative = False  # vm_memory_high_watermark.relative was given: it wins over .absolute
@@ -115,6 +124,10 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
                 b.vm_memory_high_watermark_absolute = _size_of(key, value)
             elif key == "total_memory_available_override_value":
                 b.total_memory_available_override_value = _size_of(key, value)
+            elif key == "handshake_timeout":
+                b.handshake_timeout = _limit(key, value, 1)
+            elif key == "connection_max":
+                b.connection_max = _limit(key, value)
             elif key == "disk_free_limit.absolute":
                 b.disk_free_limit = _size(value)
             elif key == "consumer_timeout":

@@ -20,7 +20,6 @@ from .storage import StoreDriver
 
 log = logging.getLogger("hare.server")
 
-HANDSHAKE_TIMEOUT = 10.0  # RabbitMQ's handshake_timeout
 CLOSE_TIMEOUT = 1.0  # how long to wait for close-ok after we sent connection.close
 FLOW_PAUSE = 0.05  # longest pause of a throttled publisher before it is read again
 FAIR_READ = 65536  # a read this large suggests more is pending: yield to other sockets
@@ -52,7 +51,9 @@ class AMQPProtocol(asyncio.Protocol):
         self.conn = Connection(self.server.broker, transport.get_extra_info("peername"),
                                wake=self._wake, on_flow_resume=self._flow_resume)
         self.server.protocols.add(self)
-        self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        timeout = self.server.broker.config.handshake_timeout  # ms; None: no limit
+        if timeout is not None:
+            self.timer = self.loop.call_later(timeout / 1000, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         self.received = True
