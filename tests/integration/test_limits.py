@@ -216,3 +216,53 @@ def test_limits_reached_never_harm_a_healthy_client(hare_broker_factory) -> None
     assert not errors and not t.is_alive()
     for x in (*idle, c, over, big, sized, tune):
         x.close()
+
+
+def test_a_body_over_max_message_size_is_not_kept_while_it_arrives(hare_broker_factory) -> None:
+    """RabbitMQ refuses such a publish (406) once its body is complete; hare gives the same answer
+    but drops the body's frames as they come, so a huge declared size takes no memory."""
+    broker = hare_broker_factory(config=BrokerConfig(max_message_size=1 << 20))
+    c = raw(broker, channels=4)  # 4: for round trips while the others await their content
+    c.send_method(1, spec.QueueDeclare(queue="big"))
+    c.expect(spec.QueueDeclareOk)
+
+    def start(ch: int, size: int, immediate: bool = False) -> None:
+        c.send_method(ch, spec.BasicPublish(exchange="", routing_key="big", immediate=immediate))
+        c.send(pack_header(2, ch, 14) + b"\x00\x3c\x00\x00" + size.to_bytes(8, "big") + b"\x00\x00\xce")
+
+    def send_body(ch: int, n: int, round_trip: bool = True) -> None:
+        for _ in range(n // 65536):
+            c.send(pack_header(3, ch, 65536) + bytes(65536) + b"\xce")
+        if round_trip:
+            ping(c, 4)
+
+    def held(ch: int) -> int:
+        def count() -> int:
+            (conn,) = broker.broker.connections
+            return sum(len(p) for p in conn.channels[ch].pub_body)
+        return broker.call(count)
+
+    start(1, 1 << 20)  # at the limit: kept as it arrives
+    send_body(1, 512 << 10)
+    assert held(1) == 512 << 10
+    start(2, 1 << 40)  # a TiB declared: nothing kept
+    send_body(2, 4 << 20)
+    assert held(2) == 0
+    send_body(1, 512 << 10)  # the first completes and is routed
+    c.send_method(3, spec.QueueDeclare(queue="big", passive=True))
+    assert c.expect(spec.QueueDeclareOk).message_count == 1
+    start(3, (1 << 20) + 1)
+    send_body(3, 1 << 20)
+    assert held(3) == 0
+    c.send(pack_header(3, 3, 1) + b"x\xce")  # complete: refused as RabbitMQ refuses it
+    close = c.expect(spec.ChannelClose)
+    assert (close.reply_code, close.reply_text, close.class_id, close.method_id) == (
+        406, f"PRECONDITION_FAILED - message size {(1 << 20) + 1} is larger than configured max size "
+             f"{1 << 20}", 60, 40)
+    c.send_method(3, spec.ChannelCloseOk())
+    c.open_channel(3)
+    start(3, (1 << 20) + 65536, immediate=True)  # immediate is checked first, as RabbitMQ does
+    send_body(3, (1 << 20) + 65536, round_trip=False)
+    close = c.expect(spec.ConnectionClose)
+    assert (close.reply_code, close.reply_text) == (540, "NOT_IMPLEMENTED - immediate=true")
+    c.close()

@@ -97,6 +97,14 @@ class _Sink(list[bytes]):
         pass
 
 
+class _Oversize(_Sink):
+    """The body parts of a publish whose declared size is over max_message_size: it will be
+    refused (406) once complete, as RabbitMQ refuses it, so its parts are not kept meanwhile."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
 class _Closing:
     """A channel that awaits the client's channel.close-ok. Frames for it are discarded, but, as
     in RabbitMQ, they still have to make sense: a content must follow its basic.publish."""
@@ -308,6 +316,11 @@ class Connection(Handshake):
                             ch.pub_body = _Sink()
                             continue
                         if ch.pub_body:
+                            if type(ch.pub_body) is _Oversize:
+                                ch.pub = None
+                                ch.pub_body = []
+                                ch.refuse_oversize(pub, ch.pub_size)
+                                continue
                             ch.pub_body.append(body)
                             body = b"".join(ch.pub_body)
                             ch.pub_body = []
@@ -358,6 +371,8 @@ class Connection(Handshake):
                             ch.pub_props = props
                             ch.pub_size = body_size
                             ch.pub_received = 0
+                            if body_size > ch.max_size:
+                                ch.pub_body = _Oversize()
                         continue
                 self._other_frame(ftype, chnum, ch, data[start:end])
             except ChannelError as err:
