@@ -266,3 +266,22 @@ def test_a_body_over_max_message_size_is_not_kept_while_it_arrives(hare_broker_f
     close = c.expect(spec.ConnectionClose)
     assert (close.reply_code, close.reply_text) == (540, "NOT_IMPLEMENTED - immediate=true")
     c.close()
+
+
+def test_max_message_size_is_capped_at_512_mib_as_in_rabbitmq(hare_broker_factory) -> None:
+    """A configured max_message_size over 512 MiB counts as 512 MiB: a body declared one octet
+    over it is already known to be refused (not kept), one of 512 MiB is kept as it arrives."""
+    broker = hare_broker_factory(config=BrokerConfig(max_message_size=1 << 30))
+    c = raw(broker, channels=3)
+    for ch, size in ((1, (512 << 20) + 1), (2, 512 << 20)):
+        c.send_method(ch, spec.BasicPublish(exchange="", routing_key="nowhere"))
+        c.send(pack_header(2, ch, 14) + b"\x00\x3c\x00\x00" + size.to_bytes(8, "big") + b"\x00\x00\xce")
+        c.send(pack_header(3, ch, 65536) + bytes(65536) + b"\xce")
+    ping(c, 3)
+
+    def held() -> list[int]:
+        (conn,) = broker.broker.connections
+        return [sum(len(p) for p in conn.channels[ch].pub_body) for ch in (1, 2)]
+
+    assert broker.call(held) == [0, 65536]
+    c.close()
