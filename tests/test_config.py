@@ -94,7 +94,7 @@ def test_a_bad_value_names_the_key_and_what_is_expected(tmp_path: Path, line: st
 
 def test_rabbitmq_keys_hare_ignores_are_warnings_one_per_key(tmp_path: Path) -> None:
     lines = ["cluster_name = prod", "collect_statistics_interval = 10000",
-             "vm_memory_high_watermark.relative = 0.6", "log.file.rotation.count = 5",
+             "vm_memory_high_watermark_paging_ratio = 0.6", "log.file.rotation.count = 5",
              "cluster_formation.peer_discovery_backend = classic_config",
              "cluster_formation.classic_config.nodes.1 = rabbit@a", "management.tcp.ip = 0.0.0.0",
              "mqtt.listeners.tcp.default = 1883", "prometheus.tcp.port = 15692",
@@ -210,3 +210,47 @@ def test_a_bad_environment_value_names_the_variable() -> None:
         _serve([], {"HARE_NODE_PORT": "amqp"})
     with pytest.raises(ValueError, match="^environment variable HARE_LOG_LEVEL: expected one of debug"):
         _serve([], {"HARE_LOG_LEVEL": "chatty"})
+def test_limits_and_alarms_keys(tmp_path: Path) -> None:
+    b = ServeOptions().broker  # RabbitMQ's defaults
+    assert (b.vm_memory_high_watermark, b.vm_memory_high_watermark_absolute,
+            b.total_memory_available_override_value, b.handshake_timeout, b.connection_max) == (
+        0.4, None, None, 10_000, None)
+    b = _load(tmp_path, "vm_memory_high_watermark.absolute = 512MiB\nhandshake_timeout = 2500\n"
+                        "connection_max = 100\ntotal_memory_available_override_value = 2GB\n"
+                        "max_message_size = 536870912\n").broker
+    assert (b.vm_memory_high_watermark_absolute, b.total_memory_available_override_value,
+            b.handshake_timeout, b.connection_max, b.max_message_size) == (
+        512 << 20, 2 * 10**9, 2500, 100, 512 << 20)
+    b = _load(tmp_path, "vm_memory_high_watermark.relative = 0.6\nhandshake_timeout = infinity\n"
+                        "connection_max = infinity\n").broker
+    assert (b.vm_memory_high_watermark, b.handshake_timeout, b.connection_max) == (0.6, None, None)
+
+
+@pytest.mark.parametrize(("value", "size"), [("1073741824", 1 << 30), ("1GB", 10**9), ("1G", 1 << 30),
+                                             ("1024k", 1 << 20), ("100MB", 10**8), ("100M", 100 << 20)])
+def test_absolute_watermark_takes_rabbitmq_units(tmp_path: Path, value: str, size: int) -> None:
+    b = _load(tmp_path, f"vm_memory_high_watermark.absolute = {value}\n").broker
+    assert b.vm_memory_high_watermark_absolute == size
+
+
+def test_relative_watermark_wins_over_absolute_as_in_rabbitmq(tmp_path: Path) -> None:
+    for text in ("vm_memory_high_watermark.relative = 0.5\nvm_memory_high_watermark.absolute = 1GB\n",
+                 "vm_memory_high_watermark.absolute = 1GB\nvm_memory_high_watermark.relative = 0.5\n"):
+        b = _load(tmp_path, text).broker
+        assert (b.vm_memory_high_watermark, b.vm_memory_high_watermark_absolute) == (0.5, None)
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    ("vm_memory_high_watermark.relative = 1.5", "vm_memory_high_watermark.relative must be a fraction"),
+    ("vm_memory_high_watermark.relative = lots", "vm_memory_high_watermark.relative must be a fraction"),
+    ("vm_memory_high_watermark.absolute = 1 TB", "vm_memory_high_watermark.absolute must be a size"),
+    ("total_memory_available_override_value = x", "total_memory_available_override_value must be a size"),
+    ("handshake_timeout = 0", "handshake_timeout must be an integer of at least 1, or infinity"),
+    ("handshake_timeout = 10s", "handshake_timeout must be an integer of at least 1, or infinity"),
+    ("connection_max = -1", "connection_max must be an integer of at least 0, or infinity"),
+    ("max_message_size = 536870913", "max_message_size must be between 1 and 536870912"),
+    ("max_message_size = 0", "max_message_size must be between 1 and 536870912"),
+])
+def test_limit_keys_refuse_bad_values_naming_the_key(tmp_path: Path, line: str, error: str) -> None:
+    with pytest.raises(ValueError, match=f"hare.conf:1: {error}"):
+        _load(tmp_path, line + "\n")

@@ -38,6 +38,13 @@ class BrokerConfig:
     loopback_users: tuple[str, ...] = ("guest",)
     max_message_size: int = 128 * 1024 * 1024  # RabbitMQ 3.10 default: 128 MiB
     disk_free_limit: int = 50_000_000  # RabbitMQ's default: block publishers under 50 MB free
+    # the memory alarm (server/memory.py): over this share of the RAM, or over the absolute number
+    # of bytes if one is set, publishers are blocked; the RAM can be given (containers)
+    vm_memory_high_watermark: float = 0.4
+    vm_memory_high_watermark_absolute: int | None = None
+    total_memory_available_override_value: int | None = None
+    handshake_timeout: int | None = 10_000  # ms from the socket's accept to connection.open-ok
+    connection_max: int | None = None  # open connections at most (None: no limit)
     # ms a channel may keep a delivery unacknowledged before it is closed (406) and the delivery
     # requeued; RabbitMQ's default, 30 minutes. None: no limit. Per queue: x-consumer-timeout.
     consumer_timeout: int | None = 1_800_000
@@ -189,6 +196,23 @@ class Broker:
             self.alarms.discard("disk_sync")
             self.sync_error = None
             log.warning("alarm cleared: disk_sync (the message store syncs again); publishers may go on")
+        for conn in list(self.connections):
+            conn.alarm_changed()
+
+    def set_memory_alarm(self, on: bool, used: int = 0, limit: int = 0) -> None:
+        """The broker's memory went over its high watermark (or back under it): block publishers
+        (or let them go), as RabbitMQ's memory alarm does."""
+        if on == ("memory" in self.alarms):
+            return
+        if on:
+            log.warning("memory resource limit alarm set: %d MiB (%d bytes) in use, over the high "
+                        "watermark of %d MiB (%d bytes): publishers are blocked", used >> 20, used,
+                        limit >> 20, limit)
+            self.alarms.add("memory")
+        else:
+            log.info("memory resource limit alarm cleared: %d MiB (%d bytes) in use, under the high "
+                     "watermark of %d MiB (%d bytes)", used >> 20, used, limit >> 20, limit)
+            self.alarms.discard("memory")
         for conn in list(self.connections):
             conn.alarm_changed()
 

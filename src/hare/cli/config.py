@@ -84,8 +84,9 @@ def _permission(value: str) -> str:
     return value
 
 
-_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+# as RabbitMQ reads them: k, M, G (and kiB, MiB, GiB) are powers of 1024; kB, MB, GB of 1000
+_UNITS = {"": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
 
 
 def _size(value: str) -> int:
@@ -109,11 +110,29 @@ def _consumer_timeout(value: str) -> int | None:
     return int(value)
 
 
+def _size_of(key: str, value: str) -> int:
+    try:
+        return _size(value)
+    except ValueError:
+        raise ValueError(f"{key} must be a size, such as 1GB, 512MiB or a number of bytes: "
+                         f"{value!r}") from None
+
+
+def _limit(key: str, value: str, least: int = 0) -> int | None:
+    """A count or a time in ms: an integer of at least ``least``, or ``infinity`` (no limit)."""
+    if value == "infinity":
+        return None
+    if not value.isdigit() or int(value) < least:
+        raise ValueError(f"{key} must be an integer of at least {least}, or infinity: {value!r}")
+    return int(value)
+
+
 def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
     """Apply the file at ``path`` to ``opts``. ValueError names the file, the line and the key."""
     loopback = set(opts.broker.loopback_users)
     b = opts.broker
     tags: list[str] | None = None  # default_user_tags.NAME = true|false, over RabbitMQ's default
+    relative = False  # vm_memory_high_watermark.relative was given: it wins over .absolute
     for lineno, raw in enumerate(Path(path).read_text().splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -154,7 +173,27 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
             elif key == "channel_max":
                 b.channel_max = _uint(value)
             elif key == "max_message_size":
-                b.max_message_size = _uint(value)
+                if not value.isdigit() or not 0 < int(value) <= 512 * 1024 * 1024:
+                    raise ValueError(f"max_message_size must be between 1 and 536870912 (512 MiB) "
+                                     f"bytes, as in RabbitMQ: {value!r}")
+                b.max_message_size = int(value)
+            elif key == "vm_memory_high_watermark.relative":
+                try:
+                    ratio = float(value)
+                except ValueError:
+                    ratio = -1.0
+                if not 0 <= ratio <= 1:
+                    raise ValueError(f"vm_memory_high_watermark.relative must be a fraction of the "
+                                     f"RAM from 0 to 1, such as 0.4: {value!r}")
+                b.vm_memory_high_watermark, relative = ratio, True
+            elif key == "vm_memory_high_watermark.absolute":
+                b.vm_memory_high_watermark_absolute = _size_of(key, value)
+            elif key == "total_memory_available_override_value":
+                b.total_memory_available_override_value = _size_of(key, value)
+            elif key == "handshake_timeout":
+                b.handshake_timeout = _limit(key, value, 1)
+            elif key == "connection_max":
+                b.connection_max = _limit(key, value)
             elif key == "disk_free_limit.absolute":
                 b.disk_free_limit = _size(value)
             elif key == "consumer_timeout":
@@ -209,6 +248,8 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
         opts.net.check()
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    if relative:  # as in RabbitMQ, with both given the relative watermark applies
+        b.vm_memory_high_watermark_absolute = None
     return opts
 
 

@@ -18,11 +18,11 @@ from ..session.connection import CLOSED, CLOSING_CONN, OPENED, Connection
 from . import tls
 from .control import SOCKET_NAME, ControlServer
 from .listeners import Listener, bind, describe
+from .memory import MemoryMonitor
 from .storage import StoreDriver
 
 log = logging.getLogger("hare.server")
 
-HANDSHAKE_TIMEOUT = 10.0  # RabbitMQ's handshake_timeout
 CLOSE_TIMEOUT = 1.0  # how long to wait for close-ok after we sent connection.close
 FLOW_PAUSE = 0.05  # longest pause of a throttled publisher before it is read again
 FAIR_READ = 65536  # a read this large suggests more is pending: yield to other sockets
@@ -60,7 +60,9 @@ class AMQPProtocol(asyncio.Protocol):
             self.conn.tls = True
             self.conn.peer_cert = sslobj.getpeercert() or None
         self.server.protocols.add(self)
-        self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        timeout = self.server.broker.config.handshake_timeout  # ms; None: no limit
+        if timeout is not None:
+            self.timer = self.loop.call_later(timeout / 1000, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -227,6 +229,7 @@ class Server:
         self.timer: asyncio.TimerHandle | None = None  # runs the broker's due timers
         self.timer_at = 0  # the deadline (ms) it is set for
         self.control: ControlServer | None = None  # the socket of `hare ctl` (server/control.py)
+        self.memory: MemoryMonitor | None = None  # the memory alarm (server/memory.py)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -234,6 +237,8 @@ class Server:
             self.storage = StoreDriver(self.broker, self.broker.store, self.loop)
         self.broker.timers.on_change = self._schedule_timers
         self._schedule_timers()
+        if self.memory is None:
+            self.memory = MemoryMonitor(self.broker, self.loop)
         self.bound = []
         try:
             for listener in self.listeners:
@@ -307,6 +312,9 @@ class Server:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.memory is not None:
+            self.memory.stop()
+            self.memory = None
         self.broker.timers.on_change = _noop
         await asyncio.sleep(0)  # let the aborted connections release their messages
         if self.storage is not None:

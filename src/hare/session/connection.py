@@ -99,6 +99,14 @@ class _Sink(list[bytes]):
         pass
 
 
+class _Oversize(_Sink):
+    """The body parts of a publish whose declared size is over max_message_size: it will be
+    refused (406) once complete, as RabbitMQ refuses it, so its parts are not kept meanwhile."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
 class _Closing:
     """A channel that awaits the client's channel.close-ok. Frames for it are discarded, but, as
     in RabbitMQ, they still have to make sense: a content must follow its basic.publish."""
@@ -146,7 +154,6 @@ class Connection(Handshake):
         self.closed = False  # the shell should close the socket once output is flushed
         self.close_reason: AMQPError | None = None
         self.blocked = False  # connection.blocked was sent (or would be, without the capability)
-        self.published = False  # a publisher: resource alarms block it
         self.alarm_paused = False  # blocked by a resource alarm: the shell does not read us
         self.throttled: set[Queue] = set()  # queues whose backlog asks us to stop reading
 
@@ -278,6 +285,7 @@ class Connection(Handshake):
         n = len(data)
         channels = self.channels
         frame_max = self.frame_max
+        alarms = self.broker.alarms  # (a set changed in place)
         while n - pos >= 7 and not self.closed:
             ftype, chnum, size = unpack_header(data, pos)
             if size > frame_max:  # RabbitMQ allows frame_max octets of payload, 8 more than it says
@@ -306,6 +314,8 @@ class Connection(Handshake):
                         if got < ch.pub_size:
                             ch.pub_body.append(body)
                             ch.pub_received = got
+                            if alarms and not self.alarm_paused:
+                                self.publish_blocked()
                             continue
                         if got > ch.pub_size:
                             # RabbitMQ counts down past zero and keeps awaiting body frames
@@ -313,6 +323,11 @@ class Connection(Handshake):
                             ch.pub_body = _Sink()
                             continue
                         if ch.pub_body:
+                            if type(ch.pub_body) is _Oversize:
+                                ch.pub = None
+                                ch.pub_body = []
+                                ch.refuse_oversize(pub, ch.pub_size)
+                                continue
                             ch.pub_body.append(body)
                             body = b"".join(ch.pub_body)
                             ch.pub_body = []
@@ -353,6 +368,8 @@ class Connection(Handshake):
                         class_weight, body_size = _unpack_IQ(data, start)
                         if class_weight != 0x3C0000:  # class 60, weight 0
                             raise self._bad_content_header(data[start:end])
+                        if alarms and not self.alarm_paused:
+                            self.publish_blocked()
                         props = data[start + 12 : end]
                         if body_size == 0:
                             ch.pub = None
@@ -361,6 +378,8 @@ class Connection(Handshake):
                             ch.pub_props = props
                             ch.pub_size = body_size
                             ch.pub_received = 0
+                            if body_size > ch.max_size:
+                                ch.pub_body = _Oversize()
                         continue
                 self._other_frame(ftype, chnum, ch, data[start:end])
             except ChannelError as err:
@@ -638,25 +657,25 @@ class Connection(Handshake):
         self.blocked = False
 
     def alarm_changed(self) -> None:
-        """A resource alarm went on or off. As RabbitMQ: publishers are told (connection.blocked)
-        at once; a connection is no longer read once it publishes during the alarm; when every
-        alarm is clear, blocked connections are told (connection.unblocked) and read again."""
-        if self.broker.alarms:
-            if self.published:
-                self.block(_alarm_reason(self.broker.alarms))
-        elif self.blocked or self.alarm_paused:
+        """A resource alarm went on or off. As RabbitMQ 3.10, an alarm going on tells nobody: a
+        connection is blocked (connection.blocked, no longer read) when a publish's content
+        arrives during the alarm, even if it published before. When every alarm is clear, blocked
+        connections are told (connection.unblocked) and read again."""
+        if not self.broker.alarms and (self.blocked or self.alarm_paused):
             self.unblock()
             self.alarm_paused = False
             self.on_flow_resume()
 
     def publish_blocked(self) -> None:
-        """A publish arrived during a resource alarm: it is taken; then stop reading."""
+        """A publish's content arrived during a resource alarm: this frame is taken (and the rest
+        of the input in hand); then stop reading."""
         self.block(_alarm_reason(self.broker.alarms))
         self.alarm_paused = True
 
 
 def _alarm_reason(alarms: set[str]) -> str:
-    return "low on memory" if "memory" in alarms else "low on disk"
+    """connection.blocked's reason, as RabbitMQ words it: "low on memory", "low on disk & memory"."""
+    return "low on " + " & ".join(sorted(alarms))
 
 
 def _noop() -> None:

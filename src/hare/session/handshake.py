@@ -220,6 +220,10 @@ class Handshake:
         self.state = AWAIT_OPEN
 
     def _open(self, m: spec.ConnectionOpen) -> None:
+        limit = self.broker.config.connection_max  # open connections, this one included
+        if limit is not None and len(self.broker.connections) >= limit:
+            raise ConnectionFault(530, f"connection refused: node connection limit ({limit}) is "
+                                  "reached")
         vhost = self.broker.vhosts.get(m.virtual_host)
         user = self.broker.users.users.get(self.username)
         if vhost is None:

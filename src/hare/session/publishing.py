@@ -91,8 +91,7 @@ class Publishing:
     def publish(self, m: Publish, props_raw: bytes, body: bytes) -> None:
         """A whole message has arrived: route it, store it, confirm it."""
         conn = self.conn
-        conn.published = True
-        if conn.broker.alarms:
+        if conn.broker.alarms and not conn.alarm_paused:  # (a body completed during an alarm)
             conn.publish_blocked()
         try:
             ex = self._check_publish(m, props_raw, len(body))
@@ -109,6 +108,16 @@ class Publishing:
                 err.class_id, err.method_id = 60, 40
             raise
         self._enqueue(msg, queues, m[3])
+
+    def refuse_oversize(self, m: Publish, size: int) -> None:
+        """A publish whose body (not kept) was over max_message_size is complete: the answer
+        _check_publish gives it."""
+        if self.conn.broker.alarms and not self.conn.alarm_paused:
+            self.conn.publish_blocked()
+        err = ConnectionFault(540, "immediate=true") if m[4] else precondition_failed(
+            self._size_error(size))
+        err.class_id, err.method_id = 60, 40
+        raise err
 
     def _check_publish(self, m: Publish, props_raw: bytes, size: int) -> Any:
         """RabbitMQ's checks, in its order: immediate, size, exchange, internal, then those of
