@@ -19,8 +19,16 @@ def free_port() -> int:
 class HareNode:
     """One `hare serve --data-dir DATA_DIR` (its output in ``log``)."""
 
-    def __init__(self, data_dir: Path, log: Path, log_level: str = "info") -> None:
+    def __init__(self, data_dir: Path, log: Path, log_level: str = "info", config: str | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        """``config``: the text of a hare.conf written beside the log and passed as --config;
+        ``args``: more `hare serve` arguments."""
         self.data_dir = data_dir
+        self.args = list(args)
+        if config is not None:
+            conf = log.with_suffix(".conf")
+            conf.write_text(config)
+            self.args += ["--config", str(conf)]
         self.log = log
         self.log_level = log_level
         self.port = free_port()
@@ -30,7 +38,7 @@ class HareNode:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hare", "serve", "--bind", "127.0.0.1", "--port", str(self.port),
-                 "--data-dir", str(self.data_dir), "--log-level", self.log_level],
+                 "--data-dir", str(self.data_dir), "--log-level", self.log_level, *self.args],
                 stdout=out, stderr=out)
         return self.proc
 
