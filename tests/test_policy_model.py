@@ -217,8 +217,8 @@ def test_policies_are_kept_in_the_definitions(tmp_path: Path) -> None:
 def test_policies_survive_a_restart(tmp_path: Path) -> None:
     broker = Broker(data_dir=tmp_path)
     vhost = broker.vhosts["/"]
-    vhost.declare_queue("dq", durable=True)
-    vhost.set_policy("p", "^dq$", {"max-length": 7}, priority=2, apply_to="queues")
+    broker.commands.declare_queue(vhost, "dq", durable=True)
+    broker.commands.set_policy(vhost, "p", "^dq$", {"max-length": 7}, priority=2, apply_to="queues")
     broker.close()
     broker = Broker(data_dir=tmp_path)
     vhost = broker.vhosts["/"]

@@ -117,23 +117,27 @@ class Broker:
             load_definitions_file(self, self.config.load_definitions)
 
     def add_vhost(self, name: str) -> VirtualHost:
+        """The model of a vhost (made if there is none): ``commands.add_vhost`` adds one and
+        keeps it, recovery reads it back."""
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = self.vhosts[name] = VirtualHost(name, self.store, self.definitions, self.timers)
-            if self.definitions is not None:
-                self.definitions.add_vhost(name)
+            vhost = self.vhosts[name] = VirtualHost(name, store=self.store, timers=self.timers)
+            commands = self.commands
+            vhost.on_expired = lambda q: commands.queue_expired(vhost, q)
         return vhost
 
     def _seed(self) -> None:
         """The default vhost and user, on the first start only (as RabbitMQ: once deleted, they
         stay deleted)."""
         c = self.config
-        self.add_vhost(c.default_vhost)
+        self.commands.add_vhost(c.default_vhost)
         self.commands.add_user(c.default_user, c.default_pass, list(c.default_user_tags))
         self.commands.set_permissions(c.default_user, c.default_vhost, *c.default_permissions)
 
     def _restore(self) -> None:
-        """Durable exchanges, queues (with their messages) and bindings, as the last run left them."""
+        """Durable exchanges, queues (with their messages) and bindings, as the last run left them.
+        A read into the model: nothing is written back to the definitions store, nothing is
+        announced to the command layer's listeners."""
         assert self.definitions is not None and self.store is not None
         started = time.monotonic()
         defs = self.definitions

@@ -4,8 +4,17 @@ Exchanges, queues and bindings (declare, delete, bind, unbind), virtual hosts, u
 topic permissions, limits and policies change only through ``Commands``. Each command validates
 its input, checks the caller's permissions (an AMQP channel passes its ``Access``; the operator —
 ``hare ctl``, a definitions file, later the HTTP API — passes none and may do anything), applies
-the change to the model and persists it. The AMQP channel, the control socket and the definitions
-loader all call it, so a rule lives in one place; the cluster will replicate these commands.
+the change to the model (``VirtualHost``, ``UserStore``: in memory only), persists it and then
+announces it to ``listeners`` (``events.Event``). The AMQP channel, the control socket and the
+definitions loader all call it, so a rule lives in one place; the cluster will replicate these
+commands. It is the only caller of the definitions store's writers
+(tests/test_metadata_writer.py checks it).
+
+The deletions the broker makes by itself come here too, with their reason and no permission
+check (RabbitMQ deletes them internally): an auto-delete queue whose last consumer went
+(``consumer_removed``), an exclusive queue whose connection closed (``connection_closed``), a
+queue whose x-expires ran out (``queue_expired``), the bindings of a deleted queue or exchange, an
+auto-delete exchange whose last binding went, everything in a deleted vhost.
 
 Permission checks follow RabbitMQ 3.10's ``rabbit_channel``: which permission each method needs,
 on which resource, and where in the method's other checks it comes.
@@ -15,14 +24,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..amqp.errors import ConnectionFault, access_refused, precondition_failed
 from ..auth.permissions import CONFIGURE, READ, WRITE, Access, PatternError, Permission, TopicPermission
 from ..auth.users import HASHES, KNOWN_TAGS, SHA256, USER_LIMITS, User, hash_password
+from . import events
+from .events import Event
 from .exchanges import EXCHANGE_TYPES
 from .policies import erl
-from .vhost import VirtualHost, server_queue_name
+from .vhost import Binding, VirtualHost, server_queue_name
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -53,10 +65,18 @@ def _no_such_vhost(name: str) -> CommandError:
 class Commands:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        # called with each Event after the change is applied and persisted (events.py)
+        self.listeners: list[Callable[[Event], None]] = []
 
     @property
     def _defs(self) -> Any:
         return self.broker.definitions
+
+    def _announce(self, kind: str, vhost: str, name: str, **details: Any) -> None:
+        if self.listeners:
+            event = Event(kind, vhost, name, details)
+            for listener in list(self.listeners):
+                listener(event)
 
     # -- exchanges ---------------------------------------------------------------------------------
 
@@ -75,14 +95,46 @@ class Commands:
             if name not in vhost.exchanges and not name.startswith("amq.") and isinstance(ae, str):
                 access.check(READ, "exchange", name)
                 access.check(WRITE, "exchange", ae)
-        return vhost.declare_exchange(name, type_name, passive=passive, durable=durable,
-                                      auto_delete=auto_delete, internal=internal, arguments=arguments)
+        existing = vhost.exchanges.get(name)
+        ex = vhost.declare_exchange(name, type_name, passive=passive, durable=durable,
+                                    auto_delete=auto_delete, internal=internal, arguments=arguments)
+        if ex is not existing:
+            if ex.durable and self._defs is not None:
+                self._defs.add_exchange(vhost.name, ex.name, ex.type_name, ex.auto_delete, ex.internal,
+                                        ex.arguments)
+            self._announce("exchange.created", vhost.name, ex.name, type=ex.type_name, durable=ex.durable,
+                           auto_delete=ex.auto_delete, internal=ex.internal, arguments=ex.arguments)
+        return ex
 
     def delete_exchange(self, vhost: VirtualHost, name: str, if_unused: bool = False,
                         access: Access | None = None) -> None:
         if access is not None and name and not name.startswith("amq."):
             access.check(CONFIGURE, "exchange", name)  # after the default and 'amq.' checks
-        vhost.delete_exchange(name, if_unused=if_unused)
+        ex = vhost.exchange_to_delete(name, if_unused=if_unused)
+        if ex is not None:
+            self._remove_exchange(vhost, ex, None)
+
+    def _remove_exchange(self, vhost: VirtualHost, ex: Exchange, reason: str | None,
+                         persist: bool = True) -> None:
+        """Delete an exchange, its bindings with it (reason "exchange_deleted"), then the
+        auto-delete exchanges that lost their last binding by it."""
+        gone = vhost.remove_exchange(ex)
+        if persist and ex.durable and self._defs is not None:
+            self._defs.remove_exchange(vhost.name, ex.name)  # its bindings too, in one transaction
+        self._announce("exchange.deleted", vhost.name, ex.name, **_why(reason))
+        self._bindings_gone(vhost, gone, events.EXCHANGE_DELETED, persist)
+
+    def _bindings_gone(self, vhost: VirtualHost, gone: list[Binding], reason: str, persist: bool) -> None:
+        """Bindings that went with their queue or exchange (already out of the store with it)."""
+        for binding in gone:
+            self._announce("binding.deleted", vhost.name, binding[0].name, **_binding_details(binding),
+                           reason=reason)
+        for src in dict.fromkeys(b[0] for b in gone):
+            self._maybe_auto_delete(vhost, src, persist)
+
+    def _maybe_auto_delete(self, vhost: VirtualHost, ex: Exchange, persist: bool = True) -> None:
+        if vhost.auto_delete_due(ex):
+            self._remove_exchange(vhost, ex, events.AUTO_DELETE, persist)
 
     # -- queues ------------------------------------------------------------------------------------
 
@@ -107,15 +159,51 @@ class Commands:
                 if 0 <= limit <= len(vhost.queues):
                     raise precondition_failed(f"cannot declare queue '{name}': queue limit in vhost "
                                               f"'{vhost.name}' ({limit}) is reached")
-        return vhost.declare_queue(name, passive=passive, durable=durable, exclusive=exclusive,
-                                   auto_delete=auto_delete, arguments=arguments, conn=conn,
-                                   server_named=server_named)
+        existing = vhost.queues.get(name)
+        q = vhost.declare_queue(name, passive=passive, durable=durable, exclusive=exclusive,
+                                auto_delete=auto_delete, arguments=arguments, conn=conn,
+                                server_named=server_named)
+        if q is not existing:
+            if _kept(q) and self._defs is not None:
+                self._defs.add_queue(vhost.name, q.name, q.arguments)
+            self._announce("queue.created", vhost.name, q.name, durable=q.durable, auto_delete=q.auto_delete,
+                           exclusive=q.exclusive, arguments=q.arguments)
+        return q
 
     def delete_queue(self, vhost: VirtualHost, name: str, if_unused: bool = False, if_empty: bool = False,
                      conn: Any = None, access: Access | None = None) -> int:
         if access is not None:
             access.check(CONFIGURE, "queue", name)
-        return vhost.delete_queue(name, if_unused=if_unused, if_empty=if_empty, conn=conn)
+        q = vhost.queue_to_delete(name, if_unused=if_unused, if_empty=if_empty, conn=conn)
+        return 0 if q is None else self._remove_queue(vhost, q, None)
+
+    def _remove_queue(self, vhost: VirtualHost, q: Queue, reason: str | None, persist: bool = True) -> int:
+        """Delete a queue (its consumers are cancelled), its bindings with it (reason
+        "queue_deleted"), then the auto-delete exchanges that lost their last binding by it;
+        return its ready message count."""
+        gone = vhost.bindings_to(q)
+        count = vhost.remove_queue(q)
+        if persist and _kept(q) and self._defs is not None:
+            self._defs.remove_queue(vhost.name, q.name)  # its bindings too, in one transaction
+        self._announce("queue.deleted", vhost.name, q.name, **_why(reason))
+        self._bindings_gone(vhost, gone, events.QUEUE_DELETED, persist)
+        return count
+
+    def consumer_removed(self, vhost: VirtualHost, q: Queue) -> None:
+        """A consumer of ``q`` went away (cancelled, its channel or connection closed): an
+        auto-delete queue that has none left is deleted."""
+        if vhost.queue_auto_delete_due(q):
+            self._remove_queue(vhost, q, events.AUTO_DELETE)
+
+    def connection_closed(self, vhost: VirtualHost, conn: Any) -> None:
+        """A connection closed: the exclusive queues it owns are deleted."""
+        for q in vhost.exclusive_queues(conn):
+            self._remove_queue(vhost, q, events.EXCLUSIVE_OWNER_CLOSED)
+
+    def queue_expired(self, vhost: VirtualHost, q: Queue) -> None:
+        """A queue was unused for its x-expires (the queue's timer calls this)."""
+        if vhost.queues.get(q.name) is q:
+            self._remove_queue(vhost, q, events.EXPIRED)
 
     # -- bindings ----------------------------------------------------------------------------------
 
@@ -135,35 +223,62 @@ class Commands:
                    arguments: dict[str, Any] | None, conn: Any = None, access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "queue", queue, exchange, routing_key)
-        vhost.bind_queue(queue, exchange, routing_key, arguments, conn=conn)
+        self._bound(vhost, vhost.bind_queue(queue, exchange, routing_key, arguments, conn=conn))
 
     def unbind_queue(self, vhost: VirtualHost, queue: str, exchange: str, routing_key: str,
                      arguments: dict[str, Any] | None, conn: Any = None,
                      access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "queue", queue, exchange, routing_key)
-        vhost.unbind_queue(queue, exchange, routing_key, arguments, conn=conn)
+        self._unbound(vhost, vhost.unbind_queue(queue, exchange, routing_key, arguments, conn=conn))
 
     def bind_exchange(self, vhost: VirtualHost, destination: str, source: str, routing_key: str,
                       arguments: dict[str, Any] | None, access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "exchange", destination, source, routing_key)
-        vhost.bind_exchange(destination, source, routing_key, arguments)
+        self._bound(vhost, vhost.bind_exchange(destination, source, routing_key, arguments))
 
     def unbind_exchange(self, vhost: VirtualHost, destination: str, source: str, routing_key: str,
                         arguments: dict[str, Any] | None, access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "exchange", destination, source, routing_key)
-        vhost.unbind_exchange(destination, source, routing_key, arguments)
+        self._unbound(vhost, vhost.unbind_exchange(destination, source, routing_key, arguments))
+
+    def _bound(self, vhost: VirtualHost, binding: Binding | None) -> None:
+        if binding is None:
+            return  # it was there already
+        if _binding_kept(binding) and self._defs is not None:
+            src, dest, routing_key, arguments = binding
+            self._defs.add_binding(vhost.name, src.name, _kind(dest), dest.name, routing_key, arguments)
+        self._announce("binding.created", vhost.name, binding[0].name, **_binding_details(binding))
+
+    def _unbound(self, vhost: VirtualHost, binding: Binding | None) -> None:
+        if binding is None:
+            return
+        src, dest, routing_key, arguments = binding
+        if _binding_kept(binding) and self._defs is not None:
+            self._defs.remove_binding(vhost.name, src.name, _kind(dest), dest.name, routing_key, arguments)
+        self._announce("binding.deleted", vhost.name, src.name, **_binding_details(binding))
+        self._maybe_auto_delete(vhost, src)
 
     # -- policies ----------------------------------------------------------------------------------
 
     def set_policy(self, vhost: VirtualHost, name: str, pattern: str, definition: Any, priority: Any = 0,
                    apply_to: str = "all") -> Policy:
-        return vhost.set_policy(name, pattern, definition, priority, apply_to)
+        policy = vhost.set_policy(name, pattern, definition, priority, apply_to)
+        if self._defs is not None:
+            self._defs.add_policy(vhost.name, name, pattern, apply_to, policy.priority, policy.definition)
+        self._announce("policy.set", vhost.name, name, pattern=pattern, apply_to=apply_to,
+                       priority=policy.priority, definition=policy.definition)
+        return policy
 
     def clear_policy(self, vhost: VirtualHost, name: str) -> bool:
-        return vhost.clear_policy(name)
+        if not vhost.clear_policy(name):
+            return False
+        if self._defs is not None:
+            self._defs.remove_policy(vhost.name, name)
+        self._announce("policy.cleared", vhost.name, name)
+        return True
 
     # -- virtual hosts -----------------------------------------------------------------------------
 
@@ -176,26 +291,33 @@ class Commands:
     def add_vhost(self, name: str) -> VirtualHost:
         if name in self.broker.vhosts:
             raise CommandError("exists", f"Virtual host '{name}' already exists")
-        return self.broker.add_vhost(name)
+        vhost = self.broker.add_vhost(name)
+        if self._defs is not None:
+            self._defs.add_vhost(name)
+        self._announce("vhost.created", name, name)
+        return vhost
 
     def delete_vhost(self, name: str) -> None:
-        """Close its connections (320), delete its queues with their messages, forget its
-        permissions, as ``rabbitmqctl delete_vhost``."""
+        """Close its connections (320), delete its queues with their messages, its exchanges,
+        forget its permissions, as ``rabbitmqctl delete_vhost``. Each queue, exchange and binding
+        is announced deleted (reason "vhost_deleted"), then the vhost; the store drops it all in
+        one transaction."""
         vhost = self.vhost(name)
         for conn in list(self.broker.connections):
             if conn.vhost is vhost:
                 conn.close(320, f"vhost '{name}' is down")  # RabbitMQ 3.10's text
         for q in list(vhost.queues.values()):
-            vhost.remove_queue(q)
+            self._remove_queue(vhost, q, events.VHOST_DELETED, persist=False)
         for ex in list(vhost.exchanges.values()):
-            if ex.name:
-                ex.detach()
+            if ex.name and vhost.exchanges.get(ex.name) is ex:
+                self._remove_exchange(vhost, ex, events.VHOST_DELETED, persist=False)
         del self.broker.vhosts[name]
         if self._defs is not None:
             self._defs.remove_vhost(name)
         for user in self.broker.users.users.values():
             if user.permissions.pop(name, None) is not None or user.topic_permissions.pop(name, None):
                 self._save_user(user)
+        self._announce("vhost.deleted", name, name)
 
     def set_vhost_limits(self, name: str, limits: dict[str, Any]) -> None:
         vhost = self.vhost(name)
@@ -205,6 +327,7 @@ class Commands:
             raise CommandError("invalid", f"Validation failed\n\n{exc}\n") from None
         if self._defs is not None:
             self._defs.set_vhost_limits(name, vhost.limits)
+        self._announce("vhost.limits.set", name, name, limits=dict(vhost.limits))
 
     # -- users -------------------------------------------------------------------------------------
 
@@ -227,6 +350,7 @@ class Commands:
                     loopback_only=name in self.broker.config.loopback_users)
         self.broker.users.users[name] = user
         self._save_user(user)
+        self._announce("user.created", "", name, tags=list(user.tags))
         return user
 
     def put_user(self, name: str, password_hash: bytes, hashing: str, tags: list[str],
@@ -244,6 +368,7 @@ class Commands:
         self.broker.users.users[name] = user
         self._save_user(user)
         self._refresh_access(user)
+        self._announce("user.created" if existing is None else "user.changed", "", name, tags=list(user.tags))
         return user
 
     def delete_user(self, name: str) -> None:
@@ -251,6 +376,7 @@ class Commands:
         del self.broker.users.users[name]
         if self._defs is not None:
             self._defs.remove_user(name)
+        self._announce("user.deleted", "", name)
         for conn in list(self.broker.connections):
             if conn.username == name:
                 conn.close(320, f"user '{name}' is deleted")
@@ -260,21 +386,25 @@ class Commands:
         user.password_hash = hash_password(password) if password else b""
         user.hashing = SHA256
         self._save_user(user)
+        self._announce("user.password.changed", "", name)
 
     def clear_password(self, name: str) -> None:
         user = self.user(name)
         user.password_hash = b""
         self._save_user(user)
+        self._announce("user.password.cleared", "", name)
 
     def set_user_tags(self, name: str, tags: list[str]) -> None:
         user = self.user(name)
         user.tags = list(dict.fromkeys(tags))
         self._save_user(user)
+        self._announce("user.tags.set", "", name, tags=list(user.tags))
 
     def set_user_limits(self, name: str, limits: dict[str, Any]) -> None:
         user = self.user(name)
         user.limits = _limits(limits, USER_LIMITS, "user-limits")
         self._save_user(user)
+        self._announce("user.limits.set", "", name, limits=dict(user.limits))
 
     # -- permissions -------------------------------------------------------------------------------
 
@@ -287,6 +417,7 @@ class Commands:
             raise CommandError("invalid", str(exc)) from None
         self._save_user(user)
         self._refresh_access(user)
+        self._announce("permission.created", vhost, user_name, configure=configure, write=write, read=read)
 
     def clear_permissions(self, user_name: str, vhost: str) -> None:
         user = self.user(user_name)
@@ -294,6 +425,7 @@ class Commands:
         user.permissions.pop(vhost, None)
         self._save_user(user)
         self._refresh_access(user)
+        self._announce("permission.deleted", vhost, user_name)
 
     def set_topic_permissions(self, user_name: str, vhost: str, exchange: str, write: str,
                               read: str) -> None:
@@ -306,6 +438,8 @@ class Commands:
         user.topic_permissions.setdefault(vhost, {})[exchange] = tp
         self._save_user(user)
         self._refresh_access(user)
+        self._announce("topic.permission.created", vhost, user_name, exchange=exchange, write=write,
+                       read=read)
 
     def clear_topic_permissions(self, user_name: str, vhost: str, exchange: str | None = None) -> None:
         user = self.user(user_name)
@@ -319,6 +453,7 @@ class Commands:
             user.topic_permissions.pop(vhost, None)
         self._save_user(user)
         self._refresh_access(user)
+        self._announce("topic.permission.deleted", vhost, user_name, exchange=exchange)
 
     # -- operator commands: the rest of rabbitmqctl's (hare ctl, definitions files) ------------------
 
@@ -336,6 +471,7 @@ class Commands:
         vhost.limits = {}
         if self._defs is not None:
             self._defs.set_vhost_limits(name, {})
+        self._announce("vhost.limits.cleared", name, name)
 
     def clear_user_limits(self, name: str, limit: str) -> None:
         """One limit by name, or ``all`` of them (an unknown name clears nothing, as RabbitMQ)."""
@@ -345,6 +481,7 @@ class Commands:
         else:
             user.limits.pop(limit, None)
         self._save_user(user)
+        self._announce("user.limits.cleared", "", name, limit=limit)
 
     def list_users(self) -> list[dict[str, Any]]:
         return [{"user": u.name, "tags": list(u.tags)} for u in self._users()]
@@ -431,6 +568,32 @@ class Commands:
         for conn in list(self.broker.connections):
             if conn.username == user.name:
                 conn.permissions_changed(user)
+
+
+def _why(reason: str | None) -> dict[str, str]:
+    return {} if reason is None else {"reason": reason}
+
+
+def _kept(q: Queue) -> bool:
+    """A queue the definitions store keeps: durable (never exclusive) and not auto-delete (those
+    never outlive the broker)."""
+    return q.durable and not q.auto_delete
+
+
+def _kind(dest: Any) -> str:
+    return "exchange" if hasattr(dest, "type_name") else "queue"
+
+
+def _binding_kept(binding: Binding) -> bool:
+    """Kept when its source is durable and its destination is kept."""
+    src, dest = binding[0], binding[1]
+    return src.durable and (dest.durable if _kind(dest) == "exchange" else _kept(dest))
+
+
+def _binding_details(binding: Binding) -> dict[str, Any]:
+    _src, dest, routing_key, arguments = binding
+    return {"destination": dest.name, "destination_type": _kind(dest), "routing_key": routing_key,
+            "arguments": arguments}
 
 
 def _limits(limits: dict[str, Any], known: tuple[str, ...], component: str = "limits") -> dict[str, int]:

@@ -292,7 +292,7 @@ class Queue:
         if expires is None or self.deleted or self.consumer_count or self.vhost is None:
             return
         if now - self.last_used >= expires:
-            self.vhost.remove_queue(self)
+            self.vhost.on_expired(self)  # the command layer deletes it (reason "expired")
         else:
             self._arm_expiry()
 

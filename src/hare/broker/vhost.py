@@ -1,12 +1,17 @@
 """A virtual host: its exchanges, queues and bindings, and the routing of a published message.
 
-Declarations and deletions check what RabbitMQ checks and raise its errors with its texts.
+Declarations and deletions check what RabbitMQ checks and raise its errors with its texts. This is
+the in-memory model only: it persists nothing and announces nothing. Every change of it goes
+through ``broker/commands.py``, which applies it here, keeps it in the definitions store and
+follows its consequences (the bindings of a deleted queue or exchange, an auto-delete exchange
+whose last binding went).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..amqp.errors import (
@@ -32,8 +37,11 @@ from .timers import Timers
 
 if TYPE_CHECKING:
     from ..store.base import QueueStore
-    from ..store.definitions import Definitions
     from ..store.message_store import MessageStore
+
+# a binding as the model holds it: (source exchange, destination queue or exchange, routing key,
+# arguments)
+Binding = tuple[Exchange, Any, str, dict[str, Any]]
 
 STANDARD_EXCHANGES = (
     ("amq.direct", "direct"),
@@ -63,12 +71,13 @@ def _flag(value: bool) -> str:
 
 
 class VirtualHost:
-    def __init__(self, name: str, store: MessageStore | None = None,
-                 definitions: Definitions | None = None, timers: Timers | None = None) -> None:
+    def __init__(self, name: str, store: MessageStore | None = None, timers: Timers | None = None) -> None:
         self.name = name
         self.timers = timers if timers is not None else Timers()  # the broker's deadlines
         self.store = store  # None: messages in memory only (no data directory)
-        self.definitions = definitions  # where durable exchanges, queues and bindings are kept
+        # what a queue whose x-expires ran out calls: the broker sets it to the command layer's
+        # queue_expired; a bare model (no broker) just drops the queue
+        self.on_expired: Callable[[Queue], None] = self.remove_queue
         self.queues: dict[str, Queue] = {}
         self.limits: dict[str, int] = {}  # max-connections, max-queues (broker/commands.py)
         self._policies: dict[str, Policy] = {}  # by name (policies.py; set_policy, clear_policy)
@@ -137,8 +146,6 @@ class VirtualHost:
         ex.attach(self)
         if self._policies:
             self._apply_exchange_policy(ex)
-        if durable and self.definitions is not None:
-            self.definitions.add_exchange(self.name, name, type_name, auto_delete, internal, arguments)
         return ex
 
     def _check_exchange_equivalent(self, ex: Exchange, type_name: str, durable: bool,
@@ -160,7 +167,13 @@ class VirtualHost:
             raise precondition_failed(f"inequivalent arg 'alternate-exchange' for {what}: received "
                                       f"{_describe(want_ae)} but current is {_describe(have_ae)}")
 
-    def delete_exchange(self, name: str, if_unused: bool = False) -> None:
+    def delete_exchange(self, name: str, if_unused: bool = False) -> list[Binding]:
+        """Delete an exchange (nothing if there is none); return the bindings that went with it."""
+        ex = self.exchange_to_delete(name, if_unused)
+        return [] if ex is None else self.remove_exchange(ex)
+
+    def exchange_to_delete(self, name: str, if_unused: bool = False) -> Exchange | None:
+        """The exchange exchange.delete would delete (None: there is none), after RabbitMQ's checks."""
         if not name:
             raise access_refused("operation not permitted on the default exchange")
         if name.startswith("amq."):
@@ -170,44 +183,55 @@ class VirtualHost:
             return  # RabbitMQ 3.x: deleting a missing exchange is not an error
         if if_unused and ex.bindings:
             raise precondition_failed(f"{self._in_vhost('exchange', name)} in use")
-        self._remove_exchange(ex)
+        return ex
 
-    def _remove_exchange(self, ex: Exchange) -> None:
+    def remove_exchange(self, ex: Exchange) -> list[Binding]:
+        """Drop an exchange with its bindings, from it and to it; return those bindings. An
+        auto-delete exchange that lost its last binding by this is not deleted here: the command
+        layer does that (``auto_delete_due``)."""
+        if self.exchanges.get(ex.name) is not ex:
+            return []
         del self.exchanges[ex.name]
+        gone: list[Binding] = [(ex, dest, key, args) for (dest, key, _f), args in ex.bindings.items()]
         ex.detach()
-        if ex.durable and self.definitions is not None:
-            self.definitions.remove_exchange(self.name, ex.name)
+        gone += self.bindings_to(ex)
         for other in list(self.exchanges.values()):
-            if other.remove_destination(ex):
-                self._maybe_auto_delete(other)
+            other.remove_destination(ex)
+        return gone
 
-    def _maybe_auto_delete(self, ex: Exchange) -> None:
-        if ex.auto_delete and not ex.bindings and self.exchanges.get(ex.name) is ex:
-            self._remove_exchange(ex)
+    def bindings_to(self, dest: Any) -> list[Binding]:
+        """The bindings whose destination is ``dest`` (a queue or an exchange)."""
+        return [(src, dest, key, args) for src in self.exchanges.values()
+                for (d, key, _f), args in src.bindings.items() if d is dest]
+
+    def auto_delete_due(self, ex: Exchange) -> bool:
+        """An auto-delete exchange that has lost its last binding (RabbitMQ then deletes it)."""
+        return ex.auto_delete and not ex.bindings and self.exchanges.get(ex.name) is ex
 
     def bind_exchange(self, destination: str, source: str, routing_key: str,
-                      arguments: dict[str, Any] | None) -> None:
+                      arguments: dict[str, Any] | None) -> Binding | None:
+        """Bind; return the new binding (None: it was there already)."""
         if not destination or not source:
             raise access_refused("operation not permitted on the default exchange")
         src = self.get_exchange(source)  # RabbitMQ looks the source up first
         dest = self.get_exchange(destination)
         src.validate_binding(routing_key, arguments or {})
-        if src.bind(dest, routing_key, arguments) and src.durable and dest.durable:
-            self._save_binding(src, "exchange", dest.name, routing_key, arguments)
+        if src.bind(dest, routing_key, arguments):
+            return src, dest, routing_key, arguments or {}
+        return None
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str,
-                        arguments: dict[str, Any] | None) -> None:
+                        arguments: dict[str, Any] | None) -> Binding | None:
+        """Unbind; return the binding removed (None: there was none)."""
         if not destination or not source:
             raise access_refused("operation not permitted on the default exchange")
         src = self.exchanges.get(source)
         dest = self.exchanges.get(destination)
         if src is None or dest is None:
-            return  # RabbitMQ 3.x: unbinding a missing exchange is not an error
+            return None  # RabbitMQ 3.x: unbinding a missing exchange is not an error
         if src.unbind(dest, routing_key, arguments):
-            if src.durable and dest.durable and self.definitions is not None:
-                self.definitions.remove_binding(self.name, src.name, "exchange", dest.name, routing_key,
-                                                arguments)
-            self._maybe_auto_delete(src)
+            return src, dest, routing_key, arguments or {}
+        return None
 
     # -- queues ---------------------------------------------------------------------------------
 
@@ -250,8 +274,6 @@ class VirtualHost:
                   store=self._queue_store(name, kept, arguments=arguments),
                   policy=self._policy_definition(name, arguments))
         self.queues[name] = q
-        if kept and self.definitions is not None:
-            self.definitions.add_queue(self.name, name, arguments)
         return q
 
     def _queue_store(self, name: str, kept: bool, recovered: Any = None,
@@ -307,16 +329,17 @@ class VirtualHost:
         if src is not None and dest is not None:
             src.bind(dest, routing_key, arguments)
 
-    def _save_binding(self, src: Exchange, kind: str, dest: str, routing_key: str,
-                      arguments: dict[str, Any] | None) -> None:
-        if self.definitions is not None:
-            self.definitions.add_binding(self.name, src.name, kind, dest, routing_key, arguments)
-
     def delete_queue(self, name: str, if_unused: bool = False, if_empty: bool = False,
                      conn: Any = None) -> int:
+        q = self.queue_to_delete(name, if_unused, if_empty, conn)
+        return 0 if q is None else self.remove_queue(q)
+
+    def queue_to_delete(self, name: str, if_unused: bool = False, if_empty: bool = False,
+                        conn: Any = None) -> Queue | None:
+        """The queue queue.delete would delete (None: there is none), after RabbitMQ's checks."""
         q = self.queues.get(name)
         if q is None:
-            return 0  # RabbitMQ 3.x: deleting a missing queue is not an error
+            return None  # RabbitMQ 3.x: deleting a missing queue is not an error
         if q.exclusive and q.owner is not conn:
             raise self._locked(q)
         # a classic queue checks if_empty before if_unused
@@ -324,10 +347,12 @@ class VirtualHost:
             raise precondition_failed(f"{self._in_vhost('queue', name)} not empty")
         if if_unused and q.consumer_count:
             raise precondition_failed(f"{self._in_vhost('queue', name)} in use")
-        return self.remove_queue(q)
+        return q
 
     def remove_queue(self, q: Queue) -> int:
-        """Delete a queue: unbind it, cancel its consumers; return its ready message count."""
+        """Delete a queue: unbind it, cancel its consumers; return its ready message count. (The
+        command layer takes ``bindings_to(q)`` first, and deletes the auto-delete exchanges that
+        lose their last binding by it.)"""
         if self.queues.get(q.name) is not q:
             return 0
         del self.queues[q.name]
@@ -335,19 +360,17 @@ class VirtualHost:
         count = q.message_count
         q.stop_timers()
         q.store.destroy()
-        if q.durable and not q.auto_delete and self.definitions is not None:
-            self.definitions.remove_queue(self.name, q.name)
         q.release_flow()
         for ex in list(self.exchanges.values()):
-            if ex.remove_destination(q):
-                self._maybe_auto_delete(ex)
+            ex.remove_destination(q)
         for consumer in q.consumers():
             q.remove_consumer(consumer)
             consumer.target.consumer_cancelled(consumer)
         return count
 
     def bind_queue(self, queue: str, exchange: str, routing_key: str,
-                   arguments: dict[str, Any] | None, conn: Any = None) -> None:
+                   arguments: dict[str, Any] | None, conn: Any = None) -> Binding | None:
+        """Bind; return the new binding (None: it was there already)."""
         # RabbitMQ's order: default exchange (403), exchange (404), queue (404), binding
         # arguments (406), exclusive access (405)
         if not exchange:
@@ -359,33 +382,34 @@ class VirtualHost:
         ex.validate_binding(routing_key, arguments or {})
         if q.exclusive and q.owner is not conn:
             raise self._locked(q)
-        if ex.bind(q, routing_key, arguments) and ex.durable and q.durable and not q.auto_delete:
-            self._save_binding(ex, "queue", q.name, routing_key, arguments)
+        if ex.bind(q, routing_key, arguments):
+            return ex, q, routing_key, arguments or {}
+        return None
 
     def unbind_queue(self, queue: str, exchange: str, routing_key: str,
-                     arguments: dict[str, Any] | None, conn: Any = None) -> None:
+                     arguments: dict[str, Any] | None, conn: Any = None) -> Binding | None:
+        """Unbind; return the binding removed (None: there was none)."""
         if not exchange:
             raise access_refused("operation not permitted on the default exchange")
         ex = self.exchanges.get(exchange)
         q = self.queues.get(queue)
         if ex is None or q is None or not ex.has_binding(q, routing_key, arguments):
-            return  # RabbitMQ 3.x: unbinding what does not exist is not an error
+            return None  # RabbitMQ 3.x: unbinding what does not exist is not an error
         if q.exclusive and q.owner is not conn:
             raise self._locked(q)
         if ex.unbind(q, routing_key, arguments):
-            if ex.durable and q.durable and not q.auto_delete and self.definitions is not None:
-                self.definitions.remove_binding(self.name, ex.name, "queue", q.name, routing_key, arguments)
-            self._maybe_auto_delete(ex)
+            return ex, q, routing_key, arguments or {}
+        return None
 
-    def consumer_removed(self, q: Queue) -> None:
-        """After a consumer went away: an auto-delete queue with none left is deleted."""
-        if q.auto_delete and not q.consumer_count and q.had_consumer:
-            self.remove_queue(q)
+    def queue_auto_delete_due(self, q: Queue) -> bool:
+        """After a consumer went away: an auto-delete queue that had one and has none left is
+        deleted (by the command layer)."""
+        return (q.auto_delete and not q.consumer_count and q.had_consumer
+                and self.queues.get(q.name) is q)
 
-    def connection_closed(self, conn: Any) -> None:
-        """Delete the exclusive queues owned by a closing connection."""
-        for q in [q for q in self.queues.values() if q.exclusive and q.owner is conn]:
-            self.remove_queue(q)
+    def exclusive_queues(self, conn: Any) -> list[Queue]:
+        """The exclusive queues a connection owns (deleted when it closes)."""
+        return [q for q in self.queues.values() if q.exclusive and q.owner is conn]
 
     # -- policies ---------------------------------------------------------------------------------
 
@@ -396,12 +420,9 @@ class VirtualHost:
     def set_policy(self, name: str, pattern: str, definition: Any, priority: Any = 0,
                    apply_to: str = "all") -> Policy:
         """Add or replace a policy (``policies.PolicyError``, with RabbitMQ's text, if it is not
-        valid), keep it, and apply it at once to the queues and exchanges it now governs."""
+        valid) and apply it at once to the queues and exchanges it now governs."""
         policy = make_policy(self.name, name, pattern, definition, priority, apply_to)
         self._policies[name] = policy
-        if self.definitions is not None:
-            self.definitions.add_policy(self.name, name, pattern, apply_to, policy.priority,
-                                        policy.definition)
         self._reapply_policies()
         return policy
 
@@ -410,8 +431,6 @@ class VirtualHost:
         arguments, or to the next matching policy."""
         if self._policies.pop(name, None) is None:
             return False
-        if self.definitions is not None:
-            self.definitions.remove_policy(self.name, name)
         self._reapply_policies()
         return True
 

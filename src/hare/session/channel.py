@@ -372,7 +372,7 @@ class Channel(Publishing):
         if c is not None:
             c.queue.remove_consumer(c)
             self.conn.dispatch_later(c.queue)  # a single active consumer's successor may take over
-            self.vhost.consumer_removed(c.queue)
+            self.commands.consumer_removed(self.vhost, c.queue)
 
     def _basic_get(self, m: spec.BasicGet) -> None:
         name = self._queue_name(m.queue)
@@ -562,7 +562,7 @@ class Channel(Publishing):
         self.requeue_all()
         for c in consumers.values():
             self.conn.dispatch_later(c.queue)  # a single active consumer's successor takes over
-            self.vhost.consumer_removed(c.queue)
+            self.commands.consumer_removed(self.vhost, c.queue)
 
 
 _HANDLERS: dict[type[spec.Method], Callable[[Channel, Any], None]] = {

@@ -622,7 +622,7 @@ class Connection(Handshake):
             ch.release()
         self.channels.clear()
         if self.vhost is not None:
-            self.vhost.connection_closed(self)
+            self.broker.commands.connection_closed(self.vhost, self)
         self.broker.connections.discard(self)
         self.pending_confirms.clear()
         for q in self.throttled:
