@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 VHOST_LIMITS = ("max-connections", "max-queues")
+
+log = logging.getLogger("hare.commands")
 
 
 class CommandError(Exception):
@@ -73,10 +76,15 @@ class Commands:
         return self.broker.definitions
 
     def _announce(self, kind: str, vhost: str, name: str, **details: Any) -> None:
+        """Tell the listeners of a change already applied and persisted. A listener that fails
+        is logged: the change stands, and the caller gets its answer."""
         if self.listeners:
             event = Event(kind, vhost, name, details)
             for listener in list(self.listeners):
-                listener(event)
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("a listener of metadata changes failed on %s", event)
 
     # -- exchanges ---------------------------------------------------------------------------------
 
