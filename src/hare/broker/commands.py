@@ -189,8 +189,7 @@ class Commands:
         """Delete a queue (its consumers are cancelled), its bindings with it (reason
         "queue_deleted"), then the auto-delete exchanges that lost their last binding by it;
         return its ready message count."""
-        gone = vhost.bindings_to(q)
-        count = vhost.remove_queue(q)
+        count, gone = vhost.drop_queue(q)
         if persist and _kept(q) and self._defs is not None:
             self._defs.remove_queue(vhost.name, q.name)  # its bindings too, in one transaction
         self._announce("queue.deleted", vhost.name, q.name, **_why(reason))

@@ -194,9 +194,13 @@ class VirtualHost:
         del self.exchanges[ex.name]
         gone: list[Binding] = [(ex, dest, key, args) for (dest, key, _f), args in ex.bindings.items()]
         ex.detach()
-        gone += self.bindings_to(ex)
-        for other in list(self.exchanges.values()):
-            other.remove_destination(ex)
+        return gone + self._unbind_all(ex)
+
+    def _unbind_all(self, dest: Any) -> list[Binding]:
+        """Remove every binding to ``dest`` (a deleted queue or exchange); return them."""
+        gone = self.bindings_to(dest)
+        for src, _dest, key, args in gone:
+            src.unbind(dest, key, args)
         return gone
 
     def bindings_to(self, dest: Any) -> list[Binding]:
@@ -350,23 +354,25 @@ class VirtualHost:
         return q
 
     def remove_queue(self, q: Queue) -> int:
-        """Delete a queue: unbind it, cancel its consumers; return its ready message count. (The
-        command layer takes ``bindings_to(q)`` first, and deletes the auto-delete exchanges that
-        lose their last binding by it.)"""
+        """Delete a queue: unbind it, cancel its consumers; return its ready message count."""
+        return self.drop_queue(q)[0]
+
+    def drop_queue(self, q: Queue) -> tuple[int, list[Binding]]:
+        """``remove_queue``, also returning the bindings that went with the queue (the command
+        layer announces them and deletes the auto-delete exchanges that lost their last one)."""
         if self.queues.get(q.name) is not q:
-            return 0
+            return 0, []
         del self.queues[q.name]
         q.deleted = True
         count = q.message_count
         q.stop_timers()
         q.store.destroy()
         q.release_flow()
-        for ex in list(self.exchanges.values()):
-            ex.remove_destination(q)
+        gone = self._unbind_all(q)
         for consumer in q.consumers():
             q.remove_consumer(consumer)
             consumer.target.consumer_cancelled(consumer)
-        return count
+        return count, gone
 
     def bind_queue(self, queue: str, exchange: str, routing_key: str,
                    arguments: dict[str, Any] | None, conn: Any = None) -> Binding | None:
