@@ -72,22 +72,37 @@ def decode_properties(raw: bytes | memoryview) -> dict[str, Any]:
 
 
 def check_headers(raw: bytes) -> None:
-    """Check that the headers property (present in ``raw``) parses as RabbitMQ parses it, without
-    decoding it (``table.check_table``); raise SyntaxFault if not. RabbitMQ decodes the
-    properties of every publish, and its channel crashes on a table it cannot parse; hare runs
-    this scan at publish, only for messages that have headers."""
+    """Check that properties with headers parse as RabbitMQ parses them, without decoding them:
+    the headers table (``table.check_table``) and the lengths of the other properties; raise
+    SyntaxFault if not. RabbitMQ decodes the properties of every publish, and its channel
+    crashes on ones it cannot parse; hare runs this scan at publish, only for messages that have
+    headers (the ones features decode: headers exchange, CC/BCC, x-delay). Octets after the
+    last property are left alone (``decode_properties`` ignores them)."""
     if raw[1] & 1:  # continuation flag words (none defined for basic): decode it all, rare
         decode_properties(raw)
         return
     o = 2
+    flags = raw[0]
     try:
-        if raw[0] & 0x80:  # content_type
+        if flags & 0x80:  # content_type
             o += 1 + raw[o]
-        if raw[0] & 0x40:  # content_encoding
+        if flags & 0x40:  # content_encoding
             o += 1 + raw[o]
+        o = check_table(raw, o)
+        flags = (flags & 0x1F) << 8 | raw[1]  # the properties after the headers
+        if flags:
+            for bit, size in _AFTER_HEADERS:
+                if flags & bit:
+                    o += size if size else 1 + raw[o]
+            if o > len(raw):
+                raise IndexError
     except IndexError as exc:
         raise SyntaxFault("content header properties truncated") from exc
-    check_table(raw, o)
+
+
+# the flag bit and size (0: a short string) of each property after the headers
+_AFTER_HEADERS = tuple((1 << (15 - i), {"octet": 1, "timestamp": 8, "shortstr": 0}[typ])
+                       for i, (_, typ) in enumerate(BASIC_PROPERTIES) if i > 2)
 
 
 def encode_properties(props: dict[str, Any]) -> bytes:

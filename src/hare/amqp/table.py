@@ -207,44 +207,43 @@ def _decode_scalar(buf: bytes | memoryview, offset: int, end: int, tag: int) -> 
 def check_table(buf: bytes | memoryview, offset: int) -> int:
     """Check that the field table at ``offset`` parses as RabbitMQ's rabbit_binary_parser parses
     it (known type tags, every length within its table or array, at any depth) without building
-    its values; return the offset after it. Raises SyntaxFault otherwise."""
+    its values; return the offset after it. Raises SyntaxFault otherwise.
+
+    This runs on the publish of every message that has headers, so it is lean: each table or
+    array must end exactly at its length (an entry, string or inner container that runs past it
+    ends it elsewhere) and reading past the buffer raises; no other bound is checked."""
     sizes = _SIZES
-    end = _container_end(buf, offset, "table")
-    offset += 4
+    unpack = _unpack_I
     is_table = True
     stack: list[tuple[int, bool]] = []  # the enclosing containers: (end, is_table)
-    while True:
-        if offset >= end:
+    try:
+        end = offset + 4 + unpack(buf, offset)[0]
+        if end > len(buf):
+            raise SyntaxFault("field table truncated")
+        offset += 4
+        while True:
+            while offset < end:
+                if is_table:
+                    offset += 1 + buf[offset]  # the key
+                size = sizes[buf[offset]]
+                if size >= 0:  # fixed size
+                    offset += 1 + size
+                elif size == -1:  # _STRING
+                    offset += 5 + unpack(buf, offset + 1)[0]
+                elif size == -4:  # _UNKNOWN
+                    raise SyntaxFault(f"unknown field type {chr(buf[offset])!r}")
+                else:  # a table or an array: scan its entries, then go on with ours
+                    stack.append((end, is_table))
+                    end = offset + 5 + unpack(buf, offset + 1)[0]
+                    is_table = size == -2  # _TABLE
+                    offset += 5
             if offset != end:
                 raise SyntaxFault("field value overruns its table")
             if not stack:
                 return offset
             end, is_table = stack.pop()
-            continue
-        if is_table:
-            offset += 1 + buf[offset]
-            if offset >= end:
-                raise SyntaxFault("field table entry truncated")
-        tag = buf[offset]
-        size = sizes[tag]
-        offset += 1
-        if size >= 0:
-            offset += size
-            continue
-        if size == _UNKNOWN:
-            raise SyntaxFault(f"unknown field type {chr(tag)!r}")
-        if offset + 4 > end:
-            raise SyntaxFault("field value truncated")
-        inner_end = offset + 4 + _unpack_I(buf, offset)[0]
-        if inner_end > end:
-            raise SyntaxFault("field value overruns its table")
-        if size == _STRING:
-            offset = inner_end
-            continue
-        stack.append((end, is_table))
-        end = inner_end
-        is_table = size == _TABLE
-        offset += 4
+    except (IndexError, struct.error) as exc:
+        raise SyntaxFault("field value truncated") from exc
 
 
 def encode_table(table: dict[str, Any] | None) -> bytes:
