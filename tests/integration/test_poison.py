@@ -295,3 +295,16 @@ def test_a_poison_message_is_redelivered_when_its_consumer_drops(
             assert props == bad_content_type_props()  # cannot carry the header: as published
         ping(next_one, 1)
     holder.close()
+
+
+@pytest.mark.parametrize("poison", POISONS)
+def test_a_poison_message_over_its_delivery_limit_is_dead_lettered_when_its_consumer_drops(
+        admin: BlockingConnection, raw: RawClient, node: HareNode, poison: str) -> None:
+    q, dead = dlx_queue(admin, **{"x-delivery-limit": 0})
+    publish_raw(raw, "", q, POISONS[poison]())
+    with raw_client(node.url) as holder:
+        get_raw(holder, q, no_ack=False)
+    wait_until(lambda: count(admin, dead) == 1)  # its one return was over the limit
+    assert count(admin, q) == 0
+    check_dead_letter(raw, dead, poison, q, "delivery_limit")
+    ping(raw, 1)
