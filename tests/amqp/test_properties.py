@@ -16,6 +16,7 @@ from hare.amqp.errors import SyntaxFault
 from hare.amqp.properties import (
     EMPTY,
     PROPERTY_FLAGS,
+    check_headers,
     decode_properties,
     delivery_mode,
     encode_properties,
@@ -112,3 +113,34 @@ def test_decode_of_random_bytes_only_raises_syntax_fault(raw: bytes) -> None:
     except SyntaxFault:
         return
     assert set(props) <= set(PROPERTY_FLAGS)
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        decode_properties(raw)
+    except SyntaxFault:
+        return False
+    return True
+
+
+def _checks(raw: bytes) -> bool:
+    try:
+        check_headers(raw)
+    except SyntaxFault:
+        return False
+    return True
+
+
+@given(property_dicts, st.dictionaries(shortstrs, header_values, max_size=5), st.data())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_check_headers_agrees_with_the_full_decode(props: dict[str, Any], headers: dict[str, Any],
+                                                   data: st.DataObject) -> None:
+    """The publish-time scan of properties with headers refuses exactly what does not decode,
+    truncated or with octets changed anywhere (the flags kept: headers present, no continuation)."""
+    raw = bytearray(encode_properties({**props, "headers": headers}))
+    assert _checks(bytes(raw))
+    for _ in range(data.draw(st.integers(0, 3))):
+        i = data.draw(st.integers(2, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(2, len(raw)))
+    assert _checks(bytes(raw[:cut])) == _decodes(bytes(raw[:cut]))

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hare.amqp.errors import SyntaxFault
-from hare.amqp.table import Float32, decode_table, encode_table
+from hare.amqp.table import METHOD_MAX_DEPTH, Float32, check_table, decode_table, encode_table
 
 UTC = datetime.UTC
 
@@ -289,3 +289,85 @@ def test_decode_of_mutated_encodings_only_raises_syntax_fault(table: dict[str, A
         decode_table(bytes(raw[:cut]), 0)
     except SyntaxFault:
         pass
+
+
+# -- nesting: message headers at any depth, method tables bounded; the publish-time check ----------
+
+
+def _parses(raw: bytes) -> int | None:
+    """Where the table ends if it decodes (headers: no depth limit), else None."""
+    try:
+        return decode_table(raw, 0, None)[1]
+    except SyntaxFault:
+        return None
+
+
+def _checks(raw: bytes) -> int | None:
+    try:
+        return check_table(raw, 0)
+    except SyntaxFault:
+        return None
+
+
+def test_message_headers_decode_and_encode_at_any_depth() -> None:
+    raw = _nested(100_000)  # far past Python's recursion limit: the codec does not recurse
+    table, end = decode_table(raw, 0, None)
+    assert end == len(raw)
+    assert check_table(raw, 0) == len(raw)
+    assert encode_table(table) == raw
+    depth = 0
+    while table:
+        table = table[""]
+        depth += 1
+    assert depth == 100_000
+
+
+def test_deep_arrays_decode_and_encode() -> None:
+    value: Any = [1]
+    for _ in range(5000):
+        value = [value, "x"]
+    raw = encode_table({"a": value})
+    assert encode_table(decode_table(raw, 0, None)[0]) == raw
+    assert check_table(raw, 0) == len(raw)
+
+
+def test_method_tables_are_refused_past_the_method_depth() -> None:
+    decode_table(_nested(METHOD_MAX_DEPTH - 1), 0)  # METHOD_MAX_DEPTH tables in all
+    with pytest.raises(SyntaxFault, match="nested too deeply"):
+        decode_table(_nested(METHOD_MAX_DEPTH), 0)
+
+
+@pytest.mark.parametrize("raw", [
+    _table_bytes([(b"k", b"Z")]),
+    _table_bytes([(b"k", b"A\x00\x00\x00\x01Z")]),
+    _table_bytes([(b"k", b"F" + _table_bytes([(b"j", b"A\x00\x00\x00\x03t\x01Z")]))]),
+    _table_bytes([(b"k", b"I\x00\x00")]),
+    _table_bytes([(b"k", b"S\x00\x00\x00\x09abc")]),
+    _table_bytes([(b"k", b"F\x00\x00\x00\x09\x01jI\x00\x00\x00\x01")]),
+    _longstr(b"\x05ab"),
+    b"\x00\x00\x00\x01",
+    b"\x00\x00",
+], ids=lambda r: r[:12].hex())
+def test_check_table_refuses_what_rabbitmq_cannot_parse(raw: bytes) -> None:
+    with pytest.raises(SyntaxFault):
+        check_table(raw, 0)
+
+
+@given(st.binary(max_size=200))
+@example(_nested(2000))
+@settings(max_examples=1000)
+def test_check_table_agrees_with_decode_on_random_bytes(raw: bytes) -> None:
+    assert _checks(raw) == _parses(raw)
+
+
+@given(tables, st.data())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_check_table_agrees_with_decode_on_mutated_encodings(table: dict[str, Any],
+                                                             data: st.DataObject) -> None:
+    raw = bytearray(encode_table(table))
+    assert check_table(bytes(raw), 0) == len(raw)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    assert _checks(bytes(raw[:cut])) == _parses(bytes(raw[:cut]))

@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import SyntaxFault
 from .spec import BASIC_PROPERTIES
-from .table import decode_table, encode_table
+from .table import check_table, decode_table, encode_table
 
 _unpack_H = struct.Struct(">H").unpack_from
 _unpack_I = struct.Struct(">I").unpack_from
@@ -60,7 +60,7 @@ def decode_properties(raw: bytes | memoryview) -> dict[str, Any]:
                 props[name] = raw[o]
                 o += 1
             elif typ == "table":
-                props[name], o = decode_table(raw, o)
+                props[name], o = decode_table(raw, o, None)  # message headers: any depth
             elif typ == "timestamp":
                 (props[name],) = _unpack_Q(raw, o)
                 o += 8
@@ -69,6 +69,40 @@ def decode_properties(raw: bytes | memoryview) -> dict[str, Any]:
     except (IndexError, struct.error) as exc:
         raise SyntaxFault("content header properties truncated") from exc
     return props
+
+
+def check_headers(raw: bytes) -> None:
+    """Check that properties with headers parse as RabbitMQ parses them, without decoding them:
+    the headers table (``table.check_table``) and the lengths of the other properties; raise
+    SyntaxFault if not. RabbitMQ decodes the properties of every publish, and its channel
+    crashes on ones it cannot parse; hare runs this scan at publish, only for messages that have
+    headers (the ones features decode: headers exchange, CC/BCC, x-delay). Octets after the
+    last property are left alone (``decode_properties`` ignores them)."""
+    if raw[1] & 1:  # continuation flag words (none defined for basic): decode it all, rare
+        decode_properties(raw)
+        return
+    o = 2
+    flags = raw[0]
+    try:
+        if flags & 0x80:  # content_type
+            o += 1 + raw[o]
+        if flags & 0x40:  # content_encoding
+            o += 1 + raw[o]
+        o = check_table(raw, o)
+        flags = (flags & 0x1F) << 8 | raw[1]  # the properties after the headers
+        if flags:
+            for bit, size in _AFTER_HEADERS:
+                if flags & bit:
+                    o += size if size else 1 + raw[o]
+            if o > len(raw):
+                raise IndexError
+    except IndexError as exc:
+        raise SyntaxFault("content header properties truncated") from exc
+
+
+# the flag bit and size (0: a short string) of each property after the headers
+_AFTER_HEADERS = tuple((1 << (15 - i), {"octet": 1, "timestamp": 8, "shortstr": 0}[typ])
+                       for i, (_, typ) in enumerate(BASIC_PROPERTIES) if i > 2)
 
 
 def encode_properties(props: dict[str, Any]) -> bytes:

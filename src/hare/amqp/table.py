@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import SyntaxFault
@@ -54,50 +55,104 @@ class Long(int):
     __slots__ = ()
 
 
-def decode_table(buf: bytes | memoryview, offset: int) -> tuple[dict[str, Any], int]:
-    """Decode a field table at ``offset``; return the table and the offset after it."""
+# Nesting: RabbitMQ parses field tables nested to any depth, and so does hare's codec, which is
+# iterative (an explicit stack, never Python recursion) in decode_table, check_table and
+# encode_table. Message headers are decoded without a limit. Method arguments (queue, exchange,
+# binding and consumer arguments, client properties) are kept, compared and printed by code that
+# recurses, so their tables are refused past METHOD_MAX_DEPTH (a deliberate difference, see
+# docs/compatibility.md).
+METHOD_MAX_DEPTH = 400
+
+_TAG_F, _TAG_A, _TAG_S, _TAG_X = 0x46, 0x41, 0x53, 0x78
+
+# check_table: the octets after each tag (fixed-size types), or how the value is laid out
+_STRING, _TABLE, _ARRAY, _UNKNOWN = -1, -2, -3, -4
+_SIZES = [_UNKNOWN] * 256
+for _tag, _size in ((b"b", 1), (b"B", 1), (b"t", 1), (b"s", 2), (b"u", 2), (b"I", 4), (b"i", 4),
+                    (b"f", 4), (b"l", 8), (b"L", 8), (b"d", 8), (b"T", 8), (b"D", 5), (b"V", 0),
+                    (b"S", _STRING), (b"x", _STRING), (b"F", _TABLE), (b"A", _ARRAY)):
+    _SIZES[_tag[0]] = _size
+del _tag, _size
+
+
+def decode_table(buf: bytes | memoryview, offset: int,
+                 max_depth: int | None = METHOD_MAX_DEPTH) -> tuple[dict[str, Any], int]:
+    """Decode a field table at ``offset``; return the table and the offset after it. Tables
+    nested deeper than ``max_depth`` (None: no limit) are refused with SyntaxFault."""
+    return _decode_container(buf, offset, True, max_depth)  # type: ignore[return-value]
+
+
+def _container_end(buf: bytes | memoryview, offset: int, kind: str) -> int:
+    """The end of the table or array whose 4-octet length is at ``offset``."""
     if offset + 4 > len(buf):
-        raise SyntaxFault("field table length truncated")
-    (size,) = _unpack_I(buf, offset)
-    offset += 4
-    end = offset + size
+        raise SyntaxFault(f"field {kind} length truncated")
+    end = offset + 4 + _unpack_I(buf, offset)[0]
     if end > len(buf):
-        raise SyntaxFault("field table truncated")
-    table: dict[str, Any] = {}
-    while offset < end:
-        klen = buf[offset]
-        offset += 1
-        key = bytes(buf[offset : offset + klen]).decode("utf-8", "surrogateescape")
-        offset += klen
+        raise SyntaxFault(f"field {kind} truncated")
+    return end
+
+
+def _decode_container(buf: bytes | memoryview, offset: int, is_table: bool,
+                      max_depth: int | None) -> tuple[dict[str, Any] | list[Any], int]:
+    """A table (or array) and everything nested in it, with a stack of the open containers."""
+    end = _container_end(buf, offset, "table" if is_table else "array")
+    offset += 4
+    root: dict[str, Any] | list[Any] = {} if is_table else []
+    cur: Any = root
+    stack: list[tuple[Any, int, bool]] = []  # the enclosing containers: (container, end, is_table)
+    key = ""
+    while True:
         if offset >= end:
-            raise SyntaxFault("field table entry truncated")
-        table[key], offset = decode_value(buf, offset, end)
-    if offset != end:
-        raise SyntaxFault("field table overruns its length")
-    return table, offset
-
-
-def _decode_array(buf: bytes | memoryview, offset: int) -> tuple[list[Any], int]:
-    if offset + 4 > len(buf):
-        raise SyntaxFault("field array length truncated")
-    (size,) = _unpack_I(buf, offset)
-    offset += 4
-    end = offset + size
-    if end > len(buf):
-        raise SyntaxFault("field array truncated")
-    items = []
-    while offset < end:
-        value, offset = decode_value(buf, offset, end)
-        items.append(value)
-    if offset != end:
-        raise SyntaxFault("field array overruns its length")
-    return items, offset
+            if offset != end:
+                raise SyntaxFault(f"field {'table' if is_table else 'array'} overruns its length")
+            if not stack:
+                return root, offset
+            cur, end, is_table = stack.pop()
+            continue
+        if is_table:
+            klen = buf[offset]
+            offset += 1
+            key = bytes(buf[offset : offset + klen]).decode("utf-8", "surrogateescape")
+            offset += klen
+            if offset >= end:
+                raise SyntaxFault("field table entry truncated")
+        tag = buf[offset]
+        if tag == _TAG_F or tag == _TAG_A:
+            child_table = tag == _TAG_F
+            child_end = _container_end(buf, offset + 1, "table" if child_table else "array")
+            if child_end > end:
+                raise SyntaxFault(f"field {'table' if is_table else 'array'} overruns its length")
+            if max_depth is not None and len(stack) + 1 >= max_depth:
+                raise SyntaxFault("field table nested too deeply")
+            child: Any = {} if child_table else []
+            if is_table:
+                cur[key] = child
+            else:
+                cur.append(child)
+            stack.append((cur, end, is_table))
+            cur, end, is_table = child, child_end, child_table
+            offset += 5
+            continue
+        value, offset = _decode_scalar(buf, offset + 1, end, tag)
+        if is_table:
+            cur[key] = value
+        else:
+            cur.append(value)
 
 
 def decode_value(buf: bytes | memoryview, offset: int, end: int) -> tuple[Any, int]:
     """Decode one tagged field value; ``end`` bounds the enclosing table or array."""
     tag = buf[offset]
-    offset += 1
+    if tag == _TAG_F or tag == _TAG_A:
+        value, after = _decode_container(buf, offset + 1, tag == _TAG_F, None)
+        if after > end:
+            raise SyntaxFault("field table overruns its length")
+        return value, after
+    return _decode_scalar(buf, offset + 1, end, tag)
+
+
+def _decode_scalar(buf: bytes | memoryview, offset: int, end: int, tag: int) -> tuple[Any, int]:
+    """A value of any type but table and array; ``offset`` is after its tag."""
     try:
         if tag == 0x53:  # S long string
             (n,) = _unpack_I(buf, offset)
@@ -107,14 +162,10 @@ def decode_value(buf: bytes | memoryview, offset: int, end: int) -> tuple[Any, i
             return bytes(buf[offset : offset + n]).decode("utf-8", "surrogateescape"), offset + n
         if tag == 0x49:  # I int32
             return _unpack_i(buf, offset)[0], offset + 4
-        if tag == 0x46:  # F table
-            return decode_table(buf, offset)
         if tag == 0x74:  # t boolean
             return buf[offset] != 0, offset + 1
         if tag == 0x6C:  # l int64
             return _unpack_q(buf, offset)[0], offset + 8
-        if tag == 0x41:  # A array
-            return _decode_array(buf, offset)
         if tag == 0x54:  # T timestamp (seconds)
             secs = _unpack_Q(buf, offset)[0]
             if secs > _MAX_TIMESTAMP:  # past datetime's year 9999: RabbitMQ takes it, keep the int
@@ -150,28 +201,87 @@ def decode_value(buf: bytes | memoryview, offset: int, end: int) -> tuple[Any, i
             return bytes(buf[offset : offset + n]), offset + n
     except (struct.error, IndexError) as exc:
         raise SyntaxFault("field value truncated") from exc
-    except RecursionError as exc:  # a table nested a thousand deep: refuse it, do not crash
-        raise SyntaxFault("field table nested too deeply") from exc
     raise SyntaxFault(f"unknown field type {chr(tag)!r}")
 
 
+def check_table(buf: bytes | memoryview, offset: int) -> int:
+    """Check that the field table at ``offset`` parses as RabbitMQ's rabbit_binary_parser parses
+    it (known type tags, every length within its table or array, at any depth) without building
+    its values; return the offset after it. Raises SyntaxFault otherwise.
+
+    This runs on the publish of every message that has headers, so it is lean: each table or
+    array must end exactly at its length (an entry, string or inner container that runs past it
+    ends it elsewhere) and reading past the buffer raises; no other bound is checked."""
+    sizes = _SIZES
+    unpack = _unpack_I
+    is_table = True
+    stack: list[tuple[int, bool]] = []  # the enclosing containers: (end, is_table)
+    try:
+        end = offset + 4 + unpack(buf, offset)[0]
+        if end > len(buf):
+            raise SyntaxFault("field table truncated")
+        offset += 4
+        while True:
+            while offset < end:
+                if is_table:
+                    offset += 1 + buf[offset]  # the key
+                size = sizes[buf[offset]]
+                if size >= 0:  # fixed size
+                    offset += 1 + size
+                elif size == -1:  # _STRING
+                    offset += 5 + unpack(buf, offset + 1)[0]
+                elif size == -4:  # _UNKNOWN
+                    raise SyntaxFault(f"unknown field type {chr(buf[offset])!r}")
+                else:  # a table or an array: scan its entries, then go on with ours
+                    stack.append((end, is_table))
+                    end = offset + 5 + unpack(buf, offset + 1)[0]
+                    is_table = size == -2  # _TABLE
+                    offset += 5
+            if offset != end:
+                raise SyntaxFault("field value overruns its table")
+            if not stack:
+                return offset
+            end, is_table = stack.pop()
+    except (IndexError, struct.error) as exc:
+        raise SyntaxFault("field value truncated") from exc
+
+
 def encode_table(table: dict[str, Any] | None) -> bytes:
-    """Encode a mapping as a field table (with its 4-byte length)."""
+    """Encode a mapping as a field table (with its 4-byte length), nested to any depth."""
     if not table:
         return b"\x00\x00\x00\x00"
     out = bytearray(4)
-    for key, value in table.items():
-        kb = key.encode("utf-8", "surrogateescape")
-        if len(kb) > 255:
-            raise ValueError(f"field table key too long: {key[:32]!r}...")
-        out.append(len(kb))
-        out += kb
-        _encode_value(out, value)
-    out[0:4] = _pack_I(len(out) - 4)
+    # the containers being written: (their remaining items, where their length goes, is a table)
+    stack: list[tuple[Iterator[Any], int, bool]] = [(iter(table.items()), 0, True)]
+    while stack:
+        items, start, is_table = stack[-1]
+        for item in items:
+            if is_table:
+                key, value = item
+                kb = key.encode("utf-8", "surrogateescape")
+                if len(kb) > 255:
+                    raise ValueError(f"field table key too long: {key[:32]!r}...")
+                out.append(len(kb))
+                out += kb
+            else:
+                value = item
+            if isinstance(value, dict):
+                out += b"F\x00\x00\x00\x00"
+                stack.append((iter(value.items()), len(out) - 4, True))
+                break
+            if isinstance(value, list | tuple):
+                out += b"A\x00\x00\x00\x00"
+                stack.append((iter(value), len(out) - 4, False))
+                break
+            _encode_value(out, value)
+        else:
+            stack.pop()
+            out[start : start + 4] = _pack_I(len(out) - start - 4)
     return bytes(out)
 
 
 def _encode_value(out: bytearray, value: Any) -> None:
+    """Append a value of any type but table and array (encode_table writes those)."""
     if isinstance(value, str):
         b = value.encode("utf-8", "surrogateescape")
         out += b"S"
@@ -194,16 +304,6 @@ def _encode_value(out: bytearray, value: Any) -> None:
     elif isinstance(value, float):
         out += b"d"
         out += _pack_d(value)
-    elif isinstance(value, dict):
-        out += b"F"
-        out += encode_table(value)
-    elif isinstance(value, list | tuple):
-        out += b"A"
-        start = len(out)
-        out += b"\x00\x00\x00\x00"
-        for item in value:
-            _encode_value(out, item)
-        out[start : start + 4] = _pack_I(len(out) - start - 4)
     elif isinstance(value, bytes | bytearray | memoryview):
         out += b"x"
         out += _pack_I(len(value))

@@ -34,7 +34,13 @@ def cc_keys(headers: dict[str, Any], name: str = "CC") -> list[str]:
 
 
 def dead_letter(queue: Queue, msg: Message, reason: str) -> None:
-    """Republish ``msg`` to ``queue``'s dead-letter exchange, if it has one (else drop it)."""
+    """Republish ``msg`` to ``queue``'s dead-letter exchange, if it has one (else drop it).
+
+    Never raises: it runs inside broker-wide loops (timers, dispatch, connection teardown) and on
+    behalf of clients the message does not belong to (an innocent publisher whose message pushes
+    it off the head, a consumer rejecting it). A message whose properties cannot be decoded is
+    dead-lettered with its properties as published (no x-death) and the queue's name is logged;
+    one that cannot be routed either is dropped with an ERROR log."""
     settings = queue.settings
     dlx_name = settings.dead_letter_exchange
     vhost = queue.vhost
@@ -45,6 +51,39 @@ def dead_letter(queue: Queue, msg: Message, reason: str) -> None:
         log.debug("dead-letter exchange '%s' of queue '%s' does not exist: message dropped", dlx_name,
                   queue.name)
         return
+    routing_key = settings.dead_letter_routing_key
+    deaths: list[dict[str, Any]] | None
+    try:
+        dead, keys, deaths = _with_death(queue, msg, reason, dlx_name, routing_key)
+    except Exception as exc:  # properties that do not decode (or re-encode)
+        log.error("queue '%s' in vhost '%s': cannot add x-death to a message dead-lettered (%s) to "
+                  "exchange '%s' (%s): dead-lettered with its properties as published", queue.name,
+                  queue.vhost_name, reason, dlx_name, exc)
+        dead = msg.rerouted(dlx_name, routing_key if routing_key is not None else msg.routing_key)
+        keys, deaths = [msg.routing_key], None
+    try:
+        targets = vhost.route(dlx, dead, keys if routing_key is None else None)
+    except Exception as exc:
+        log.error("queue '%s' in vhost '%s': cannot route a message dead-lettered (%s) through "
+                  "exchange '%s' (%s): message dropped", queue.name, queue.vhost_name, reason,
+                  dlx_name, exc)
+        return
+    for target in targets:
+        if reason != REJECTED and (target is queue if deaths is None else _is_cycle(target.name, deaths)):
+            log.debug("dead-letter cycle through queue '%s': message dropped", target.name)
+            continue
+        try:
+            target.publish(dead)
+        except Exception:
+            log.exception("queue '%s' in vhost '%s': a message dead-lettered (%s) from queue '%s' "
+                          "could not be enqueued: dropped for this queue", target.name,
+                          queue.vhost_name, reason, queue.name)
+
+
+def _with_death(queue: Queue, msg: Message, reason: str, dlx_name: str, routing_key: str | None
+                ) -> tuple[Message, list[str], list[dict[str, Any]]]:
+    """The dead-lettered copy of ``msg`` (x-death and x-first-death-* headers, no expiration), the
+    routing keys it goes by, and its x-death entries."""
     props = dict(msg.properties)
     headers = dict(props.get("headers") or {})
     keys = [msg.routing_key, *cc_keys(headers)]
@@ -71,14 +110,9 @@ def dead_letter(queue: Queue, msg: Message, reason: str) -> None:
     headers.setdefault("x-first-death-reason", reason)
     props["headers"] = headers
     props.pop("expiration", None)
-    routing_key = settings.dead_letter_routing_key
     dead = msg.with_properties(props, exchange=dlx_name,
                                routing_key=routing_key if routing_key is not None else msg.routing_key)
-    for target in vhost.route(dlx, dead, keys if routing_key is None else None):
-        if reason != REJECTED and _is_cycle(target.name, deaths):
-            log.debug("dead-letter cycle through queue '%s': message dropped", target.name)
-            continue
-        target.publish(dead)
+    return dead, keys, deaths
 
 
 def _is_cycle(queue_name: str, deaths: list[dict[str, Any]]) -> bool:

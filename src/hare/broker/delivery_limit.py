@@ -17,6 +17,7 @@ classic queue (a quorum queue serves returned messages first, in the order they 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ..amqp.table import Long
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from ..store.paged import Expiry
     from .message import Message
     from .queue import Queue
+
+log = logging.getLogger("hare.queue")
 
 HEADER = "x-delivery-count"
 
@@ -39,6 +42,18 @@ def with_delivery_count(msg: Message, count: int) -> Message:
     headers[HEADER] = Long(count)
     props["headers"] = headers
     return msg.with_properties(props)
+
+
+def _counted(queue: Queue, msg: Message, count: int) -> Message:
+    """``msg`` with its x-delivery-count, or, when its properties do not decode, as it was stored
+    (logged): a delivery never fails for the header."""
+    try:
+        return with_delivery_count(msg, count)
+    except Exception as exc:
+        log.error("queue '%s' in vhost '%s': cannot add x-delivery-count %d to a message (%s): "
+                  "delivered with its properties as published", queue.name, queue.vhost_name, count,
+                  exc)
+        return msg
 
 
 class DeliveryCounter:
@@ -80,12 +95,12 @@ class DeliveryCounter:
         msg, seq, redelivered, exp = entry
         count = self.back.pop(seq, 0) if self.back else 0
         self.out[seq] = (count, msg)
-        return (with_delivery_count(msg, count) if count else msg), seq, redelivered, exp
+        return (_counted(self.queue, msg, count) if count else msg), seq, redelivered, exp
 
     def got(self, seq: int, msg: Message) -> Message:
         """The copy basic.get hands out of a message just popped: with the header even at 0."""
         rec = self.out.get(seq)
-        return with_delivery_count(msg, 0) if rec is not None and not rec[0] else msg
+        return _counted(self.queue, msg, 0) if rec is not None and not rec[0] else msg
 
     def head_expiry(self) -> int:
         return self.inner.head_expiry()

@@ -72,6 +72,10 @@ class Message:
                        self.routing_key if routing_key is None else routing_key,
                        _props.encode_properties(properties), self.body, None, self._persistent)
 
+    def rerouted(self, exchange: str, routing_key: str) -> Message:
+        """A copy with another exchange and routing key, its property bytes unchanged."""
+        return Message(exchange, routing_key, self.properties_raw, self.body, None, self._persistent)
+
     @property
     def body_size(self) -> int:
         return len(self.body)

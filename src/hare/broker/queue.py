@@ -259,8 +259,10 @@ class Queue:
 
     def _ttl_fired(self, now: int) -> None:
         self.ttl_timer = None
-        self.expire_head(now)
-        self._arm_ttl(self.store.head_expiry())
+        try:
+            self.expire_head(now)
+        finally:  # armed again whatever happened: the queue's TTL never stops
+            self._arm_ttl(self.store.head_expiry())
 
     def expire_head(self, now: int) -> None:
         """Dead-letter the expired messages at the head (TTL applies at the head only)."""

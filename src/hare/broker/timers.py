@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import Callable
+
+log = logging.getLogger("hare.broker")
 
 
 def now_ms() -> int:
@@ -51,7 +54,8 @@ class Timers:
         return heap[0][0] if heap else None
 
     def run(self, now: int | None = None) -> None:
-        """Run every timer that is due at ``now``."""
+        """Run every timer that is due at ``now``. One that fails is logged; the others still
+        run (they are the whole broker's: TTLs, queue expiry, consumer timeouts, delays)."""
         if now is None:
             now = now_ms()
         heap = self.heap
@@ -59,7 +63,10 @@ class Timers:
             timer = heapq.heappop(heap)[2]
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.fn(now)
+                try:
+                    timer.fn(now)
+                except Exception:
+                    log.exception("timer %r failed", timer.fn)
 
 
 def _noop() -> None:

@@ -291,8 +291,10 @@ class Server:
 
     def _run_timers(self) -> None:
         self.timer = None
-        self.broker.timers.run(now_ms())
-        self._schedule_timers()
+        try:
+            self.broker.timers.run(now_ms())
+        finally:  # never left unscheduled: every expiry and timeout of the broker hangs on it
+            self._schedule_timers()
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait for them."""

@@ -8,6 +8,7 @@ It writes its output frames into the connection's output list; it never touches 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import struct
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from .publishing import CLOSING, MAX_MSG_SIZE, OPEN, Publish, Publishing
 
 if TYPE_CHECKING:
     from .connection import Connection
+
+log = logging.getLogger("hare.channel")
 
 _pack_QB = struct.Struct(">QB").pack
 _pack_content_header = struct.Struct(">BHIHHQ").pack
@@ -529,7 +532,11 @@ class Channel(Publishing):
         self.unacked.clear()
         for rec in records:
             q, msg, seq, _ = rec
-            q.requeue(seq, msg)
+            try:
+                q.requeue(seq, msg)
+            except Exception:  # one message must not keep the others from going back
+                log.exception("queue '%s' in vhost '%s': a message returned by channel %d could not "
+                              "be requeued", q.name, q.vhost_name, self.number)
             self._release(rec)
             self.conn.dispatch_later(q)
 

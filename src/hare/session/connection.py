@@ -236,7 +236,10 @@ class Connection(Handshake):
             self.pending_dispatch = {}
             for q in queues:
                 if q.consumer_count and not q.deleted:
-                    q.dispatch()
+                    try:
+                        q.dispatch()
+                    except Exception:  # a queue's trouble is not this connection's (nor the next queue's)
+                        log.exception("queue '%s' in vhost '%s': dispatch failed", q.name, q.vhost_name)
         if self.pending_confirms:
             for ch in self.pending_confirms:
                 if ch.state == OPEN:
@@ -619,7 +622,10 @@ class Connection(Handshake):
 
     def _release_all(self) -> None:
         for ch in list(self.channels.values()):
-            ch.release()
+            try:
+                ch.release()
+            except Exception:  # the other channels (and the vhost's cleanup) still take place
+                log.exception("connection %s: releasing channel %d failed", self.name, ch.number)
         self.channels.clear()
         if self.vhost is not None:
             self.broker.commands.connection_closed(self.vhost, self)

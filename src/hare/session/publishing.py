@@ -8,6 +8,7 @@ per-message publish path reads in one place. It uses the channel's state and its
 
 from __future__ import annotations
 
+import logging
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from ..amqp.errors import (
     AMQPError,
     ChannelError,
     ConnectionFault,
+    SyntaxFault,
     access_refused,
     not_found,
     precondition_failed,
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from ..broker.vhost import VirtualHost
     from .connection import Connection
 
+log = logging.getLogger("hare.channel")
+
 _pack_return_head = struct.Struct(">HHH").pack  # class, method, reply code
 # reply_to amq.rabbitmq.reply-to (direct reply-to) as a shortstr, to look for in raw properties
 _REPLY_TO_RAW = bytes((len(REPLY_QUEUE),)) + REPLY_QUEUE.encode()
@@ -50,6 +54,7 @@ class Publishing:
     __slots__ = ()
     # the channel's state used here (slots of Channel)
     conn: Connection
+    number: int
     vhost: VirtualHost
     access: Access
     state: int
@@ -104,7 +109,7 @@ class Publishing:
                 self.tx_publishes.append((msg, [q.name for q in queues], m[3]))
                 return
         except AMQPError as err:
-            if not err.class_id:
+            if not err.class_id and err.code != 541:  # (541: RabbitMQ's crash names no method)
                 err.class_id, err.method_id = 60, 40
             raise
         self._enqueue(msg, queues, m[3])
@@ -137,9 +142,23 @@ class Publishing:
                                  f"'{self.vhost.name}'")
         if access.topics is not None and ex.type_name == "topic":
             access.check_topic(WRITE, m[0], m[1])
+        if props_raw[0] & 0x20:  # headers (flag bit 13): RabbitMQ decodes the properties here
+            self._check_headers(props_raw)
         if props_raw[0] & 0x03 or props_raw[1] & 0x10:
             self._check_properties(props_raw)
         return ex
+
+    def _check_headers(self, props_raw: bytes) -> None:
+        """Headers that do not parse (an unknown type tag, a length past its table): RabbitMQ's
+        channel crashes decoding them and the connection gets 541 INTERNAL_ERROR, class and
+        method 0. hare answers the same, so no such message is ever stored."""
+        try:
+            props_codec.check_headers(props_raw)
+        except SyntaxFault as exc:
+            log.warning("connection %s, channel %s: a publish's headers do not parse (%s); closing "
+                        "the connection with 541 INTERNAL_ERROR, as RabbitMQ does", self.conn.name,
+                        self.number, exc.text)
+            raise ConnectionFault(541, "") from exc
 
     def _check_properties(self, props_raw: bytes) -> None:
         """The checks of a publish's properties, in RabbitMQ's order: reply-to, user-id, expiration

@@ -215,11 +215,16 @@ class DelayedMessageExchange(Exchange):
             self.releasing = True
             try:
                 for stored in batch:
-                    msg = self._released(stored)
-                    headers = msg.headers if msg.properties_raw[0] & 0x20 else {}
-                    keys = [msg.routing_key, *cc_keys(headers)] if "CC" in headers else None
-                    for q in vhost.route(self, msg, keys):
-                        q.publish(msg)
+                    try:
+                        msg = self._released(stored)
+                        headers = msg.headers if msg.properties_raw[0] & 0x20 else {}
+                        keys = [msg.routing_key, *cc_keys(headers)] if "CC" in headers else None
+                        for q in vhost.route(self, msg, keys):
+                            q.publish(msg)
+                    except Exception:  # one message's trouble must not cost the rest of the batch
+                        log.exception("exchange '%s' in vhost '%s': a delayed message could not be "
+                                      "routed: dropped", self.name, self.vhost_name)
+                        continue
                     if msg.needs_sync:
                         sync = True
             finally:
