@@ -285,6 +285,59 @@ def test_headers_bindings_differ_by_arguments(xchannel: tuple[BlockingChannel, s
     assert routed(ch, x, q, headers={"h": 2})
 
 
+WIDE_CASES = [
+    # (binding arguments, matches the wide message below)
+    ({"x-match": "all", "h0": 0, "h9999": 9999, "name": "last"}, True),
+    ({"x-match": "all", "h0": 0, "h9999": 9998}, False),
+    ({"x-match": "all", "h5": 5, "missing": None}, False),  # void: the header must be present
+    ({"x-match": "all", "h5": None, "nested": None}, True),
+    ({"x-match": "any", "missing": 1, "h7777": 7777}, True),
+    ({"x-match": "any", "missing": 1, "h7777": "7777"}, False),  # a string is not a number
+    ({"x-match": "any", "x-tag": "blue", "missing": 1}, False),  # x- keys ignored
+    ({"x-match": "all", "x-tag": "red", "h1": 1}, True),
+    ({"x-match": "all-with-x", "x-tag": "blue", "h1": 1}, True),
+    ({"x-match": "all-with-x", "x-tag": "red", "h1": 1}, False),
+    ({"x-match": "any-with-x", "x-tag": "blue", "missing": 1}, True),
+    ({"x-match": "any-with-x", "x-tag": "red", "missing": 1}, False),
+    ({"flag": True}, True),
+    ({"flag": 1}, False),  # a bool is not an int
+    ({}, True),
+    ({"x-match": "any"}, False),
+]
+
+
+def test_headers_wide_messages_in_every_mode(xchannel: tuple[BlockingChannel, str]) -> None:
+    """A message with 10,000 headers (nested tables among them) through a hundred bindings:
+    every x-match mode routes it by RabbitMQ's rules, before and after unbinding."""
+    ch, x = xchannel
+    ch.exchange_declare(x, "headers")
+    wide: dict = {f"h{i}": i for i in range(10_000)}
+    wide.update({"x-tag": "blue", "flag": True, "nested": {"deep": [1, 2, {"k": "v"}]},
+                 "name": "last"})
+    queues = []
+    for args, _want in WIDE_CASES:
+        q = temp_queue(ch)
+        ch.queue_bind(q, x, "", arguments=args)
+        queues.append(q)
+    fillers = [{"x-match": "any", "h7777": -1}] + [
+        {"x-match": "all" if i % 2 else "any", f"h{i * 97}": -i, "x-tag": "blue"} for i in range(1, 100)]
+    none = temp_queue(ch)  # no filler matches
+    for args in fillers:
+        ch.queue_bind(none, x, "", arguments=args)
+
+    def check(skip: int | None = None) -> None:
+        ch.basic_publish(x, "", b"wide", pika.BasicProperties(headers=wide))
+        got = [bool(drain(ch, q)) for q in queues]
+        assert got == [want and i != skip for i, (_args, want) in enumerate(WIDE_CASES)]
+        assert drain(ch, none) == []
+
+    check()
+    for args in fillers:  # the key h7777 stays compared by the binding that still uses it
+        ch.queue_unbind(none, x, "", arguments=args)
+    ch.queue_unbind(queues[0], x, "", arguments=WIDE_CASES[0][0])
+    check(skip=0)
+
+
 def test_headers_invalid_x_match_is_406(connection: BlockingConnection,
                                         xchannel: tuple[BlockingChannel, str]) -> None:
     ch, x = xchannel

@@ -7,11 +7,12 @@ decode them only where a feature needs a property (routing on headers, persisten
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import SyntaxFault
 from .spec import BASIC_PROPERTIES
-from .table import check_table, decode_table, encode_table
+from .table import check_table, decode_table, encode_table, pick_table
 
 _unpack_H = struct.Struct(">H").unpack_from
 _unpack_I = struct.Struct(">I").unpack_from
@@ -196,3 +197,26 @@ def with_reply_to(raw: bytes, value: str) -> bytes:
     o = _skip_to(raw, flags, FLAG_REPLY_TO)
     v = value.encode("utf-8", "surrogateescape")
     return raw[:o] + bytes((len(v),)) + v + raw[o + 1 + raw[o] :]
+
+
+def pick_headers(raw: bytes | memoryview, wanted: Mapping[bytes, str]) -> dict[str, Any]:
+    """The headers among ``wanted`` (raw key -> name, see ``table.pick_table``) of properties
+    ``raw``, without decoding the other headers or properties; {} when there are no headers."""
+    if len(raw) < 2:
+        raise SyntaxFault("content header properties truncated")
+    flags = raw[0]
+    if not flags & 0x20:  # no headers (flag bit 13)
+        return {}
+    if raw[1] & 1:  # continuation flag words (none defined for basic): decode it all, rare
+        headers = decode_properties(raw).get("headers") or {}
+        names = set(wanted.values())
+        return {k: v for k, v in headers.items() if k in names}
+    o = 2
+    try:
+        if flags & 0x80:  # content_type
+            o += 1 + raw[o]
+        if flags & 0x40:  # content_encoding
+            o += 1 + raw[o]
+    except IndexError as exc:
+        raise SyntaxFault("content header properties truncated") from exc
+    return pick_table(raw, o, wanted)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .errors import SyntaxFault
@@ -325,3 +325,42 @@ def _encode_value(out: bytearray, value: Any) -> None:
         out += _pack_i(raw)
     else:
         raise ValueError(f"cannot encode {type(value).__name__} in a field table")
+
+
+def pick_table(buf: bytes | memoryview, offset: int, wanted: Mapping[bytes, str]) -> dict[str, Any]:
+    """The entries of the field table at ``offset`` whose raw keys are in ``wanted``, decoded and
+    named ``wanted[key]``; every other entry is stepped over by its length, never decoded (a
+    nested table or array as a whole). A key given twice keeps its last value, as decode_table
+    does. For the headers exchange: one pass over wide headers, decoding only what its bindings
+    compare. Raises SyntaxFault on a table that does not parse."""
+    if isinstance(buf, memoryview):
+        buf = bytes(buf)
+    sizes = _SIZES
+    unpack = _unpack_I
+    get = wanted.get
+    found: dict[str, Any] = {}
+    try:
+        end = offset + 4 + unpack(buf, offset)[0]
+        if end > len(buf):
+            raise SyntaxFault("field table truncated")
+        offset += 4
+        while offset < end:
+            value_at = offset + 1 + buf[offset]  # after the key
+            name = get(buf[offset + 1 : value_at])
+            if name is None:
+                size = sizes[buf[value_at]]
+                if size >= 0:  # fixed size
+                    offset = value_at + 1 + size
+                elif size == _UNKNOWN:
+                    raise SyntaxFault(f"unknown field type {chr(buf[value_at])!r}")
+                else:  # a string, byte array, table or array: a 4-octet length, stepped over
+                    offset = value_at + 5 + unpack(buf, value_at + 1)[0]
+            else:
+                if value_at >= end:
+                    raise SyntaxFault("field table entry truncated")
+                found[name], offset = decode_value(buf, value_at, end)
+        if offset != end:
+            raise SyntaxFault("field value overruns its table")
+    except (IndexError, struct.error) as exc:
+        raise SyntaxFault("field value truncated") from exc
+    return found

@@ -3,6 +3,10 @@
 ``all`` (default) needs every binding argument to match, ``any`` at least one; keys starting
 ``x-`` are ignored unless ``all-with-x`` / ``any-with-x`` is used. A void (None) binding value
 matches when the header is present, whatever its value (RabbitMQ's rule).
+
+Routing reads the message's raw headers once per publish and decodes only the entries some
+binding compares (``properties.pick_headers``), so a message with wide headers costs one pass
+over its table plus the bindings' arguments, and keeps no decoded copy of its headers.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...amqp.errors import precondition_failed
+from ...amqp.properties import pick_headers
 from ..message import Message
 from .base import Exchange, freeze
 
@@ -18,12 +23,16 @@ _MODES = ("all", "any", "all-with-x", "any-with-x")
 
 class HeadersExchange(Exchange):
     type_name = "headers"
-    __slots__ = ("rules",)
+    __slots__ = ("rules", "wanted", "key_refs")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # (dest, match_all, [(key, value)]) per binding, keyed like self.bindings
         self.rules: dict[tuple[Any, str, Any], tuple[Any, bool, list[tuple[str, Any]]]] = {}
+        # the header names the rules compare, as raw key -> name (for pick_headers), and how
+        # many rules compare each
+        self.wanted: dict[bytes, str] = {}
+        self.key_refs: dict[str, int] = {}
 
     @classmethod
     def validate_binding(cls, routing_key: str, arguments: dict[str, Any]) -> None:
@@ -38,10 +47,32 @@ class HeadersExchange(Exchange):
         with_x = mode.endswith("-with-x")
         pairs = [(k, v) for k, v in arguments.items()
                  if k != "x-match" and (with_x or not k.startswith("x-"))]
-        self.rules[self._key(dest, routing_key, arguments)] = (dest, mode.startswith("all"), pairs)
+        key = self._key(dest, routing_key, arguments)
+        if key in self.rules:  # pragma: no cover - Exchange.bind adds a binding once
+            return
+        self.rules[key] = (dest, mode.startswith("all"), pairs)
+        refs = self.key_refs
+        for name, _value in pairs:
+            n = refs.get(name, 0)
+            refs[name] = n + 1
+            raw = _raw_key(name)
+            if not n and raw is not None:
+                self.wanted[raw] = name
 
     def _remove(self, dest: Any, routing_key: str, arguments: dict[str, Any]) -> None:
-        self.rules.pop(self._key(dest, routing_key, arguments), None)
+        rule = self.rules.pop(self._key(dest, routing_key, arguments), None)
+        if rule is None:
+            return
+        refs = self.key_refs
+        for name, _value in rule[2]:
+            n = refs[name] - 1
+            if n:
+                refs[name] = n
+            else:
+                del refs[name]
+                raw = _raw_key(name)
+                if raw is not None:
+                    del self.wanted[raw]
 
     @staticmethod
     def _key(dest: Any, routing_key: str, arguments: dict[str, Any]) -> tuple[Any, str, Any]:
@@ -50,13 +81,22 @@ class HeadersExchange(Exchange):
     def route(self, msg: Message, routing_key: str, out: list[Any]) -> None:
         if not self.rules:
             return
-        headers = msg.headers
+        headers = pick_headers(msg.properties_raw, self.wanted) if self.wanted else {}
         for dest, match_all, pairs in self.rules.values():
             if _matches(headers, match_all, pairs):
                 out.append(dest)
 
 
 _MISSING = object()
+
+
+def _raw_key(name: str) -> bytes | None:
+    """A header name as its octets on the wire; None for one no header can have (a lone
+    surrogate that decoding never produces: a definitions file may hold one)."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
 
 
 def _matches(headers: dict[str, Any], match_all: bool, pairs: list[tuple[str, Any]]) -> bool:
