@@ -125,7 +125,10 @@ class MessageStore:
         if old is not None:
             old.destroy()
         shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        try:
+            d.mkdir(parents=True)
+        except OSError as exc:  # a full disk: the log makes it at its first flush
+            self.write_failed(exc)
         if durable:  # the directory's entry in queues/ and its name file: synced with the log's data
             self.sync_dir(self.queues_dir)
             self.write_synced(d / "name", f"{vhost}\n{name}\n")
@@ -229,7 +232,8 @@ class MessageStore:
     def _write_pending_files(self) -> OSError | None:
         for path, text in list(self.pending_files.items()):
             try:
-                if path.parent.is_dir():  # (else its queue is gone)
+                if path.parent in self.logs or path.parent.is_dir():  # (else its queue is gone)
+                    path.parent.mkdir(parents=True, exist_ok=True)
                     self._write_file(path, text)
             except OSError as exc:
                 return exc
