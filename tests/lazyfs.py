@@ -20,6 +20,10 @@ writing commands to ``MOUNTPOINT/.lazyfs`` (reading it gives counters):
                         moment may be confirmed)
 ``fail-fsync SUFFIX``   fsync/fdatasync of files whose name ends with SUFFIX fail with EIO and
                         make nothing durable; ``fail-fsync`` alone: they succeed again
+``capacity BYTES``      the disk holds BYTES of file data: a write (or a truncate) that would go
+                        past it fails with ENOSPC and writes nothing (so a big write fails while
+                        statfs, which reports the free space, still shows some);
+                        ``capacity`` alone: unlimited again (statfs: 64 GiB, all free)
 
 The test helper ``LazyFS`` (below) mounts it in a temporary directory.
 """
@@ -71,6 +75,7 @@ class PowerLossFS:
         self.cut_state: Node | None = None  # the tree to restore at the next cut (cut-after)
         self.fail_suffix: str | None = None
         self.dead = False  # the power went (cut-after): no sync succeeds any more
+        self.capacity: int | None = None  # bytes of file data the disk holds (None: no limit)
         self.counters = {"fsync": 0, "fsyncdir": 0, "failed": 0, "cuts": 0}
 
     # -- the tree ---------------------------------------------------------------------------------
@@ -153,12 +158,37 @@ class PowerLossFS:
                 self.cut_state = None
             elif word == "fail-fsync":
                 self.fail_suffix = arg or None
+            elif word == "capacity":
+                self.capacity = int(arg) if arg else None
             elif word:
                 raise _fs_error(errno.EINVAL)
 
     def _status(self) -> bytes:
         s = " ".join(f"{k}={v}" for k, v in self.counters.items())
-        return f"{s} cut_pending={int(self.cut_state is not None)}\n".encode()
+        return f"{s} cut_pending={int(self.cut_state is not None)} used={self._used():012d}\n".encode()
+
+    def _used(self) -> int:
+        """Bytes of file data in the tree (open files already unlinked are not counted)."""
+        seen: set[int] = set()
+        total = 0
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.is_dir:
+                stack.extend(node.entries.values())
+            else:
+                total += len(node.data)
+        return total
+
+    def _room(self, node: Node, end: int) -> int:
+        """How far ``node`` may grow towards a length of ``end`` bytes."""
+        if self.capacity is None or end <= len(node.data):
+            return end
+        free = self.capacity - self._used()
+        return len(node.data) + max(0, free)
 
     # -- operations -------------------------------------------------------------------------------
 
@@ -290,6 +320,8 @@ class PowerLossFS:
             self._command(data.decode())
             return len(data)
         node = self._node(path, fh)
+        if self._room(node, offset + len(data)) < offset + len(data):
+            raise _fs_error(errno.ENOSPC)
         buf = node.data
         if len(buf) < offset:
             buf.extend(bytes(offset - len(buf)))
@@ -303,6 +335,8 @@ class PowerLossFS:
             raise _fs_error(errno.EISDIR)
         if length < len(node.data):
             del node.data[length:]
+        elif self._room(node, length) < length:
+            raise _fs_error(errno.ENOSPC)
         else:
             node.data.extend(bytes(length - len(node.data)))
         node.writes.append((length, None))
@@ -353,9 +387,13 @@ class PowerLossFS:
         return 0
 
     def statfs(self, path: str) -> dict[str, int]:
-        blocks = 1 << 24  # 64 GiB of 4 KiB blocks, all free: no disk alarm
-        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": blocks, "f_bfree": blocks,
-                "f_bavail": blocks, "f_files": 1 << 20, "f_ffree": 1 << 20, "f_namemax": 255}
+        if self.capacity is None:
+            blocks = free = 1 << 24  # 64 GiB of 4 KiB blocks, all free: no disk alarm
+        else:
+            blocks = self.capacity // 4096
+            free = max(0, self.capacity - self._used()) // 4096
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": blocks, "f_bfree": free,
+                "f_bavail": free, "f_files": 1 << 20, "f_ffree": 1 << 20, "f_namemax": 255}
 
 
 def main(mountpoint: str) -> None:
@@ -411,6 +449,14 @@ class LazyFS:
     def status(self) -> dict[str, int]:
         text = (self.mountpoint / CTL).read_text()
         return {k: int(v) for k, v in (w.split("=") for w in text.split())}
+
+    def set_capacity(self, capacity: int | None) -> None:
+        """The disk holds ``capacity`` bytes of file data (None: no limit)."""
+        self.command("capacity" if capacity is None else f"capacity {capacity}")
+
+    def fill(self, spare: int = 0) -> None:
+        """The disk is full from now on (but ``spare`` bytes): its capacity becomes what it holds."""
+        self.set_capacity(self.status()["used"] + spare)
 
     def cut(self) -> None:
         """The power goes (the processes writing here must be dead: kill -9 them first)."""

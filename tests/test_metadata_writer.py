@@ -18,9 +18,10 @@ SRC = Path(hare.__file__).parent
 COMMANDS = SRC / "broker" / "commands.py"
 STORE = SRC / "store" / "definitions.py"
 # the writers: every public method of Definitions but the reads (and seeded, which marks the
-# first start, not a change of the model)
+# first start, not a change of the model, and retry, which writes changes the command layer made
+# but a full disk refused)
 READS = {"vhosts", "exchanges", "queues", "bindings", "policies", "users", "vhost_limits", "close",
-         "seeded"}
+         "seeded", "retry"}
 WRITERS = {name for name in vars(Definitions) if not name.startswith("_") and name not in READS}
 # what a definitions object is called: self.definitions, broker.definitions, self._defs, defs ...
 DEFINITIONS_OBJECT = re.compile(r"defin|defs\b|_defs|\bdb\b", re.IGNORECASE)

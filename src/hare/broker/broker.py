@@ -98,7 +98,9 @@ class Broker:
         if self.data_dir is not None:
             self.store = MessageStore(self.data_dir)
             self.store.on_sync_error = self.set_sync_alarm
+            self.store.on_write_error = self.set_disk_full
             self.definitions = Definitions(self.data_dir / "definitions.sqlite3")
+            self.definitions.on_write_error = self.set_disk_full
             sync_directory(self.data_dir)  # the entries of hare.lock, queues/, the database files
         self.timers = Timers()  # expiries and timeouts; the shell runs them when due
         self.vhosts: dict[str, VirtualHost] = {}
@@ -109,6 +111,9 @@ class Broker:
         # disk): publishers are blocked
         self.alarms: set[str] = set()
         self.sync_error: str | None = None  # why "disk_sync" is on
+        # a write failed for want of space (its data is kept in memory): "disk" is on until the
+        # free-disk poll sees space and every kept write has gone through (server/storage.py)
+        self.disk_full: str | None = None
         if self.definitions is None or not self.definitions.seeded():
             self._seed()
         if self.definitions is not None:
@@ -173,7 +178,9 @@ class Broker:
 
     def set_disk_alarm(self, on: bool, free: int = 0) -> None:
         """Free disk space fell under ``disk_free_limit`` (or came back): block publishers (or
-        let them go), as RabbitMQ's disk alarm does."""
+        let them go), as RabbitMQ's disk alarm does. After a failed write (``set_disk_full``)
+        the alarm stays on until the shell has cleared ``disk_full``."""
+        on = on or self.disk_full is not None
         if on == ("disk" in self.alarms):
             return
         if on:
@@ -185,6 +192,22 @@ class Broker:
             self.alarms.discard("disk")
         for conn in list(self.connections):
             conn.alarm_changed()
+
+    def set_disk_full(self, error: OSError | None) -> None:
+        """A write to the data directory failed (error: the disk is full; what was not written
+        is kept in memory), or every kept write has gone through (None). The first failure
+        raises the disk alarm at once, without waiting for the free-disk poll."""
+        if error is None:
+            self.disk_full = None  # the next set_disk_alarm (the poll) may clear the alarm
+            return
+        first = self.disk_full is None
+        self.disk_full = str(error)
+        if first and "disk" not in self.alarms:
+            log.error("alarm set: disk (a write failed: %s); publishers are blocked until the disk "
+                      "has space again and what could not be written is written", error)
+            self.alarms.add("disk")
+            for conn in list(self.connections):
+                conn.alarm_changed()
 
     def set_sync_alarm(self, error: OSError | None) -> None:
         """A sync of the message store failed (error), or one succeeded again (None). The store

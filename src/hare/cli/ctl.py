@@ -321,6 +321,8 @@ def _print_status(s: dict[str, Any], info: Any) -> None:
     print("\n".join(f"{a}: {ALARMS.get(a, '')}" for a in s["alarms"]) if s["alarms"] else "(none)")
     if s.get("sync_error"):
         print(f"the last failed sync: {s['sync_error']}")
+    if s.get("disk_full"):
+        print(f"the last failed write: {s['disk_full']} (kept in memory until it can be written)")
     print("\nTotals\n")
     print(f"Virtual hosts: {len(s['vhosts'])}")
     print(f"Users: {s['users']}")

@@ -164,6 +164,7 @@ class ControlServer:
                 "vhosts": sorted(b.vhosts), "users": len(b.users.users), "connections": len(b.connections),
                 "queues": sum(len(v.queues) for v in b.vhosts.values()), "alarms": sorted(b.alarms),
                 "sync_error": b.sync_error,
+                "disk_full": b.disk_full,
                 "data_directory": str(b.data_dir) if b.data_dir is not None else None}
 
     def _cmd_set_policy(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,10 @@
 - Compaction: a segment rewrite (queue_log.CompactJob) runs in a second worker thread, one at a
   time, and is adopted by its log on the loop when done.
 - Free disk: checked every second; under ``disk_free_limit`` the broker raises its disk alarm
-  (publishers are blocked) and clears it when space returns.
+  (publishers are blocked) and clears it when space returns. A write that fails (a full disk)
+  raises it at once (``Broker.set_disk_full``); then each check first writes what was kept (the
+  message store's buffers, the definitions' changes), and the alarm clears only when that went
+  through and the free space is over the limit.
 """
 
 from __future__ import annotations
@@ -79,14 +82,21 @@ class StoreDriver:
             self.wake()
 
     def check_disk(self) -> None:
+        broker = self.broker
+        defs = broker.definitions
+        if broker.disk_full is not None or self.store.write_error is not None:
+            self.store.flush()  # write what a full disk refused (and what came since)
+            if self.store.write_error is None and (defs is None or defs.retry()):
+                log.info("the data directory can be written again: every kept write went through")
+                broker.set_disk_full(None)
         try:
             free = shutil.disk_usage(self.store.data_dir).free
         except OSError as exc:
             log.warning("cannot read free disk space of %s: %s", self.store.data_dir, exc)
         else:
-            self.broker.set_disk_alarm(free < self.broker.config.disk_free_limit, free)
-        if self.store.write_error is not None:
-            self.wake()  # retry the writes that failed
+            broker.set_disk_alarm(free < broker.config.disk_free_limit, free)
+        if self.store.write_error is None and self.store.sync_wanted:
+            self.wake()  # the syncs (and confirms) that waited for the writes
         if self.store.sync_error is not None:
             self.store.retry_sync = True  # and the syncs
             self.wake()

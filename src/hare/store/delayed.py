@@ -192,7 +192,10 @@ class DelayedStore:
                 self.store.sync_dir(self.dir.parent.parent)
                 self.store.write_synced(self.dir / "name", self.label)  # entry: sync_dir(self.dir)
             else:
-                (self.dir / "name").write_text(self.label, encoding="utf-8", errors="surrogateescape")
+                try:
+                    (self.dir / "name").write_text(self.label, encoding="utf-8", errors="surrogateescape")
+                except OSError:  # a full disk: the label is for people, a transient log does without
+                    pass
             self.dir_ready = True
         d = self.dir / f"{level}-{start}"
         qlog = self.store.logs[d] = QueueLog(d, self.durable, self.store)

@@ -8,6 +8,10 @@ shell runs in a thread (fdatasync releases the GIL) and then hands to ``finish_s
 runs the waiters. One fdatasync per file covers every message written before it: however many
 publishers wait, the number of syncs per second stays bounded by the disk, not by messages.
 
+A full disk: a write that fails keeps its data in memory (queue_log.py) and is tried again at
+each flush; ``on_write_error`` tells the broker at the first failure (its disk alarm blocks the
+publishers at once) and no sync (so no confirm) runs until every write has gone through.
+
 Layout of the data directory::
 
     definitions.sqlite3        exchanges, queues, bindings (definitions.py)
@@ -100,6 +104,8 @@ class MessageStore:
         self.retry_sync = False  # (on the shell's timer) until one succeeds
         self.on_wake: Callable[[], None] = _noop  # the shell: schedule flush / sync soon
         self.on_sync_error: Callable[[OSError | None], None] = _ignore  # the broker's alarm
+        self.on_write_error: Callable[[OSError], None] = _ignore_write  # the broker's disk alarm
+        self.pending_files: dict[Path, str] = {}  # small files a full disk refused (write_synced)
         # segment compactions: run by the shell in a worker thread (one at a time) when it sets
         # compact_in_thread, else at once, in the caller's thread (no event loop: tests, tools)
         self.compact_in_thread = False
@@ -119,7 +125,10 @@ class MessageStore:
         if old is not None:
             old.destroy()
         shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        try:
+            d.mkdir(parents=True)
+        except OSError as exc:  # a full disk: the log makes it at its first flush
+            self.write_failed(exc)
         if durable:  # the directory's entry in queues/ and its name file: synced with the log's data
             self.sync_dir(self.queues_dir)
             self.write_synced(d / "name", f"{vhost}\n{name}\n")
@@ -157,9 +166,9 @@ class MessageStore:
         A log whose write fails (a full disk) keeps its data and stays dirty; until every write
         has gone through, no sync answers its waiters."""
         dirty = self.dirty
-        if dirty:
+        if dirty or self.pending_files:
             self.dirty = []
-            failed = None
+            failed = self._write_pending_files()
             for qlog in dirty:
                 try:
                     qlog.flush()
@@ -167,11 +176,20 @@ class MessageStore:
                     failed = exc
                     qlog.dirty = True
                     self.dirty.append(qlog)
-            if failed is not None and self.write_error is None:
-                log.error("cannot write the message store: %s; confirms wait until it can", failed)
-            elif failed is None and self.write_error is not None:
-                log.info("the message store can write again")
-            self.write_error = failed
+            if failed is not None:
+                self.write_failed(failed)
+            else:
+                if self.write_error is not None:
+                    log.info("the message store can write again")
+                self.write_error = None
+
+    def write_failed(self, exc: OSError) -> None:
+        """A write failed (its data is kept, to write again): confirms wait, the broker is told."""
+        if self.write_error is None:
+            log.error("cannot write the message store: %s; what could not be written is kept in "
+                      "memory and confirms wait until it is written", exc)
+        self.write_error = exc
+        self.on_write_error(exc)
 
     def sync_fd(self, fd: int, qlog: QueueLog | None = None) -> None:
         self.sync_fds[fd] = qlog
@@ -191,14 +209,36 @@ class MessageStore:
         self.dirs[path] = None
 
     def write_synced(self, path: Path, text: str) -> None:
-        """Create a small file whose data the next sync makes durable (its entry: sync_dir)."""
+        """Create a small file whose data the next sync makes durable (its entry: sync_dir). On a
+        full disk it is written by a later flush."""
+        try:
+            self._write_file(path, text)
+        except OSError as exc:
+            self.pending_files[path] = text
+            self.write_failed(exc)
+            self.on_wake()
+
+    def _write_file(self, path: Path, text: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
-            os.write(fd, text.encode("utf-8", "surrogateescape"))
+            data = text.encode("utf-8", "surrogateescape")
+            if os.write(fd, data) != len(data):
+                raise OSError(28, os.strerror(28))
         except BaseException:
             os.close(fd)
             raise
         self.retire_fd(fd, True)
+
+    def _write_pending_files(self) -> OSError | None:
+        for path, text in list(self.pending_files.items()):
+            try:
+                if path.parent in self.logs or path.parent.is_dir():  # (else its queue is gone)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self._write_file(path, text)
+            except OSError as exc:
+                return exc
+            del self.pending_files[path]
+        return None
 
     # -- compaction --------------------------------------------------------------------------------
 
@@ -344,4 +384,8 @@ def _noop() -> None:
 
 
 def _ignore(_exc: OSError | None) -> None:
+    pass
+
+
+def _ignore_write(_exc: OSError) -> None:
     pass

@@ -15,6 +15,12 @@ back with redelivered=true.
 Writes go to a buffer and reach the file when the store flushes (once per event-loop batch); a
 durable log's persistent writes are then fdatasync'ed by the store's group commit. A
 non-durable log (a transient queue paging to disk) is never synced and is wiped at startup.
+
+A full disk: appending does no I/O (a new segment's file is created, with its header, at the
+next flush), so a write that fails keeps its bytes in the buffer, for the next flush, and the
+read cursor reads them from there; a new segment is started only once the old one is written
+whole. A compaction that cannot be written removes its temporary file and leaves the segment as
+it was.
 """
 
 from __future__ import annotations
@@ -162,22 +168,24 @@ class QueueLog:
         self.roff = self.wseg.size if self.wseg is not None else HEADER_SIZE
 
     def _roll(self) -> Segment:
-        """Start a new segment (the old one's fd is synced, if needed, and closed by the store)."""
-        self.roll_at = SEGMENT_SIZE
+        """Start a new segment (the old one's fd is synced, if needed, and closed by the store).
+        Only once the old one is written whole (on a full disk it goes on growing meanwhile); the
+        new one's file is made at the next flush."""
         if self.wseg is not None:
-            self._flush_writes()
+            try:
+                self._flush_writes()
+            except OSError as exc:  # a full disk: this segment goes on growing until it is written
+                self.store.write_failed(exc)
+                return self.wseg
             # a durable log's older segments are always synced whole, transient records included:
             # a tail lost at a power loss would be corruption (an error) in any but the last one
             self.store.retire_fd(self.wfd, self.durable)
             self.needs_sync = False
             self.wfd = -1
-        else:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.roll_at = SEGMENT_SIZE
         next_id = self.segments[-1].id + 1 if self.segments else 1
         seg = Segment(next_id, self.dir / segment_name(next_id))
-        fd = os.open(seg.path, _O_APPEND, 0o644)
-        os.write(fd, MAGIC)
-        self.wfd = fd
+        self.wbuf += MAGIC  # (seg.size counts it already)
         self.wseg = seg
         self.segments.append(seg)
         self.firsts.append(self.firsts[-1] if self.firsts else 0)
@@ -189,9 +197,15 @@ class QueueLog:
         return seg
 
     def _flush_writes(self) -> None:
-        """Write the buffered records; on an error (a full disk) what was not written stays
-        buffered for the next flush."""
+        """Write the buffered records (creating the write segment's file first if it is new); on
+        an error (a full disk) what was not written stays buffered for the next flush."""
         buf = self.wbuf
+        if not buf:
+            return
+        if self.wfd < 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            assert self.wseg is not None
+            self.wfd = os.open(self.wseg.path, _O_APPEND, 0o644)
         written = 0
         try:
             while written < len(buf):
@@ -211,8 +225,8 @@ class QueueLog:
                 if seg.ack_buf:
                     if seg.ack_fd < 0:
                         seg.ack_fd = os.open(seg.ack_path, _O_APPEND, 0o644)
-                    os.write(seg.ack_fd, seg.ack_buf)
-                    seg.ack_buf.clear()
+                    while seg.ack_buf:  # (a short write on a full disk: the rest stays buffered)
+                        del seg.ack_buf[: os.write(seg.ack_fd, seg.ack_buf)]
             if self.delivered != self.delivered_saved:
                 if self.delivered_fd < 0:
                     self.delivered_fd = os.open(self.dir / "delivered",
@@ -340,16 +354,19 @@ class QueueLog:
                 self.roff = HEADER_SIZE
                 continue
             if seg is self.wseg and self.wbuf:
-                self._flush_writes()
+                try:
+                    self._flush_writes()
+                except OSError as exc:  # a full disk: read what is still buffered from memory
+                    self.store.write_failed(exc)
             want = min(max(READ_CHUNK, max_bytes - taken), seg.size - self.roff)
-            data = self._pread(seg, want, self.roff)
+            data = self._read_at(seg, want, self.roff)
             o = 0
             end = len(data)
             while o + RECORD_SIZE <= end and len(out) < max_count:
                 size = _unpack_record(data, o)[0]
                 if o + RECORD_SIZE + size > end:
                     if o == 0:  # one record larger than the chunk: read exactly it
-                        data = self._pread(seg, RECORD_SIZE + size, self.roff)
+                        data = self._read_at(seg, RECORD_SIZE + size, self.roff)
                         end = len(data)
                         continue
                     break
@@ -366,6 +383,19 @@ class QueueLog:
                 continue
             self.roff += o
         return out
+
+    def _read_at(self, seg: Segment, size: int, offset: int) -> bytes:
+        """``size`` bytes of ``seg`` at ``offset``: from its file, and from the write buffer for
+        the write segment's bytes that are not in the file yet (the disk is full)."""
+        if seg is not self.wseg or not self.wbuf:
+            return self._pread(seg, size, offset)
+        file_end = seg.size - len(self.wbuf)
+        if offset >= file_end:
+            return bytes(self.wbuf[offset - file_end : offset - file_end + size])
+        data = self._pread(seg, min(size, file_end - offset), offset)
+        if len(data) < file_end - offset or len(data) == size:
+            return data
+        return data + bytes(self.wbuf[: size - len(data)])
 
     def _pread(self, seg: Segment, size: int, offset: int) -> bytes:
         if self.rfd_seg is not seg:
@@ -386,7 +416,7 @@ class QueueLog:
             self.live -= later.live
             later.live = 0
             if later is self.wseg:
-                self._flush_writes()
+                self.wbuf.clear()  # its records are dropped with it
                 self.store.retire_fd(self.wfd, False)
                 self.wfd = -1
                 self.wseg = None
@@ -503,10 +533,15 @@ class QueueLog:
 
     def close(self) -> None:
         """Flush and close every file (clean shutdown); a durable log's files are synced first.
-        Files a sync may be using are handed to the store, which closes them after it."""
+        Files a sync may be using are handed to the store, which closes them after it. (On a full
+        disk what cannot be written is lost: nothing of it was confirmed.)"""
         if self.closed:
             return
-        self.flush()
+        try:
+            self.flush()
+        except OSError as exc:
+            log.error("queue log %s: cannot write at close: %s: %d bytes of messages and the acks "
+                      "not yet written are lost (none was confirmed)", self.dir, exc, len(self.wbuf))
         self.closed = True
         self._close_fds(sync=self.durable)
 
@@ -619,15 +654,22 @@ class CompactJob:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644,
                      dir_fd=dfd)
         try:
-            view = memoryview(out)
-            written = 0
-            while written < len(out):
-                written += os.write(fd, view[written:])
-            if self.durable:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            try:
+                view = memoryview(out)
+                written = 0
+                while written < len(out):
+                    written += os.write(fd, view[written:])
+                if self.durable:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:  # a full disk: no half-written copy stays; the segment is intact
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
         if self.durable:
             os.fsync(dfd)
         self.size = len(out)
