@@ -1,7 +1,9 @@
 """A published message: routing info, raw content-header properties and body.
 
 The properties stay as the bytes the publisher sent; they are decoded lazily, only when a feature
-needs one (headers exchange, persistence, TTL), and re-sent unchanged on delivery.
+needs one (headers exchange, persistence, TTL), and re-sent unchanged on delivery. The decoded
+properties are not kept: a stored message costs its raw bytes only (wide headers decoded into
+dicts take several times their size), so each use decodes them again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from ..amqp import properties as _props
 
 
 class Message:
-    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "_properties", "route_bytes",
+    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "route_bytes",
                  "_persistent", "needs_sync")
 
     def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes,
@@ -21,7 +23,6 @@ class Message:
         self.routing_key = routing_key
         self.properties_raw = properties_raw
         self.body = body
-        self._properties: dict[str, Any] | None = None
         # exchange + routing key as two shortstrs, ready for basic.deliver / get-ok / return
         if route_bytes is None:
             ex = exchange.encode("utf-8", "surrogateescape")
@@ -33,13 +34,12 @@ class Message:
 
     @property
     def properties(self) -> dict[str, Any]:
-        props = self._properties
-        if props is None:
-            props = self._properties = _props.decode_properties(self.properties_raw)
-        return props
+        """The decoded properties, a new dict at each call (not cached: see the module's doc)."""
+        return _props.decode_properties(self.properties_raw)
 
     @property
     def headers(self) -> dict[str, Any]:
+        """The decoded headers, decoded at each call: take them once per use."""
         if not self.properties_raw[0] & 0x20:  # headers flag is bit 13 (high byte 0x20)
             return {}
         return self.properties.get("headers") or {}
