@@ -26,6 +26,11 @@ log = logging.getLogger("hare.server")
 CLOSE_TIMEOUT = 1.0  # how long to wait for close-ok after we sent connection.close
 FLOW_PAUSE = 0.05  # longest pause of a throttled publisher before it is read again
 FAIR_READ = 65536  # a read this large suggests more is pending: yield to other sockets
+# Output back-pressure: past OUT_HIGH bytes in the transport's buffer (a peer that reads slowly,
+# or not at all) the connection takes no deliveries and its input is not read (what it sends
+# could only add output: returns, get-oks, replies); both resume under OUT_LOW.
+OUT_HIGH = 1 << 20
+OUT_LOW = 256 << 10
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -50,7 +55,7 @@ class AMQPProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+        self.transport.set_write_buffer_limits(high=OUT_HIGH, low=OUT_LOW)
         self.conn = Connection(self.server.broker, transport.get_extra_info("peername"),
                                wake=self._wake, on_flow_resume=self._flow_resume)
         self.conn.name = conn_log.name(self.conn.peer, transport.get_extra_info("sockname"))
@@ -88,8 +93,9 @@ class AMQPProtocol(asyncio.Protocol):
             self.loop.call_soon(self._resume_reading)
 
     def _resume_reading(self) -> None:
-        if (self.flow_timer is None and not self.conn.alarm_paused and self.transport is not None
-                and not self.transport.is_closing()):
+        conn = self.conn
+        if (self.flow_timer is None and not conn.alarm_paused and not conn.paused
+                and self.transport is not None and not self.transport.is_closing()):
             self.transport.resume_reading()
 
     def _flow_resume(self) -> None:
@@ -108,11 +114,17 @@ class AMQPProtocol(asyncio.Protocol):
         return None  # close the transport
 
     def pause_writing(self) -> None:
+        """The peer does not keep up with our output: no deliveries to it, and its input is not
+        read (as RabbitMQ's credit flow stops a reader whose writer is backed up), so a client
+        that never reads cannot make us buffer without limit (returns of mandatory publishes)."""
         self.conn.pause_writing()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.conn.resume_writing()
         self._flush()
+        self._resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -178,7 +190,8 @@ class AMQPProtocol(asyncio.Protocol):
         interval = self.heartbeat / 2
         self.ticks += 1
         if not self.ticks & 1:
-            if self.received or self.conn.alarm_paused:  # not read while blocked: not silent
+            if self.received or self.conn.alarm_paused or self.conn.paused:
+                # not read while blocked or backed up: not silent
                 self.received = False
                 self.silent_checks = 0
             elif self.silent_checks < 1:
