@@ -12,10 +12,15 @@ from typing import Any
 
 from ..amqp import properties as _props
 
+# what a kept message costs beside its body and property bytes (the object, its route bytes, the
+# entry that holds it in a queue or among a channel's unacked deliveries), so that empty messages
+# are not free to the memory bounds that count ``Message.size``
+OVERHEAD = 512
+
 
 class Message:
     __slots__ = ("exchange", "routing_key", "properties_raw", "body", "route_bytes",
-                 "_persistent", "needs_sync")
+                 "_persistent", "needs_sync", "size")
 
     def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes,
                  route_bytes: bytes | None = None, persistent: bool | None = None) -> None:
@@ -23,6 +28,7 @@ class Message:
         self.routing_key = routing_key
         self.properties_raw = properties_raw
         self.body = body
+        self.size = len(body) + len(properties_raw) + OVERHEAD  # what keeping it costs, about
         # exchange + routing key as two shortstrs, ready for basic.deliver / get-ok / return
         if route_bytes is None:
             ex = exchange.encode("utf-8", "surrogateescape")

@@ -43,9 +43,6 @@ _pack_content_header = struct.Struct(">BHIHHQ").pack
 _DELIVER = b"\x00\x3c\x00\x3c"
 _GET_OK = b"\x00\x3c\x00\x47"
 _SMALL_BODY = 4096
-# what an unacked delivery costs beside its body and property bytes (the message, the entry of
-# ``unacked``, its tuple): counted in ``unacked_bytes`` so that small messages are not free
-UNACKED_OVERHEAD = 512
 
 # an unacked delivery: (queue, message, seq, consumer or None for basic.get)
 Unacked = tuple[Queue, Message, int, Consumer | None]
@@ -105,7 +102,7 @@ class Channel(Publishing):
         self.reply_id = ""  # this channel's part of its reply names, once it had a reply consumer
         self.ack_watch: AckWatch | None = None  # the consumer timeout's check (ack_timeout.py)
         # Memory pressure (Broker.set_memory_pressure): the bytes of the consumers' unacked
-        # deliveries (a running sum, body + properties + UNACKED_OVERHEAD), the most the channel
+        # deliveries (a running sum of their Message.size), the most the channel
         # may hold (no limit without pressure), and whether it is over it (then no deliveries)
         self.unacked_bytes = 0
         self.unacked_limit = conn.broker.unacked_limit
@@ -144,8 +141,7 @@ class Channel(Publishing):
             consumer.unacked += 1
             if consumer.shared is not None:
                 consumer.shared.unacked += 1
-            held = self.unacked_bytes = (self.unacked_bytes + len(msg.body) + len(msg.properties_raw)
-                                         + UNACKED_OVERHEAD)
+            held = self.unacked_bytes = self.unacked_bytes + msg.size
             if held > self.unacked_limit:  # over its share under memory pressure: no more for now
                 self.held = True
                 self.deliverable = False
@@ -456,8 +452,7 @@ class Channel(Publishing):
     def _release(self, rec: Unacked) -> None:
         c = rec[3]
         if c is not None:
-            msg = rec[1]
-            self.unacked_bytes -= len(msg.body) + len(msg.properties_raw) + UNACKED_OVERHEAD
+            self.unacked_bytes -= rec[1].size
             if self.held and self.unacked_bytes <= self.unacked_limit:
                 self._unheld()
             c.unacked -= 1
@@ -497,7 +492,7 @@ class Channel(Publishing):
             rec[0].ack(rec[2], msg)
             c = rec[3]
             if c is not None:
-                self.unacked_bytes -= len(msg.body) + len(msg.properties_raw) + UNACKED_OVERHEAD
+                self.unacked_bytes -= msg.size
                 if self.held and self.unacked_bytes <= self.unacked_limit:
                     self._unheld()
                 c.unacked -= 1
