@@ -49,9 +49,11 @@ def publishes(routing_key: str, body: bytes, count: int, mandatory: bool = False
     """``count`` basic.publish frames with their content, on channel 1, as one buffer."""
     method = spec.BasicPublish(exchange="", routing_key=routing_key, mandatory=mandatory).encode()
     header = struct.pack(">HHQ", 60, 0, len(body)) + props
-    one = (pack_header(1, 1, len(method)) + method + b"\xce" + pack_header(2, 1, len(header)) + header
-           + b"\xce" + pack_header(3, 1, len(body)) + body + b"\xce")
-    return one * count
+    one = [pack_header(1, 1, len(method)), method, b"\xce", pack_header(2, 1, len(header)), header, b"\xce"]
+    for i in range(0, len(body), 131064):
+        part = body[i:i + 131064]
+        one += [pack_header(3, 1, len(part)), part, b"\xce"]
+    return b"".join(one) * count
 
 
 class Flood:
@@ -226,5 +228,38 @@ def test_wide_headers_are_counted_by_the_queue_window(tmp_path: Path) -> None:
         assert grown < 100 * MiB, f"hare kept {grown >> 20} MiB for 600 messages of {len(props)} bytes"
         c.close()
         conn.close()
+    finally:
+        node.kill()
+
+
+def test_a_client_busy_sending_a_big_message_is_still_read_while_its_deliveries_wait(
+        tmp_path: Path) -> None:
+    """The other side of the output bound: a blocking client (py-amqp, for one) that consumes and
+    sends a large publish does not read while it sends. Its deliveries back up meanwhile, but
+    its input adds no output, so it is still read and its send completes (no deadlock)."""
+    node = HareNode(tmp_path / "data", tmp_path / "hare.log").start()
+    try:
+        feeder = raw_client(node.url)
+        feeder.send_method(1, spec.QueueDeclare(queue="busy"))
+        feeder.expect(spec.QueueDeclareOk)
+        feeder.send(publishes("busy", b"b" * 4096, 2000))  # 8 MiB waiting for the consumer
+        feeder.send_method(1, spec.QueueDeclare(queue="busy", passive=True))
+        assert feeder.expect(spec.QueueDeclareOk, timeout=20).message_count == 2000
+        c = raw_client(node.url)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send_method(1, spec.BasicConsume(queue="busy", consumer_tag="busy", no_ack=True))
+        time.sleep(0.5)  # its output backs up (it reads nothing yet)
+        c.sock.settimeout(15)
+        c.send(publishes("elsewhere", b"B" * (32 << 20), 1))  # blocks unless hare reads it
+        c.send_method(1, spec.QueueDeclare(queue="marker"))
+        deadline = time.monotonic() + 30
+        while True:  # read its deliveries until the marker's declare-ok
+            _ch, m = c.read_method(timeout=max(0.1, deadline - time.monotonic()))
+            if isinstance(m, spec.QueueDeclareOk):
+                break
+            if isinstance(m, spec.BasicDeliver):
+                c.read_content(timeout=10)
+        c.close()
+        feeder.close()
     finally:
         node.kill()

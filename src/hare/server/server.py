@@ -27,10 +27,13 @@ CLOSE_TIMEOUT = 1.0  # how long to wait for close-ok after we sent connection.cl
 FLOW_PAUSE = 0.05  # longest pause of a throttled publisher before it is read again
 FAIR_READ = 65536  # a read this large suggests more is pending: yield to other sockets
 # Output back-pressure: past OUT_HIGH bytes in the transport's buffer (a peer that reads slowly,
-# or not at all) the connection takes no deliveries and its input is not read (what it sends
-# could only add output: returns, get-oks, replies); both resume under OUT_LOW.
+# or not at all) the connection takes no deliveries; once its input has made us write more than
+# OUT_ANSWERS bytes on top (returns, get-oks, method replies), its input is not read either. Both
+# resume under OUT_LOW. (Input that adds no output, a big publish, is still read: a client that
+# sends a large message without reading meanwhile must be able to finish it.)
 OUT_HIGH = 1 << 20
 OUT_LOW = 256 << 10
+OUT_ANSWERS = 64 << 10
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -47,6 +50,8 @@ class AMQPProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.heartbeat = 0
         self.flow_timer: asyncio.TimerHandle | None = None
+        self.answered = 0  # bytes our input made us write while the output was backed up
+        self.output_held = False  # not read until the output drains (see OUT_ANSWERS)
 
     # -- asyncio callbacks ------------------------------------------------------------------------
 
@@ -75,9 +80,12 @@ class AMQPProtocol(asyncio.Protocol):
         conn = self.conn
         before = conn.state
         conn.receive_data(data)
+        answers = conn.out_size  # (no deliveries to us while our output is backed up: answers)
         self._flush()
         if conn.state != before:
             self._state_changed(before)
+        if conn.paused and answers:
+            self._answered(answers)
         if conn.alarm_paused and self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()  # a resource alarm: read again when it clears
         elif conn.throttled and self.transport is not None and not self.transport.is_closing():
@@ -94,7 +102,7 @@ class AMQPProtocol(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         conn = self.conn
-        if (self.flow_timer is None and not conn.alarm_paused and not conn.paused
+        if (self.flow_timer is None and not conn.alarm_paused and not self.output_held
                 and self.transport is not None and not self.transport.is_closing()):
             self.transport.resume_reading()
 
@@ -113,18 +121,27 @@ class AMQPProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close the transport
 
-    def pause_writing(self) -> None:
-        """The peer does not keep up with our output: no deliveries to it, and its input is not
-        read (as RabbitMQ's credit flow stops a reader whose writer is backed up), so a client
-        that never reads cannot make us buffer without limit (returns of mandatory publishes)."""
-        self.conn.pause_writing()
-        if self.transport is not None and not self.transport.is_closing():
+    def _answered(self, size: int) -> None:
+        """Our output is backed up and the peer's input made us write ``size`` more bytes: past
+        OUT_ANSWERS, stop reading it until the output drains (as RabbitMQ's credit flow stops a
+        reader whose writer is backed up), so a client that never reads cannot make us buffer
+        without limit (the returns of its mandatory publishes, get-oks, replies)."""
+        self.answered += size
+        if (self.answered > OUT_ANSWERS and not self.output_held and self.transport is not None
+                and not self.transport.is_closing()):
+            self.output_held = True
             self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
 
     def resume_writing(self) -> None:
         self.conn.resume_writing()
+        self.answered = 0
         self._flush()
-        self._resume_reading()
+        if self.output_held:
+            self.output_held = False
+            self._resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -190,7 +207,7 @@ class AMQPProtocol(asyncio.Protocol):
         interval = self.heartbeat / 2
         self.ticks += 1
         if not self.ticks & 1:
-            if self.received or self.conn.alarm_paused or self.conn.paused:
+            if self.received or self.conn.alarm_paused or self.output_held:
                 # not read while blocked or backed up: not silent
                 self.received = False
                 self.silent_checks = 0
