@@ -251,3 +251,31 @@ def test_older_segments_of_a_durable_log_are_synced_whole(tmp_path: Path,
     for i in range(200):
         paged.push(msg(i, persistent=False))
     assert len(store.retired) > 3 and all(needs for _, needs in store.retired)
+
+
+def test_the_window_counts_property_bytes_not_only_bodies(tmp_path: Path) -> None:
+    """Messages with tiny bodies and wide headers (issue 12, finding 5): the window's byte bound
+    holds what is kept, properties included, so the rest waits in the log."""
+    store = MessageStore(tmp_path)
+    paged = PagedQueueStore(lambda: store.open_log("/", "q", True), Message, True,
+                            window=16384, window_bytes=1 << 20)
+    props = encode_properties({"delivery_mode": 1, "headers": {f"h{i}": i for i in range(4000)}})
+    assert len(props) > 30_000
+    for i in range(300):  # ~9 MB of properties, 300 bytes of bodies
+        paged.push(Message("ex", "rk", props, b"%d" % i))
+    kept = sum(len(m.properties_raw) + len(m.body) for _, m, _ in paged.mem)
+    assert kept <= (1 << 20) + len(props) + 100
+    assert paged.mem_bytes >= kept
+    assert len(paged) == 300
+    assert [int(b) for b, _ in drain(paged)] == list(range(300))  # the rest came back from the log
+    assert paged.mem_bytes == 0
+
+
+def test_empty_messages_are_not_free_to_the_window(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path)
+    paged = PagedQueueStore(lambda: store.open_log("/", "q", False), Message, False,
+                            window=1 << 30, window_bytes=64 << 10)
+    for _ in range(5000):
+        paged.push(Message("ex", "rk", b"\x00\x00", b""))
+    assert len(paged.mem) < 5000
+    assert len(drain(paged)) == 5000

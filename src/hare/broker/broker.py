@@ -20,6 +20,16 @@ from .vhost import VirtualHost
 
 log = logging.getLogger("hare.broker")
 
+MiB = 1 << 20
+NO_LIMIT = 1 << 62
+# Memory pressure (set_memory_pressure): past PRESSURE_ON of the memory high watermark each
+# channel may hold at most max(UNACKED_SHARE_MIN, watermark * UNACKED_SHARE) bytes of unacked
+# deliveries; the limit goes when the memory is back under PRESSURE_OFF.
+PRESSURE_ON = 0.5
+PRESSURE_OFF = 0.4
+UNACKED_SHARE_MIN = 4 * MiB
+UNACKED_SHARE = 1 / 16
+
 
 @dataclass
 class BrokerConfig:
@@ -114,6 +124,9 @@ class Broker:
         # a write failed for want of space (its data is kept in memory): "disk" is on until the
         # free-disk poll sees space and every kept write has gone through (server/storage.py)
         self.disk_full: str | None = None
+        # memory pressure (set_memory_pressure): the bytes of unacked deliveries a channel may hold
+        self.memory_pressure = False
+        self.unacked_limit = NO_LIMIT
         if self.definitions is None or not self.definitions.seeded():
             self._seed()
         if self.definitions is not None:
@@ -242,6 +255,32 @@ class Broker:
             self.alarms.discard("memory")
         for conn in list(self.connections):
             conn.alarm_changed()
+
+    def set_memory_pressure(self, used: int, watermark: int) -> None:
+        """The memory monitor's reading (``server/memory.py``). Past half the high watermark, a
+        channel whose consumers hold more than its share of unacked bytes gets no more deliveries
+        until acks bring it back under (the messages wait in their queues, paged to disk): a
+        consumer that never acks cannot fill the memory alone. Under 40 % the limit goes. (hare's
+        own: RabbitMQ has no such limit, only the memory alarm at 100 %, which blocks publishers.)"""
+        if self.memory_pressure:
+            on = used >= watermark * PRESSURE_OFF
+        else:
+            on = used > watermark * PRESSURE_ON
+        limit = max(UNACKED_SHARE_MIN, int(watermark * UNACKED_SHARE)) if on else NO_LIMIT
+        if on == self.memory_pressure and limit == self.unacked_limit:
+            return
+        if on != self.memory_pressure:
+            if on:
+                log.warning("memory pressure: %d MiB in use, over %d%% of the high watermark (%d MiB): "
+                            "each channel may hold at most %d MiB of unacknowledged messages",
+                            used >> 20, PRESSURE_ON * 100, watermark >> 20, limit >> 20)
+            else:
+                log.info("memory pressure over: %d MiB in use, under %d%% of the high watermark "
+                         "(%d MiB)", used >> 20, PRESSURE_OFF * 100, watermark >> 20)
+        self.memory_pressure = on
+        self.unacked_limit = limit
+        for conn in list(self.connections):
+            conn.unacked_limit_changed(limit)
 
     def close(self) -> None:
         """Write out and close the store (after the connections are gone), then let the data

@@ -1,7 +1,9 @@
 """A published message: routing info, raw content-header properties and body.
 
 The properties stay as the bytes the publisher sent; they are decoded lazily, only when a feature
-needs one (headers exchange, persistence, TTL), and re-sent unchanged on delivery.
+needs one (headers exchange, persistence, TTL), and re-sent unchanged on delivery. The decoded
+properties are not kept: a stored message costs its raw bytes only (wide headers decoded into
+dicts take several times their size), so each use decodes them again.
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ from typing import Any
 
 from ..amqp import properties as _props
 
+# what a kept message costs beside its body and property bytes (the object, its route bytes, the
+# entry that holds it in a queue or among a channel's unacked deliveries), so that empty messages
+# are not free to the memory bounds that count ``Message.size``
+OVERHEAD = 512
+
 
 class Message:
-    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "_properties", "route_bytes",
-                 "_persistent", "needs_sync")
+    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "route_bytes",
+                 "_persistent", "needs_sync", "size")
 
     def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes,
                  route_bytes: bytes | None = None, persistent: bool | None = None) -> None:
@@ -21,7 +28,7 @@ class Message:
         self.routing_key = routing_key
         self.properties_raw = properties_raw
         self.body = body
-        self._properties: dict[str, Any] | None = None
+        self.size = len(body) + len(properties_raw) + OVERHEAD  # what keeping it costs, about
         # exchange + routing key as two shortstrs, ready for basic.deliver / get-ok / return
         if route_bytes is None:
             ex = exchange.encode("utf-8", "surrogateescape")
@@ -33,13 +40,12 @@ class Message:
 
     @property
     def properties(self) -> dict[str, Any]:
-        props = self._properties
-        if props is None:
-            props = self._properties = _props.decode_properties(self.properties_raw)
-        return props
+        """The decoded properties, a new dict at each call (not cached: see the module's doc)."""
+        return _props.decode_properties(self.properties_raw)
 
     @property
     def headers(self) -> dict[str, Any]:
+        """The decoded headers, decoded at each call: take them once per use."""
         if not self.properties_raw[0] & 0x20:  # headers flag is bit 13 (high byte 0x20)
             return {}
         return self.properties.get("headers") or {}

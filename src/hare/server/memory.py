@@ -4,7 +4,9 @@ A few times a second the shell reads the process's RSS from ``/proc/self/statm``
 nothing per message). Above the watermark the broker raises its ``memory`` alarm: connections
 that publish get connection.blocked and are not read until it clears, consumers go on draining;
 the alarm clears as soon as the RSS is back under the watermark, as RabbitMQ's does (no
-hysteresis).
+hysteresis). Before that, past half the watermark, the broker is under memory pressure
+(``Broker.set_memory_pressure``): each channel may hold only a share of unacked messages, so one
+consumer that never acks cannot bring the alarm (and block every publisher) by itself.
 
 The watermark is ``vm_memory_high_watermark.relative`` (0.4 by default) of the RAM, or
 ``vm_memory_high_watermark.absolute`` bytes (no more than the RAM). The RAM is
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..broker.broker import Broker, BrokerConfig
+from ..broker.broker import PRESSURE_OFF, Broker, BrokerConfig
 
 log = logging.getLogger("hare.server")
 
@@ -136,14 +138,18 @@ class MemoryMonitor:
         used = rss()
         if used is None:
             return
-        if used > self.limit and self.trim is not None and time.monotonic() >= self.trim_after:
+        broker = self.broker
+        # over the watermark, or under memory pressure: maybe it is only freed heap
+        over = used > self.limit or (broker.memory_pressure and used >= self.limit * PRESSURE_OFF)
+        if over and self.trim is not None and time.monotonic() >= self.trim_after:
             started = time.monotonic()
             self.trim(0)  # give free heap pages back, then look again
             spent = time.monotonic() - started
             self.trim_after = started + max(TRIM_INTERVAL, 10 * spent)
             used = rss() or used
         self.used = used
-        self.broker.set_memory_alarm(used > self.limit, used, self.limit)
+        broker.set_memory_alarm(used > self.limit, used, self.limit)
+        broker.set_memory_pressure(used, self.limit)
         self.timer = self.loop.call_later(CHECK_INTERVAL, self.check)
 
     def stop(self) -> None:

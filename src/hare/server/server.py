@@ -26,6 +26,14 @@ log = logging.getLogger("hare.server")
 CLOSE_TIMEOUT = 1.0  # how long to wait for close-ok after we sent connection.close
 FLOW_PAUSE = 0.05  # longest pause of a throttled publisher before it is read again
 FAIR_READ = 65536  # a read this large suggests more is pending: yield to other sockets
+# Output back-pressure: past OUT_HIGH bytes in the transport's buffer (a peer that reads slowly,
+# or not at all) the connection takes no deliveries; once its input has made us write more than
+# OUT_ANSWERS bytes on top (returns, get-oks, method replies), its input is not read either. Both
+# resume under OUT_LOW. (Input that adds no output, a big publish, is still read: a client that
+# sends a large message without reading meanwhile must be able to finish it.)
+OUT_HIGH = 1 << 20
+OUT_LOW = 256 << 10
+OUT_ANSWERS = 64 << 10
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -42,6 +50,8 @@ class AMQPProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.heartbeat = 0
         self.flow_timer: asyncio.TimerHandle | None = None
+        self.answered = 0  # bytes our input made us write while the output was backed up
+        self.output_held = False  # not read until the output drains (see OUT_ANSWERS)
 
     # -- asyncio callbacks ------------------------------------------------------------------------
 
@@ -50,7 +60,7 @@ class AMQPProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+        self.transport.set_write_buffer_limits(high=OUT_HIGH, low=OUT_LOW)
         self.conn = Connection(self.server.broker, transport.get_extra_info("peername"),
                                wake=self._wake, on_flow_resume=self._flow_resume)
         self.conn.name = conn_log.name(self.conn.peer, transport.get_extra_info("sockname"))
@@ -70,9 +80,12 @@ class AMQPProtocol(asyncio.Protocol):
         conn = self.conn
         before = conn.state
         conn.receive_data(data)
+        answers = conn.out_size  # (no deliveries to us while our output is backed up: answers)
         self._flush()
         if conn.state != before:
             self._state_changed(before)
+        if conn.paused and answers:
+            self._answered(answers)
         if conn.alarm_paused and self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()  # a resource alarm: read again when it clears
         elif conn.throttled and self.transport is not None and not self.transport.is_closing():
@@ -88,8 +101,9 @@ class AMQPProtocol(asyncio.Protocol):
             self.loop.call_soon(self._resume_reading)
 
     def _resume_reading(self) -> None:
-        if (self.flow_timer is None and not self.conn.alarm_paused and self.transport is not None
-                and not self.transport.is_closing()):
+        conn = self.conn
+        if (self.flow_timer is None and not conn.alarm_paused and not self.output_held
+                and self.transport is not None and not self.transport.is_closing()):
             self.transport.resume_reading()
 
     def _flow_resume(self) -> None:
@@ -107,12 +121,27 @@ class AMQPProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close the transport
 
+    def _answered(self, size: int) -> None:
+        """Our output is backed up and the peer's input made us write ``size`` more bytes: past
+        OUT_ANSWERS, stop reading it until the output drains (as RabbitMQ's credit flow stops a
+        reader whose writer is backed up), so a client that never reads cannot make us buffer
+        without limit (the returns of its mandatory publishes, get-oks, replies)."""
+        self.answered += size
+        if (self.answered > OUT_ANSWERS and not self.output_held and self.transport is not None
+                and not self.transport.is_closing()):
+            self.output_held = True
+            self.transport.pause_reading()
+
     def pause_writing(self) -> None:
         self.conn.pause_writing()
 
     def resume_writing(self) -> None:
         self.conn.resume_writing()
+        self.answered = 0
         self._flush()
+        if self.output_held:
+            self.output_held = False
+            self._resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -178,7 +207,8 @@ class AMQPProtocol(asyncio.Protocol):
         interval = self.heartbeat / 2
         self.ticks += 1
         if not self.ticks & 1:
-            if self.received or self.conn.alarm_paused:  # not read while blocked: not silent
+            if self.received or self.conn.alarm_paused or self.output_held:
+                # not read while blocked or backed up: not silent
                 self.received = False
                 self.silent_checks = 0
             elif self.silent_checks < 1:

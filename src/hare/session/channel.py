@@ -58,7 +58,8 @@ class Channel(Publishing):
                  "publish_seq", "confirmed_upto", "queued_upto", "sync_upto", "sync_waits", "nacks",
                  "tx", "tx_publishes", "tx_acks",
                  "tx_taken", "max_size", "last_queue", "pub", "pub_props", "pub_size", "pub_body",
-                 "pub_received", "reply", "reply_id", "ack_watch", "access", "commands")
+                 "pub_received", "reply", "reply_id", "ack_watch", "access", "commands",
+                 "unacked_bytes", "unacked_limit", "held")
 
     def __init__(self, conn: Connection, number: int) -> None:
         self.conn = conn
@@ -100,6 +101,12 @@ class Channel(Publishing):
         self.reply: ReplyConsumer | None = None  # the consumer of amq.rabbitmq.reply-to, if any
         self.reply_id = ""  # this channel's part of its reply names, once it had a reply consumer
         self.ack_watch: AckWatch | None = None  # the consumer timeout's check (ack_timeout.py)
+        # Memory pressure (Broker.set_memory_pressure): the bytes of the consumers' unacked
+        # deliveries (a running sum of their Message.size), the most the channel
+        # may hold (no limit without pressure), and whether it is over it (then no deliveries)
+        self.unacked_bytes = 0
+        self.unacked_limit = conn.broker.unacked_limit
+        self.held = False
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -134,6 +141,10 @@ class Channel(Publishing):
             consumer.unacked += 1
             if consumer.shared is not None:
                 consumer.shared.unacked += 1
+            held = self.unacked_bytes = self.unacked_bytes + msg.size
+            if held > self.unacked_limit:  # over its share under memory pressure: no more for now
+                self.held = True
+                self.deliverable = False
         else:
             consumer.queue.ack(seq, msg)
         self._send_content(_DELIVER + consumer.tag_bytes + _pack_QB(tag, redelivered) + msg.route_bytes,
@@ -159,10 +170,24 @@ class Channel(Publishing):
 
     def set_deliverable(self) -> None:
         was = self.deliverable
-        self.deliverable = self.flow_active and self.conn.writable and self.state == OPEN
+        self.deliverable = self.flow_active and self.conn.writable and self.state == OPEN and not self.held
         if self.deliverable and not was:
             for c in self.consumers.values():
                 self.conn.dispatch_later(c.queue)
+
+    def set_unacked_limit(self, limit: int) -> None:
+        """Memory pressure came or went (the broker's new share per channel): hold deliveries back
+        while the channel's unacked deliveries are over it, let them go once they are not."""
+        self.unacked_limit = limit
+        held = self.unacked_bytes > limit
+        if held != self.held:
+            self.held = held
+            self.set_deliverable()
+
+    def _unheld(self) -> None:
+        """Acks brought the unacked bytes back under the channel's share: deliver again."""
+        self.held = False
+        self.set_deliverable()
 
     # -- method dispatch ------------------------------------------------------------------------
 
@@ -427,6 +452,9 @@ class Channel(Publishing):
     def _release(self, rec: Unacked) -> None:
         c = rec[3]
         if c is not None:
+            self.unacked_bytes -= rec[1].size
+            if self.held and self.unacked_bytes <= self.unacked_limit:
+                self._unheld()
             c.unacked -= 1
             if c.shared is not None:
                 self._release_shared(c.shared)
@@ -460,9 +488,13 @@ class Channel(Publishing):
             rec = self.unacked.pop(tag, None)
             if rec is None:
                 raise ChannelError(406, f"unknown delivery tag {tag}", 60, 80)
-            rec[0].ack(rec[2], rec[1])
+            msg = rec[1]
+            rec[0].ack(rec[2], msg)
             c = rec[3]
             if c is not None:
+                self.unacked_bytes -= msg.size
+                if self.held and self.unacked_bytes <= self.unacked_limit:
+                    self._unheld()
                 c.unacked -= 1
                 if c.shared is not None:
                     self._release_shared(c.shared)

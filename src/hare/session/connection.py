@@ -226,6 +226,14 @@ class Connection(Handshake):
         if not self.throttled:
             self.on_flow_resume()
 
+    def unacked_limit_changed(self, limit: int) -> None:
+        """Memory pressure came or went (``Broker.set_memory_pressure``): each channel's share of
+        unacked bytes is ``limit``; channels under it again take deliveries at once."""
+        for ch in self.channels.values():
+            ch.set_unacked_limit(limit)
+        if self.pending_dispatch:
+            self._finish()
+
     def confirms_pending(self, ch: Channel) -> None:
         self.pending_confirms[ch] = None
 

@@ -46,7 +46,7 @@ class PagedQueueStore:
                  durable: bool = False, log: QueueLog | None = None, window: int = WINDOW_MESSAGES,
                  window_bytes: int = WINDOW_BYTES) -> None:
         self.mem: deque[Entry] = deque()  # the head of the queue, in memory
-        self.mem_bytes = 0
+        self.mem_bytes = 0  # what the window holds: the messages' Message.size (body, properties, overhead)
         self.ready_bytes = 0  # body bytes of every ready message (memory, disk, requeued)
         self.requeued: list[Entry] = []  # heap by seq: back at their old place
         self.disk = 0  # ready messages in the log only, after those in mem
@@ -78,7 +78,7 @@ class PagedQueueStore:
         self.ready_bytes += size
         mem = self.mem
         if not self.disk and len(mem) < self.window and self.mem_bytes < self.window_bytes:
-            self.mem_bytes += size
+            self.mem_bytes += msg.size
             if not self.durable or not msg.persistent:  # the common case: memory only
                 mem.append((pos << 1, msg, expires_at))
                 return
@@ -109,7 +109,7 @@ class PagedQueueStore:
                 return None
         seq, msg, exp = mem.popleft()
         size = len(msg.body)
-        self.mem_bytes -= size
+        self.mem_bytes -= msg.size
         self.ready_bytes -= size
         if seq & 1:
             log = self.log
@@ -146,7 +146,7 @@ class PagedQueueStore:
             _pos, enqueued_ms, flags, route, exchange, routing_key, props, body = decode_message(payload)
             msg = make(exchange, routing_key, props, body, route, bool(flags & FLAG_PERSISTENT))
             mem.append((position << 1 | 1, msg, expiry(msg, enqueued_ms) if expiry is not None else 0))
-            size += len(body)
+            size += msg.size
         self.mem_bytes += size
         return len(records)
 
