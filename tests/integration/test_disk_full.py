@@ -137,11 +137,11 @@ def test_acks_compacting_on_a_full_disk_keep_the_consumer_and_leave_no_tmp(fs: L
         ch.cancel()
         assert len(got) == 160
         wait_until(lambda: "cannot compact" in node.log.read_text(), timeout=10)  # it ran, and failed
-        assert "alarm set: disk" in node.log.read_text()  # a failed write (cleared at once: no
-        # write waits, and statfs shows space)
         assert conn.is_open and ch.is_open
         assert not list(qdir.glob("*.tmp")), list(qdir.iterdir())
         assert (qdir / "0000000001.seg").stat().st_size >= 8 << 20  # the old segment is intact
+        assert "alarm set: disk" in node.log.read_text()  # a failed write (cleared at once: no
+        # write waits, and statfs shows space)
         conn.close()
         fs.set_capacity(None)
         wait_until(lambda: NO_ALARM in ctl_status(data), timeout=10)
