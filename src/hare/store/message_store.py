@@ -166,7 +166,7 @@ class MessageStore:
         A log whose write fails (a full disk) keeps its data and stays dirty; until every write
         has gone through, no sync answers its waiters."""
         dirty = self.dirty
-        if dirty or self.pending_files:
+        if dirty or self.pending_files or self.write_error is not None:
             self.dirty = []
             failed = self._write_pending_files()
             for qlog in dirty:

@@ -262,7 +262,7 @@ class QueueLog:
             if not seg.live:
                 self._drop_segment(seg)
             elif (seg.live * COMPACT_RATIO < seg.count and seg.size >= COMPACT_MIN
-                  and (self.rseg is None or self.rseg.id > seg.id)):
+                  and (self.rseg is None or self.rseg.id > seg.id) and self.store.write_error is None):
                 seg.compacting = True
                 self.compactions += 1
                 self.store.compact(CompactJob(self, seg))
@@ -282,6 +282,7 @@ class QueueLog:
         if job.error is not None:
             log.warning("queue log %s: cannot compact %s: %s (left as it is)", self.dir, seg.path.name,
                         job.error)
+            self.store.write_failed(job.error)  # a full disk: the alarm; no compaction until a write works
         else:
             if self.rfd_seg is seg:
                 os.close(self.rfd)
