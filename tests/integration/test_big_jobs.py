@@ -1,0 +1,170 @@
+"""Big jobs do not stall the broker (issue 12, finding 7). Each test runs a hostile client's big
+job beside a healthy client (tests/healthy.py: a confirmed publish + basic.get every 50 ms on its
+own connection) and checks that the healthy client's worst round trip stays well under the
+freeze the job used to cause, and that the job still does all of its work correctly.
+
+Print the figures: pytest -s tests/integration/test_big_jobs.py
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from hare_node import HareNode
+from healthy import HealthyClient
+from rawamqp import RawClient, ping, raw_client
+from support import wait_until
+
+from hare.amqp import spec
+from hare.amqp.frames import method_frame
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("HARE_TEST_URL")), reason="runs a private hare")
+
+WORST = 0.25  # s: the healthy client's worst round trip while the job runs (before: seconds)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[HareNode]:
+    n = HareNode(tmp_path / "data", tmp_path / "hare.log", log_level="warning").start()
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+def passive(ch: pika.adapters.blocking_connection.BlockingChannel, queue: str) -> tuple[int, int]:
+    m = ch.queue_declare(queue, passive=True).method
+    return m.message_count, m.consumer_count
+
+
+def publish_many(c: RawClient, queue: str, n: int) -> None:
+    """``n`` small messages, body = their number as 8 digits, pipelined on channel 1."""
+    header = struct.pack(">BHI", 2, 1, 14) + struct.pack(">HHQH", 60, 0, 8, 0) + b"\xce"
+    publish = method_frame(1, spec.BasicPublish(exchange="", routing_key=queue))
+    step = 50_000
+    for start in range(0, n, step):
+        c.send(b"".join(publish + header + struct.pack(">BHI", 3, 1, 8) + b"%08d" % i + b"\xce"
+                        for i in range(start, min(n, start + step))))
+    ping(c, 1)
+
+
+def read_deliveries(c: RawClient, n: int, timeout: float = 30.0) -> list[tuple[bool, bytes]]:
+    """The next ``n`` deliveries on a raw connection: (redelivered, body), parsed in bulk."""
+    out: list[tuple[bool, bytes]] = []
+    buf = c.buf
+    c.buf = b""
+    redelivered = False
+    deadline = time.monotonic() + timeout
+    c.sock.settimeout(1.0)
+    while len(out) < n:
+        o = 0
+        while len(buf) - o >= 8:
+            ftype, _ch, size = struct.unpack_from(">BHI", buf, o)
+            if len(buf) - o < 8 + size:
+                break
+            p = o + 7
+            if ftype == 1 and struct.unpack_from(">I", buf, p)[0] == 0x003C003C:  # basic.deliver
+                q = p + 4
+                q += 1 + buf[q] + 8  # consumer tag, delivery tag
+                redelivered = bool(buf[q])
+            elif ftype == 3:
+                out.append((redelivered, buf[p : p + size]))
+            o = p + size + 1
+        buf = buf[o:]
+        if len(out) >= n:
+            break
+        assert time.monotonic() < deadline, f"{len(out)} of {n} deliveries"
+        try:
+            chunk = c.sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        assert chunk, "the broker closed the connection"
+        buf += chunk
+    c.buf = buf
+    return out
+
+
+def test_requeue_of_many_unacked_does_not_stall(node: HareNode) -> None:
+    """A consumer holding 300,000 unacked messages goes away: they are requeued in slices (the
+    healthy client is served between them), all of them, in their order, marked redelivered."""
+    n = 300_000
+    url = node.url
+    hostile = raw_client(url)
+    hostile.send_method(1, spec.QueueDeclare(queue="held"))
+    hostile.expect(spec.QueueDeclareOk)
+    publish_many(hostile, "held", n)
+    admin = pika.BlockingConnection(pika.URLParameters(url))
+    ach = admin.channel()
+    assert passive(ach, "held") == (n, 0)
+    hostile.send_method(1, spec.BasicConsume(queue="held", consumer_tag="hold"))  # never acks
+    hostile.sock.setblocking(False)
+
+    def all_taken() -> bool:
+        try:
+            while hostile.sock.recv(1 << 20):
+                pass
+        except BlockingIOError:
+            pass
+        return passive(ach, "held")[0] == 0
+
+    wait_until(all_taken, 60)
+    with HealthyClient(url) as probe:
+        time.sleep(0.3)
+        hostile.sock.close()  # the 300,000 unacked messages go back
+        wait_until(lambda: passive(ach, "held") == (n, 0), 30)
+        time.sleep(0.3)
+    print(probe.summary())
+    assert not probe.errors
+    assert probe.worst < WORST, probe.summary()
+
+    reader = raw_client(url)
+    reader.send_method(1, spec.BasicConsume(queue="held", consumer_tag="check", no_ack=True))
+    reader.expect(spec.BasicConsumeOk)
+    got = read_deliveries(reader, n)
+    assert [body for _, body in got] == [b"%08d" % i for i in range(n)]  # every one, in order, once
+    assert all(redelivered for redelivered, _ in got)
+    reader.close()
+    admin.close()
+
+
+def test_closing_many_consumers_does_not_stall(node: HareNode) -> None:
+    """Two connections each with 20,000 consumers on one queue, registered in turns; one closes.
+    Its consumers leave in O(1) each (they were found by a linear scan: O(n^2), seconds), and the
+    other connection's consumers still take deliveries."""
+    n = 20_000
+    url = node.url
+    a, b = raw_client(url), raw_client(url)
+    a.send_method(1, spec.QueueDeclare(queue="crowded"))
+    a.expect(spec.QueueDeclareOk)
+    for start in range(0, n, 1000):
+        for c, prefix in ((b, "b"), (a, "a")):
+            c.send(b"".join(method_frame(1, spec.BasicConsume(queue="crowded", consumer_tag=f"{prefix}{i}",
+                                                              nowait=True, no_ack=True))
+                            for i in range(start, start + 1000)))
+            ping(c, 1)
+    admin = pika.BlockingConnection(pika.URLParameters(url))
+    ach = admin.channel()
+    assert passive(ach, "crowded") == (0, 2 * n)
+    with HealthyClient(url) as probe:
+        time.sleep(0.3)
+        a.sock.shutdown(socket.SHUT_RDWR)
+        a.close()
+        wait_until(lambda: passive(ach, "crowded")[1] == n, 30)
+        time.sleep(0.3)
+    print(probe.summary())
+    assert not probe.errors
+    assert probe.worst < WORST, probe.summary()
+    for i in range(10):
+        ach.basic_publish("", "crowded", b"after %d" % i)
+    got = read_deliveries(b, 10)
+    assert sorted(body for _, body in got) == sorted(b"after %d" % i for i in range(10))
+    assert passive(ach, "crowded") == (0, n)
+    b.close()
+    admin.close()
