@@ -56,9 +56,9 @@ def body_frames(out: list[bytes], channel: int, body: bytes, frame_max: int) -> 
         out.append(body)
         out.append(FRAME_END_BYTE)
         return
-    view = memoryview(body)
+    view = memoryview(body)  # frames are views of the body: a large body is not copied here
     for start in range(0, size, chunk):
         part = view[start : start + chunk]
         out.append(pack_header(FRAME_BODY, channel, len(part)))
-        out.append(bytes(part))
+        out.append(part)  # type: ignore[arg-type]
         out.append(FRAME_END_BYTE)

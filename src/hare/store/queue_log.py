@@ -35,8 +35,10 @@ from .segment import (
     RECORD_SIZE,
     CorruptRecord,
     encode_message,
+    frame_record,
     message_info,
     message_position,
+    record_head,
     scan,
     segment_name,
 )
@@ -52,6 +54,10 @@ SEGMENT_SIZE = 8 << 20  # a segment is closed and a new one started past this si
 COMPACT_RATIO = 4
 COMPACT_MIN = 1 << 20
 READ_CHUNK = 256 << 10  # bytes read at a time when paging messages back in
+# a record whose body is this large is not copied into the write buffer: it is written, after
+# whatever was buffered before it, by the store's worker thread (WriteJob), with its CRC computed
+# there too; read back, its body is a view of what was read (no copy)
+BIG_RECORD = 1 << 20
 ACK = struct.Struct("<QI")
 ACK_SIZE = ACK.size
 _pack_ack = ACK.pack
@@ -106,7 +112,8 @@ class Segment:
 class QueueLog:
     __slots__ = ("dir", "durable", "store", "segments", "firsts", "wseg", "wfd", "wbuf", "rseg", "roff",
                  "rfd", "rfd_seg", "delivered", "delivered_saved", "delivered_fd", "dirty", "needs_sync",
-                 "redelivered_upto", "live", "live_bytes", "closed", "roll_at", "compactions", "trash")
+                 "redelivered_upto", "live", "live_bytes", "closed", "roll_at", "compactions", "trash", "wq",
+                 "inflight", "failed", "retry", "last_job")
 
     def __init__(self, directory: Path, durable: bool, store: MessageStore) -> None:
         self.dir = directory
@@ -133,6 +140,14 @@ class QueueLog:
         self.roll_at = SEGMENT_SIZE  # the write segment's size that starts a new one (0: at once)
         self.compactions = 0  # compactions of this log's segments under way
         self.trash: Path | None = None  # destroyed during a compaction: its directory, to remove after
+        # writes for the store's worker thread (store.write_in_thread), in file order: (fd, chunk),
+        # a chunk being bytes or a BigRecord. Once a big record is queued, everything after it
+        # goes this way too until the thread has written it all (inflight: WriteJobs under way)
+        self.wq: list[tuple[int, Chunk]] = []
+        self.inflight = 0
+        self.failed = False  # a WriteJob failed: the rest is resubmitted once none is in flight
+        self.retry: list[tuple[int, Chunk]] = []  # what the failed jobs did not write, in order
+        self.last_job: WriteJob | None = None
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -144,8 +159,16 @@ class QueueLog:
         if seg.first < 0:
             seg.first = position
             self.firsts[-1] = position
-        seg.size += encode_message(self.wbuf, position, enqueued_ms, flags, route_bytes, properties, body,
-                                   self.durable)
+        if len(body) >= BIG_RECORD and self.store.write_in_thread:
+            head = record_head(position, enqueued_ms, flags, route_bytes, properties)
+            if self.wbuf:
+                self.wq.append((self.wfd, self.wbuf))
+                self.wbuf = bytearray()
+            self.wq.append((self.wfd, BigRecord(head, body, self.durable)))
+            seg.size += RECORD_SIZE + len(head) + len(body)
+        else:
+            seg.size += encode_message(self.wbuf, position, enqueued_ms, flags, route_bytes, properties,
+                                       body, self.durable)
         seg.last = position
         seg.count += 1
         seg.live += 1
@@ -165,7 +188,12 @@ class QueueLog:
         """Start a new segment (the old one's fd is synced, if needed, and closed by the store)."""
         self.roll_at = SEGMENT_SIZE
         if self.wseg is not None:
-            self._flush_writes()
+            if self.wq or self.inflight or self.failed:  # the thread writes them, in order
+                if self.wbuf:
+                    self.wq.append((self.wfd, self.wbuf))
+                    self.wbuf = bytearray()
+            else:
+                self._flush_writes()
             # a durable log's older segments are always synced whole, transient records included:
             # a tail lost at a power loss would be corruption (an error) in any but the last one
             self.store.retire_fd(self.wfd, self.durable)
@@ -200,12 +228,87 @@ class QueueLog:
             if written:
                 del buf[:written]
 
+    def _threaded(self) -> bool:
+        return bool(self.wq or self.inflight or self.failed)
+
+    def _submit(self) -> None:
+        """Hand the queued writes (and the buffer behind them) to the store's worker thread; after
+        a failed job, only once every job in flight is back (what they did not write goes first)."""
+        if self.wbuf:
+            self.wq.append((self.wfd, self.wbuf))
+            self.wbuf = bytearray()
+        if not self.wq or (self.failed and self.inflight):
+            return
+        if not self.store.write_in_thread:  # the shell is gone (shutdown): write them here
+            self._write_queued()
+            return
+        job = WriteJob(self, self.wq, self.failed)
+        self.wq = []
+        self.failed = False
+        self.inflight += 1
+        self.last_job = job
+        self.store.queue_write(job)
+
+    def finish_write(self, job: WriteJob) -> None:
+        """On the loop, after ``job.run`` in the store's thread."""
+        self.inflight -= 1
+        if self.last_job is job:
+            self.last_job = None
+        if job.left:  # failed, or skipped behind a failed one: written again later, in order
+            self.failed = True
+            self.retry += job.left
+        if self.failed and not self.inflight:
+            self.wq[:0] = self.retry
+            self.retry = []
+            if not self.dirty:  # retried at the store's next flush (as a failed inline write)
+                self.dirty = True
+                self.store.dirty.append(self)
+
+    def _write_queued(self) -> None:
+        """Write the queued chunks here and now (raises OSError; what is not written stays)."""
+        wq = self.wq
+        while wq:
+            fd, chunk = wq[0]
+            if type(chunk) is BigRecord:
+                wq[0] = (fd, chunk.framed())
+                wq.insert(1, (fd, chunk.body))
+                continue
+            data = chunk
+            written = 0
+            try:
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(fd, view[written:])
+            finally:
+                if written and written < len(data):
+                    wq[0] = (fd, bytes(memoryview(data)[written:]))
+            del wq[0]
+
+    def _write_now(self) -> None:
+        """Everything appended so far is in the files when this returns (blocking on the store's
+        thread if it is writing for this log)."""
+        if self._threaded():
+            if self.wbuf:
+                self.wq.append((self.wfd, self.wbuf))
+                self.wbuf = bytearray()
+            if self.last_job is not None:
+                self.store.wait_write(self.last_job)
+                if self.last_job is not None and self.last_job.left:
+                    raise self.last_job.error or OSError("write failed")
+            if self.retry:
+                raise OSError("a write of the queue log failed")
+            self._write_queued()
+        self._flush_writes()
+
     def flush(self) -> None:
         """Write buffered records, acks and the delivered mark (called by the store)."""
         self.dirty = False
         if self.closed:
             return
-        self._flush_writes()
+        if self._threaded():
+            self._submit()
+        else:
+            self._flush_writes()
         if self.durable:
             for seg in self.segments:
                 if seg.ack_buf:
@@ -339,8 +442,8 @@ class QueueLog:
                 self.rseg = self.segments[i + 1] if i + 1 < len(self.segments) else None
                 self.roff = HEADER_SIZE
                 continue
-            if seg is self.wseg and self.wbuf:
-                self._flush_writes()
+            if (seg is self.wseg and self.wbuf) or self._threaded():  # (any segment: see _roll)
+                self._write_now()
             want = min(max(READ_CHUNK, max_bytes - taken), seg.size - self.roff)
             data = self._pread(seg, want, self.roff)
             o = 0
@@ -356,7 +459,9 @@ class QueueLog:
                 p = o + RECORD_SIZE
                 position = message_position(data, p)[0]
                 if not seg.is_acked(position):
-                    out.append((position, data[p : p + size]))
+                    # (a large record's payload is a view: its body is not copied again)
+                    out.append((position, data[p : p + size] if size < BIG_RECORD
+                                else memoryview(data)[p : p + size]))
                     taken += size
                 o = p + size
             if o == 0:  # nothing parsed: the file is shorter than we think; stop at it
@@ -386,7 +491,7 @@ class QueueLog:
             self.live -= later.live
             later.live = 0
             if later is self.wseg:
-                self._flush_writes()
+                self._write_now()
                 self.store.retire_fd(self.wfd, False)
                 self.wfd = -1
                 self.wseg = None
@@ -537,6 +642,87 @@ class QueueLog:
             except OSError:
                 pass
         shutil.rmtree(target, ignore_errors=True)
+
+
+class BigRecord:
+    """A large message record waiting for the store's thread: its head, and its body by reference."""
+
+    __slots__ = ("head", "body", "checksum")
+
+    def __init__(self, head: bytes, body: bytes, checksum: bool) -> None:
+        self.head = head
+        self.body = body
+        self.checksum = checksum
+
+    def framed(self) -> bytes:
+        """The record's length, CRC and head (the body follows them in the file)."""
+        return frame_record(self.head, self.body, self.checksum) + self.head
+
+
+Chunk = bytes | bytearray | memoryview | BigRecord
+
+
+class WriteJob:
+    """A log's queued writes (QueueLog.wq), done in the store's worker thread: the same single
+    thread as the group commit's syncs, so a sync started after a write covers it. When a write
+    fails (a full disk), this job and every later one of the same log write nothing more (a hole
+    in a segment would be corruption) and hand their chunks back: ``left``, written again later
+    (QueueLog.finish_write); meanwhile no sync answers its waiters."""
+
+    __slots__ = ("log", "chunks", "retry", "left", "error", "failed_logs")
+
+    def __init__(self, qlog: QueueLog, chunks: list[tuple[int, Chunk]], retry: bool) -> None:
+        self.log = qlog
+        self.chunks = chunks
+        self.retry = retry  # writes what failed before: the log's writes may go on
+        self.left: list[tuple[int, Chunk]] = []
+        self.error: OSError | None = None
+        self.failed_logs = qlog.store.failed_logs  # (touched by the worker thread only)
+
+    def run(self) -> None:
+        failed = self.failed_logs
+        qlog = self.log
+        if qlog in failed and not self.retry:
+            self.left = self.chunks
+            return
+        writer = _Writer(self.chunks)
+        try:
+            writer.run()
+        except OSError as exc:
+            self.error = exc
+            self.left = writer.chunks
+            failed.add(qlog)
+            return
+        failed.discard(qlog)
+
+
+class _Writer:
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list[tuple[int, Chunk]]) -> None:
+        self.chunks = chunks
+
+    def run(self) -> None:
+        chunks = self.chunks
+        i = 0
+        try:
+            while i < len(chunks):
+                fd, chunk = chunks[i]
+                if type(chunk) is BigRecord:
+                    chunks[i] = (fd, chunk.framed())
+                    chunks.insert(i + 1, (fd, chunk.body))
+                    continue
+                view = memoryview(chunk)
+                written = 0
+                try:
+                    while written < len(view):
+                        written += os.write(fd, view[written:])
+                finally:
+                    if written < len(view):
+                        chunks[i] = (fd, bytes(view[written:]))
+                i += 1
+        finally:
+            self.chunks = chunks[i:]
 
 
 def _bit(bitmap: bytes | bytearray, i: int) -> bool:
