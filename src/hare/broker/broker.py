@@ -103,6 +103,8 @@ class Broker:
             sync_directory(self.data_dir)  # the entries of hare.lock, queues/, the database files
         self.timers = Timers()  # expiries and timeouts; the shell runs them when due
         self.background = Background()  # big jobs in slices (background.py); the shell runs them
+        if self.store is not None:
+            self.store.later = self.background.add
         self.vhosts: dict[str, VirtualHost] = {}
         self.users = UserStore()
         self.commands = Commands(self)  # the one path for metadata changes (commands.py)

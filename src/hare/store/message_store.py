@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .queue_log import CompactJob, QueueLog, WriteJob
@@ -123,6 +123,8 @@ class MessageStore:
         self.writing = 0  # WriteJobs submitted and not yet finished on the loop
         self.failed_logs: set[QueueLog] = set()  # logs whose last WriteJob failed (thread's view)
         self.thread_write_error: OSError | None = None  # a WriteJob failed, not yet written again
+        # work done in slices across loop turns (the broker's Background.add; at once by default)
+        self.later: Callable[[Iterator[None], str], None] = _run_through
 
     # -- queue logs --------------------------------------------------------------------------------
 
@@ -385,6 +387,11 @@ def sync_directory(path: Path) -> None:
 
 def _noop() -> None:
     pass
+
+
+def _run_through(steps: Iterator[None], what: str) -> None:
+    for _ in steps:
+        pass
 
 
 def _run_write(job: WriteJob) -> None:

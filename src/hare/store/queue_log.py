@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from .segment import (
     FLAG_PERSISTENT,
     HEADER_SIZE,
     MAGIC,
+    MESSAGE_SIZE,
     RECORD,
     RECORD_SIZE,
     CorruptRecord,
@@ -71,7 +73,7 @@ class Segment:
     """What the log keeps in memory of one segment file: a few numbers and an acked bitmap."""
 
     __slots__ = ("id", "path", "first", "last", "count", "live", "size", "acked", "ack_buf", "ack_fd",
-                 "compacting")
+                 "compacting", "purging")
 
     def __init__(self, segment_id: int, path: Path) -> None:
         self.id = segment_id
@@ -85,6 +87,7 @@ class Segment:
         self.ack_buf = bytearray()
         self.ack_fd = -1
         self.compacting = False  # a CompactJob is rewriting its file (off the event loop)
+        self.purging = 0  # purges acking its records in slices (neither dropped nor compacted meanwhile)
 
     def is_acked(self, position: int) -> bool:
         i = position - self.first
@@ -347,14 +350,19 @@ class QueueLog:
             if not self.dirty:
                 self.dirty = True
                 self.store.mark_dirty(self)
-        if seg is not self.wseg and not seg.compacting:  # (a compacted one: see finish_compaction)
-            if not seg.live:
-                self._drop_segment(seg)
-            elif (seg.live * COMPACT_RATIO < seg.count and seg.size >= COMPACT_MIN
-                  and (self.rseg is None or self.rseg.id > seg.id)):
-                seg.compacting = True
-                self.compactions += 1
-                self.store.compact(CompactJob(self, seg))
+        if seg is not self.wseg and not seg.compacting and not seg.purging:
+            self._settled(seg)
+
+    def _settled(self, seg: Segment) -> None:
+        """A segment that is not written to any more lost live records: drop or compact it
+        (a compacted one: see finish_compaction; a purged one: at the end of the purge)."""
+        if not seg.live:
+            self._drop_segment(seg)
+        elif (seg.live * COMPACT_RATIO < seg.count and seg.size >= COMPACT_MIN
+              and (self.rseg is None or self.rseg.id > seg.id)):
+            seg.compacting = True
+            self.compactions += 1
+            self.store.compact(CompactJob(self, seg))
 
     def finish_compaction(self, job: CompactJob) -> None:
         """On the loop, after ``job.run`` (in the store's worker thread, or inline): adopt the
@@ -482,7 +490,9 @@ class QueueLog:
 
     def drop_unread(self) -> None:
         """Ack every record not yet read (purge). Segments wholly after the cursor hold nothing
-        that was delivered: they go at once; the cursor's own segment is read to its end."""
+        that was delivered: they go at once; the cursor moves past its own segment's records at
+        once too, and they are acked in slices (store.later: a purge of millions must not hold
+        the event loop), the segment kept meanwhile."""
         seg = self.rseg
         if seg is None:
             return
@@ -497,16 +507,41 @@ class QueueLog:
                 self.wseg = None
                 self.needs_sync = False
             self._drop_segment(later)
-        while self.rseg is seg:
-            batch = self.read(1 << 16, SEGMENT_SIZE)
-            for position, _ in batch:
-                self.ack(position)
-            if not batch:
-                break
-        if self.rseg is seg:  # the cursor stays at the end of the write segment
-            return
+        start, end = self.roff, seg.size
+        if end > start:
+            self._write_now()  # (the records to ack must be in the file)
+            seg.purging += 1
+            self.store.later(self._ack_unread(seg, start, end), f"purge of queue log {self.dir}")
         self.rseg = self.wseg
         self.roff = self.wseg.size if self.wseg is not None else HEADER_SIZE
+
+    def _ack_unread(self, seg: Segment, start: int, end: int) -> Iterator[None]:
+        """Ack the records of ``seg`` in [start, end), a slice at a time."""
+        off = start
+        n = 0
+        try:
+            while off < end and not self.closed:
+                data = self._pread(seg, min(READ_CHUNK, end - off), off)
+                o = 0
+                while o + RECORD_SIZE + MESSAGE_SIZE <= len(data):
+                    size = _unpack_record(data, o)[0]
+                    position = message_position(data, o + RECORD_SIZE)[0]
+                    self.ack(position)
+                    o += RECORD_SIZE + size
+                    n += 1
+                    if o > len(data):  # a record larger than the chunk: skip the rest of it
+                        break
+                if not o:  # the file is shorter than we think: nothing more to ack
+                    return
+                off += o
+                if n >= 2000:
+                    n = 0
+                    yield
+        finally:
+            seg.purging -= 1
+            if (not self.closed and not seg.purging and seg is not self.wseg and not seg.compacting
+                    and seg in self.segments):
+                self._settled(seg)
 
     # -- recovery ---------------------------------------------------------------------------------
 
