@@ -83,6 +83,7 @@ class Broker:
         self.store: MessageStore | None = None
         self.definitions: Definitions | None = None
         self.lock: DataDirLock | None = None
+        self.background = Background()  # big jobs in slices (background.py); the shell runs them
         if self.data_dir is not None:
             make_dirs(self.data_dir)
             # before anything in the directory is read or written: one broker per directory
@@ -102,7 +103,6 @@ class Broker:
             self.definitions = Definitions(self.data_dir / "definitions.sqlite3")
             sync_directory(self.data_dir)  # the entries of hare.lock, queues/, the database files
         self.timers = Timers()  # expiries and timeouts; the shell runs them when due
-        self.background = Background()  # big jobs in slices (background.py); the shell runs them
         if self.store is not None:
             self.store.later = self.background.add
         self.vhosts: dict[str, VirtualHost] = {}
