@@ -45,6 +45,9 @@ def header_frame(channel: int, body_size: int, properties: bytes, class_id: int 
     )
 
 
+BIG_BODY = 1 << 20  # body_frames hands out views of a body this large (bytes otherwise)
+
+
 def body_frames(out: list[bytes], channel: int, body: bytes, frame_max: int) -> None:
     """Append the body frames for ``body`` to ``out``, split so none exceeds ``frame_max``."""
     size = len(body)
@@ -56,9 +59,10 @@ def body_frames(out: list[bytes], channel: int, body: bytes, frame_max: int) -> 
         out.append(body)
         out.append(FRAME_END_BYTE)
         return
-    view = memoryview(body)  # frames are views of the body: a large body is not copied here
+    view = memoryview(body)
+    big = size >= BIG_BODY  # a large body's frames are views of it: not copied here
     for start in range(0, size, chunk):
         part = view[start : start + chunk]
         out.append(pack_header(FRAME_BODY, channel, len(part)))
-        out.append(part)  # type: ignore[arg-type]
+        out.append(part if big else bytes(part))  # type: ignore[arg-type]
         out.append(FRAME_END_BYTE)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..amqp import spec
@@ -120,6 +120,9 @@ class _Assembly(list[bytes]):
 
     def append(self, item: bytes) -> None:
         self.buf += item
+
+    def __iter__(self) -> Iterator[bytes]:  # (the parts so far: one)
+        return iter((self.buf,))
 
     def __bool__(self) -> bool:
         return True
