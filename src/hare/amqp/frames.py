@@ -45,6 +45,9 @@ def header_frame(channel: int, body_size: int, properties: bytes, class_id: int 
     )
 
 
+BIG_BODY = 1 << 20  # body_frames hands out views of a body this large (bytes otherwise)
+
+
 def body_frames(out: list[bytes], channel: int, body: bytes, frame_max: int) -> None:
     """Append the body frames for ``body`` to ``out``, split so none exceeds ``frame_max``."""
     size = len(body)
@@ -57,8 +60,9 @@ def body_frames(out: list[bytes], channel: int, body: bytes, frame_max: int) -> 
         out.append(FRAME_END_BYTE)
         return
     view = memoryview(body)
+    big = size >= BIG_BODY  # a large body's frames are views of it: not copied here
     for start in range(0, size, chunk):
         part = view[start : start + chunk]
         out.append(pack_header(FRAME_BODY, channel, len(part)))
-        out.append(bytes(part))
+        out.append(part if big else bytes(part))  # type: ignore[arg-type]
         out.append(FRAME_END_BYTE)

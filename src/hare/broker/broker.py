@@ -13,6 +13,7 @@ from ..store import delayed as delayed_store
 from ..store.definitions import Definitions
 from ..store.lock import DataDirLock
 from ..store.message_store import MessageStore, sync_directory
+from .background import Background
 from .commands import Commands, user_from_record
 from .definitions_file import load_definitions_file
 from .timers import Timers
@@ -92,6 +93,7 @@ class Broker:
         self.store: MessageStore | None = None
         self.definitions: Definitions | None = None
         self.lock: DataDirLock | None = None
+        self.background = Background()  # big jobs in slices (background.py); the shell runs them
         if self.data_dir is not None:
             make_dirs(self.data_dir)
             # before anything in the directory is read or written: one broker per directory
@@ -113,6 +115,8 @@ class Broker:
             self.definitions.on_write_error = self.set_disk_full
             sync_directory(self.data_dir)  # the entries of hare.lock, queues/, the database files
         self.timers = Timers()  # expiries and timeouts; the shell runs them when due
+        if self.store is not None:
+            self.store.later = self.background.add
         self.vhosts: dict[str, VirtualHost] = {}
         self.users = UserStore()
         self.commands = Commands(self)  # the one path for metadata changes (commands.py)
@@ -285,6 +289,7 @@ class Broker:
     def close(self) -> None:
         """Write out and close the store (after the connections are gone), then let the data
         directory go."""
+        self.background.finish()  # requeues still under way end first: their acks are written
         try:
             if self.store is not None:
                 self.store.close()

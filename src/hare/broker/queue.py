@@ -17,7 +17,7 @@ returns; a priority queue's store is a ``PriorityQueueStore`` (``store/priority.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from ..store.base import QueueStore
@@ -64,8 +64,10 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.store: QueueStore = store if store is not None else PagedQueueStore(None)
-        # consumer groups by priority, highest first: [(priority, deque of consumers)]
-        self.groups: list[tuple[int, deque[Consumer]]] = []
+        # consumer groups by priority, highest first: [(priority, consumers)]; a group is an
+        # ordered dict used as a ring (round-robin: the head moves to the end), so that a consumer
+        # leaves it in O(1) however many there are
+        self.groups: list[tuple[int, OrderedDict[Consumer, None]]] = []
         self.consumer_count = 0
         self.exclusive_consumer: Consumer | None = None
         # x-single-active-consumer: ``groups`` holds the active consumer only; the others wait
@@ -321,10 +323,10 @@ class Queue:
         """Put ``consumer`` among those dispatch delivers to: its priority's group, round-robin."""
         for priority, group in self.groups:
             if priority == consumer.priority:
-                group.append(consumer)
+                group[consumer] = None
                 break
         else:
-            self.groups.append((consumer.priority, deque([consumer])))
+            self.groups.append((consumer.priority, OrderedDict({consumer: None})))
             self.groups.sort(key=lambda g: -g[0])
 
     def remove_consumer(self, consumer: Consumer) -> bool:
@@ -334,7 +336,7 @@ class Queue:
         requeueing them, so they go to the next one first, in order."""
         for i, (_, group) in enumerate(self.groups):
             if consumer in group:
-                group.remove(consumer)
+                del group[consumer]
                 if not group:
                     del self.groups[i]
                     if self.waiting and not self.deleted:
@@ -374,8 +376,8 @@ class Queue:
     def _next_ready(self) -> Consumer | None:
         for _, group in self.groups:
             for _ in range(len(group)):
-                c = group[0]
-                group.rotate(-1)
+                c = next(iter(group))
+                group.move_to_end(c)
                 if c.ready():
                     return c
         return None
@@ -387,7 +389,7 @@ class Queue:
         groups = self.groups
         now = 0
         if len(groups) == 1 and len(groups[0][1]) == 1:
-            c = groups[0][1][0]
+            c = next(iter(groups[0][1]))
             deliver = c.target.deliver
             while c.ready():
                 entry = store.pop()

@@ -260,6 +260,7 @@ class Server:
         self.timer_at = 0  # the deadline (ms) it is set for
         self.control: ControlServer | None = None  # the socket of `hare ctl` (server/control.py)
         self.memory: MemoryMonitor | None = None  # the memory alarm (server/memory.py)
+        self.background_scheduled = False  # a slice of the broker's big jobs is due
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -267,6 +268,9 @@ class Server:
             self.storage = StoreDriver(self.broker, self.broker.store, self.loop)
         self.broker.timers.on_change = self._schedule_timers
         self._schedule_timers()
+        self.broker.background.on_wake = self._wake_background
+        if self.broker.background.jobs:
+            self._wake_background()
         if self.memory is None:
             self.memory = MemoryMonitor(self.broker, self.loop)
         self.bound = []
@@ -326,6 +330,18 @@ class Server:
         finally:  # never left unscheduled: every expiry and timeout of the broker hangs on it
             self._schedule_timers()
 
+    def _wake_background(self) -> None:
+        if not self.background_scheduled:
+            self.background_scheduled = True
+            self.loop.call_soon(self._run_background)
+
+    def _run_background(self) -> None:
+        """A few milliseconds of the broker's big jobs (broker/background.py) per loop turn: the
+        other callbacks (sockets, timers) run between two slices."""
+        self.background_scheduled = False
+        if self.broker.background.run():
+            self._wake_background()
+
     async def stop(self, grace: float = 1.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait for them."""
         if self.control is not None:
@@ -349,6 +365,8 @@ class Server:
             self.memory = None
         self.broker.timers.on_change = _noop
         await asyncio.sleep(0)  # let the aborted connections release their messages
+        self.broker.background.on_wake = None
+        self.broker.background.finish()
         if self.storage is not None:
             await self.storage.close()
             self.storage = None

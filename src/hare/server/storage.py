@@ -6,6 +6,8 @@
   every waiter that arrived meanwhile shares it.
 - A failed sync: its waiters are refused (confirms nacked), and its files synced again every
   second until it succeeds (the broker's "disk_sync" alarm is on meanwhile).
+- Large writes: a record with a large body (queue_log.BIG_RECORD), and what its log buffers after
+  it, is written in the sync thread (queue_log.WriteJob), before any sync submitted after it.
 - Compaction: a segment rewrite (queue_log.CompactJob) runs in a second worker thread, one at a
   time, and is adopted by its log on the loop when done.
 - Free disk: checked every second; under ``disk_free_limit`` the broker raises its disk alarm
@@ -18,13 +20,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 from ..broker.broker import Broker
 from ..store.message_store import MessageStore, SyncJob
-from ..store.queue_log import CompactJob
+from ..store.queue_log import CompactJob, WriteJob
 
 log = logging.getLogger("hare.server")
 
@@ -44,6 +47,11 @@ class StoreDriver:
         self.compact_executor = ThreadPoolExecutor(1, thread_name_prefix="hare-compact")
         self.compacting: asyncio.Future[None] | None = None
         store.compact_in_thread = True
+        # large writes: in the sync thread too (one thread: a sync submitted after a write covers it)
+        self.writes: dict[WriteJob, concurrent.futures.Future[None]] = {}
+        store.submit_write = self._submit_write
+        store.wait_write = self._wait_write
+        store.write_in_thread = True
         self.disk_timer: asyncio.TimerHandle | None = None
         store.on_wake = self.wake
         self.check_disk()
@@ -61,6 +69,23 @@ class StoreDriver:
             self.running.add_done_callback(lambda _f: self._synced(job))
         if self.compacting is None and self.store.compactions:
             self._start_compaction()
+
+    def _submit_write(self, job: WriteJob) -> None:
+        future = self.executor.submit(job.run)
+        self.writes[job] = future
+        future.add_done_callback(lambda _f: self.loop.call_soon_threadsafe(self._written, job))
+
+    def _wait_write(self, job: WriteJob) -> None:
+        """The loop needs a log's data in its file now (a read of what was just written)."""
+        future = self.writes.get(job)
+        if future is not None:
+            future.exception()  # waits; job.run reports its errors in the job
+
+    def _written(self, job: WriteJob) -> None:
+        if self.writes.pop(job, None) is None:
+            return
+        self.store.finish_write(job)
+        self.wake()  # a sync may wait for it, the log may have more to write
 
     def _start_compaction(self) -> None:
         cjob = self.store.next_compaction()
@@ -86,7 +111,8 @@ class StoreDriver:
         defs = broker.definitions
         if broker.disk_full is not None or self.store.write_error is not None:
             self.store.flush()  # write what a full disk refused (and what came since)
-            if self.store.write_error is None and (defs is None or defs.retry()):
+            if (self.store.write_error is None and self.store.thread_write_error is None
+                    and (defs is None or defs.retry())):
                 log.info("the data directory can be written again: every kept write went through")
                 broker.set_disk_full(None)
         try:
@@ -111,6 +137,11 @@ class StoreDriver:
             await asyncio.shield(self.compacting)
             await asyncio.sleep(0)
         self.store.compact_in_thread = False
+        while self.writes:
+            for job, future in list(self.writes.items()):
+                await asyncio.wrap_future(future)
+                self._written(job)
+        self.store.write_in_thread = False
         while self.running is not None:
             await asyncio.shield(self.running)
             await asyncio.sleep(0)

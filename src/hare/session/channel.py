@@ -11,7 +11,7 @@ import base64
 import logging
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..amqp import spec
@@ -26,6 +26,7 @@ from ..amqp.errors import (
 from ..amqp.frames import FRAME_END_BYTE, body_frames, pack_header
 from ..auth.permissions import READ
 from ..broker.arguments import type_name
+from ..broker.background import SLICE
 from ..broker.consumer import Consumer, PrefetchLimit
 from ..broker.direct_reply import REPLY_QUEUE, ReplyConsumer
 from ..broker.message import Message
@@ -560,17 +561,64 @@ class Channel(Publishing):
 
     def requeue_all(self) -> None:
         """Return every unacked message of this channel to its queue (channel close, recover)."""
-        records = list(self.unacked.values())
-        self.unacked.clear()
-        for rec in records:
-            q, msg, seq, _ = rec
+        self._teardown([], self._take_all())
+
+    def _take_all(self) -> dict[int, Unacked]:
+        records, self.unacked = self.unacked, {}
+        return records
+
+    def _teardown(self, consumers: list[Consumer], records: dict[int, Unacked]) -> None:
+        """Take ``consumers`` off their queues and requeue ``records``: now when they are few,
+        else in slices across event-loop turns (broker/background.py), so that a channel holding a
+        million unacked messages or a connection with 100,000 consumers does not freeze everybody
+        else. In between, the consumers take no deliveries (the channel is not deliverable) and
+        every message not yet requeued stays held, as unacked, by its consumer: nothing is lost or
+        delivered twice. Requeued messages go back to their places in their queues."""
+        if len(consumers) + len(records) <= SLICE:
+            for _ in self._teardown_steps(consumers, records, self.conn.dispatch_later):
+                pass
+            return
+        self.conn.broker.background.add(self._teardown_steps(consumers, records, _dispatch),
+                                        f"releasing channel {self.number} of {self.conn.name}")
+
+    def _teardown_steps(self, consumers: list[Consumer], records: dict[int, Unacked],
+                        dispatch: Callable[[Queue], None]) -> Iterator[None]:
+        touched: dict[Queue, None] = {}
+        n = 0
+        for c in consumers:
+            c.queue.remove_consumer(c)
+            touched[c.queue] = None
+            n += 1
+            if n >= SLICE:
+                n = 0
+                yield
+        for q, msg, seq, c in records.values():
             try:
                 q.requeue(seq, msg)
             except Exception:  # one message must not keep the others from going back
                 log.exception("queue '%s' in vhost '%s': a message returned by channel %d could not "
                               "be requeued", q.name, q.vhost_name, self.number)
-            self._release(rec)
-            self.conn.dispatch_later(q)
+            touched[q] = None
+            if c is not None:
+                c.unacked -= 1
+                if c.shared is not None:
+                    self._release_shared(c.shared)
+                touched[c.queue] = None
+            n += 1
+            if n >= SLICE:
+                n = 0
+                for tq in touched:
+                    dispatch(tq)
+                touched.clear()
+                yield
+        for tq in touched:
+            dispatch(tq)  # a single active consumer's successor takes over
+        for c in consumers:
+            self.commands.consumer_removed(self.vhost, c.queue)
+            n += 1
+            if n >= SLICE:
+                n = 0
+                yield
 
     # -- closing ------------------------------------------------------------------------------------
 
@@ -592,16 +640,19 @@ class Channel(Publishing):
         self.pub_body = []
         if self.ack_watch is not None:
             self.ack_watch.stop()
-        for c in list(self.consumers.values()):
-            c.queue.remove_consumer(c)
         consumers, self.consumers = self.consumers, {}
         self._reply_cancel()
         self._tx_restore()  # acked inside an uncommitted transaction: requeued too
         self.tx_publishes = []
-        self.requeue_all()
-        for c in consumers.values():
-            self.conn.dispatch_later(c.queue)  # a single active consumer's successor takes over
-            self.commands.consumer_removed(self.vhost, c.queue)
+        self._teardown(list(consumers.values()), self._take_all())
+
+
+def _dispatch(q: Queue) -> None:
+    """Deliver what a slice of a teardown requeued (outside any connection's input batch)."""
+    try:
+        q.dispatch()
+    except Exception:  # a queue's trouble is not the teardown's (nor the next queue's)
+        log.exception("queue '%s' in vhost '%s': dispatch failed", q.name, q.vhost_name)
 
 
 _HANDLERS: dict[type[spec.Method], Callable[[Channel, Any], None]] = {

@@ -25,10 +25,10 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .queue_log import CompactJob, QueueLog
+from .queue_log import CompactJob, QueueLog, WriteJob
 
 log = logging.getLogger("hare.store")
 
@@ -47,11 +47,17 @@ OnSyncError = Callable[[OSError], None]
 class SyncJob:
     """Files to make durable, run in a worker thread; then the waiters run on the loop."""
 
-    __slots__ = ("fds", "logs", "retired", "dirs", "waiters", "error")
+    __slots__ = ("fds", "logs", "retired", "dirs", "waiters", "error", "fd_logs", "failed_logs", "skipped")
 
     def __init__(self, fds: list[int], retired: list[tuple[int, bool]], dirs: list[Path],
                  waiters: list[tuple[OnSynced, OnSyncError | None]],
-                 logs: list[QueueLog] | None = None) -> None:
+                 logs: list[QueueLog] | None = None, fd_logs: dict[int, QueueLog | None] | None = None,
+                 failed_logs: set[QueueLog] | None = None) -> None:
+        self.fd_logs = fd_logs or {}
+        # the logs whose WriteJob failed (the same set the worker thread keeps): this job then
+        # skips its syncs, which would confirm data that did not reach the files
+        self.failed_logs = failed_logs if failed_logs is not None else set()
+        self.skipped = False
         self.fds = fds
         self.logs = logs or []  # the logs whose current segments are in fds
         self.retired = retired  # (fd, needs sync): closed once synced
@@ -65,6 +71,9 @@ class SyncJob:
         # thus never depends on an older segment with an unsynced tail: the only damage a power
         # loss can leave is a torn tail in a log's newest segment (and nothing is confirmed
         # before every part of the job is done).
+        if self.failed_logs:  # a write before it (same thread) failed: see MessageStore.finish_sync
+            self.skipped = True
+            return
         try:
             for fd, needs_sync in self.retired:
                 if needs_sync:
@@ -111,6 +120,17 @@ class MessageStore:
         self.compact_in_thread = False
         self.compactions: list[CompactJob] = []
         self.logs: dict[Path, QueueLog] = {}
+        # large records (queue_log.BIG_RECORD) are written by the shell's sync thread when it sets
+        # write_in_thread (submit_write runs a WriteJob there, wait_write waits for one); else
+        # they are written at once, as the rest
+        self.write_in_thread = False
+        self.submit_write: Callable[[WriteJob], None] = _run_write
+        self.wait_write: Callable[[WriteJob], None] = _ignore_job
+        self.writing = 0  # WriteJobs submitted and not yet finished on the loop
+        self.failed_logs: set[QueueLog] = set()  # logs whose last WriteJob failed (thread's view)
+        self.thread_write_error: OSError | None = None  # a WriteJob failed, not yet written again
+        # work done in slices across loop turns (the broker's Background.add; at once by default)
+        self.later: Callable[[Iterator[None], str], None] = _run_through
 
     # -- queue logs --------------------------------------------------------------------------------
 
@@ -190,6 +210,23 @@ class MessageStore:
                       "memory and confirms wait until it is written", exc)
         self.write_error = exc
         self.on_write_error(exc)
+
+    def queue_write(self, job: WriteJob) -> None:
+        self.writing += 1
+        self.submit_write(job)
+
+    def finish_write(self, job: WriteJob) -> None:
+        """On the loop, after a WriteJob ran in the shell's thread."""
+        self.writing -= 1
+        job.log.finish_write(job)
+        if job.error is not None:
+            if self.thread_write_error is None:
+                log.error("cannot write the message store: %s; confirms wait until it can", job.error)
+            self.thread_write_error = job.error
+            self.on_write_error(job.error)  # the disk alarm, at once (as a failed inline write)
+        elif job.retry and self.thread_write_error is not None and not self.failed_logs:
+            log.info("the message store can write again")
+            self.thread_write_error = None
 
     def sync_fd(self, fd: int, qlog: QueueLog | None = None) -> None:
         self.sync_fds[fd] = qlog
@@ -282,11 +319,13 @@ class MessageStore:
         """Flush, then take the files to sync and the waiters into a job (None: nothing to do,
         or a sync is already running: its end starts the next)."""
         self.flush()
-        if self.syncing or self.write_error is not None or not self.sync_wanted:
+        if (self.syncing or self.write_error is not None or self.thread_write_error is not None
+                or self.failed_logs or not self.sync_wanted):
             return None
         self.retry_sync = False
         logs = [qlog for qlog in self.sync_fds.values() if qlog is not None]
-        job = SyncJob(list(self.sync_fds), self.retired, list(self.dirs), self.waiters, logs)
+        job = SyncJob(list(self.sync_fds), self.retired, list(self.dirs), self.waiters, logs,
+                      self.sync_fds, self.failed_logs)
         self.sync_fds = {}
         self.retired = []
         self.dirs = {}
@@ -296,6 +335,14 @@ class MessageStore:
 
     def finish_sync(self, job: SyncJob) -> None:
         self.syncing = False
+        if job.skipped:  # a write before it failed: everything waits for the next sync, as it was
+            self.waiters[:0] = job.waiters
+            self.retired[:0] = job.retired
+            for fd, qlog in job.fd_logs.items():
+                self.sync_fds.setdefault(fd, qlog)
+            for d in job.dirs:
+                self.dirs[d] = None
+            return
         if job.error is not None:
             self._sync_failed(job, job.error)
             return
@@ -380,6 +427,19 @@ def sync_directory(path: Path) -> None:
 
 
 def _noop() -> None:
+    pass
+
+
+def _run_through(steps: Iterator[None], what: str) -> None:
+    for _ in steps:
+        pass
+
+
+def _run_write(job: WriteJob) -> None:
+    raise AssertionError("write_in_thread without a shell to run the writes")
+
+
+def _ignore_job(job: WriteJob) -> None:
     pass
 
 

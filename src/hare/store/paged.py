@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from .segment import FLAG_PERSISTENT, decode_message
@@ -161,19 +161,18 @@ class PagedQueueStore:
             log.ack(seq >> 1)
 
     def purge(self) -> int:
+        """Empty the queue at once; the acks its messages owe the log are written in slices
+        (store.later), so that purging millions does not hold the event loop."""
         n = len(self)
         log = self.log
+        mem, requeued = self.mem, self.requeued
+        self.mem = deque()
+        self.requeued = []
         if log is not None:
-            for seq, _, _ in self.mem:
-                if seq & 1:
-                    log.ack(seq >> 1)
-            for seq, _, _ in self.requeued:
-                if seq & 1:
-                    log.ack(seq >> 1)
+            if mem or requeued:
+                log.store.later(_ack_entries(log, mem, requeued), f"purge of queue log {log.dir}")
             if self.disk:
                 log.drop_unread()
-        self.mem.clear()
-        self.requeued.clear()
         self.mem_bytes = 0
         self.ready_bytes = 0
         self.disk = 0
@@ -193,3 +192,20 @@ class PagedQueueStore:
 
     def __len__(self) -> int:
         return len(self.mem) + len(self.requeued) + self.disk
+
+
+def _ack_entries(log: QueueLog, mem: deque[Entry], requeued: list[Entry]) -> Iterator[None]:
+    """Ack the purged entries that are in the log, a slice at a time (and free them so)."""
+    while mem and not log.closed:
+        for _ in range(min(2000, len(mem))):
+            seq = mem.popleft()[0]
+            if seq & 1:
+                log.ack(seq >> 1)
+        yield
+    while requeued and not log.closed:
+        chunk = requeued[-2000:]
+        del requeued[-2000:]
+        for seq, _, _ in chunk:
+            if seq & 1:
+                log.ack(seq >> 1)
+        yield

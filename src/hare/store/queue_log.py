@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,12 +38,15 @@ from .segment import (
     FLAG_PERSISTENT,
     HEADER_SIZE,
     MAGIC,
+    MESSAGE_SIZE,
     RECORD,
     RECORD_SIZE,
     CorruptRecord,
     encode_message,
+    frame_record,
     message_info,
     message_position,
+    record_head,
     scan,
     segment_name,
 )
@@ -58,6 +62,10 @@ SEGMENT_SIZE = 8 << 20  # a segment is closed and a new one started past this si
 COMPACT_RATIO = 4
 COMPACT_MIN = 1 << 20
 READ_CHUNK = 256 << 10  # bytes read at a time when paging messages back in
+# a record whose body is this large is not copied into the write buffer: it is written, after
+# whatever was buffered before it, by the store's worker thread (WriteJob), with its CRC computed
+# there too; read back, its body is a view of what was read (no copy)
+BIG_RECORD = 1 << 20
 ACK = struct.Struct("<QI")
 ACK_SIZE = ACK.size
 _pack_ack = ACK.pack
@@ -71,7 +79,7 @@ class Segment:
     """What the log keeps in memory of one segment file: a few numbers and an acked bitmap."""
 
     __slots__ = ("id", "path", "first", "last", "count", "live", "size", "acked", "ack_buf", "ack_fd",
-                 "compacting")
+                 "compacting", "purging")
 
     def __init__(self, segment_id: int, path: Path) -> None:
         self.id = segment_id
@@ -85,6 +93,7 @@ class Segment:
         self.ack_buf = bytearray()
         self.ack_fd = -1
         self.compacting = False  # a CompactJob is rewriting its file (off the event loop)
+        self.purging = 0  # purges acking its records in slices (neither dropped nor compacted meanwhile)
 
     def is_acked(self, position: int) -> bool:
         i = position - self.first
@@ -112,7 +121,8 @@ class Segment:
 class QueueLog:
     __slots__ = ("dir", "durable", "store", "segments", "firsts", "wseg", "wfd", "wbuf", "rseg", "roff",
                  "rfd", "rfd_seg", "delivered", "delivered_saved", "delivered_fd", "dirty", "needs_sync",
-                 "redelivered_upto", "live", "live_bytes", "closed", "roll_at", "compactions", "trash")
+                 "redelivered_upto", "live", "live_bytes", "closed", "roll_at", "compactions", "trash", "wq",
+                 "inflight", "failed", "retry", "last_job")
 
     def __init__(self, directory: Path, durable: bool, store: MessageStore) -> None:
         self.dir = directory
@@ -139,6 +149,14 @@ class QueueLog:
         self.roll_at = SEGMENT_SIZE  # the write segment's size that starts a new one (0: at once)
         self.compactions = 0  # compactions of this log's segments under way
         self.trash: Path | None = None  # destroyed during a compaction: its directory, to remove after
+        # writes for the store's worker thread (store.write_in_thread), in file order: (fd, chunk),
+        # a chunk being bytes or a BigRecord. Once a big record is queued, everything after it
+        # goes this way too until the thread has written it all (inflight: WriteJobs under way)
+        self.wq: list[tuple[int, Chunk]] = []
+        self.inflight = 0
+        self.failed = False  # a WriteJob failed: the rest is resubmitted once none is in flight
+        self.retry: list[tuple[int, Chunk]] = []  # what the failed jobs did not write, in order
+        self.last_job: WriteJob | None = None
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -150,8 +168,17 @@ class QueueLog:
         if seg.first < 0:
             seg.first = position
             self.firsts[-1] = position
-        seg.size += encode_message(self.wbuf, position, enqueued_ms, flags, route_bytes, properties, body,
-                                   self.durable)
+        if (len(body) >= BIG_RECORD and self.store.write_in_thread and self.store.write_error is None
+                and self._open_wfd()):
+            head = record_head(position, enqueued_ms, flags, route_bytes, properties)
+            if self.wbuf:
+                self.wq.append((self.wfd, self.wbuf))
+                self.wbuf = bytearray()
+            self.wq.append((self.wfd, BigRecord(head, body, self.durable)))
+            seg.size += RECORD_SIZE + len(head) + len(body)
+        else:
+            seg.size += encode_message(self.wbuf, position, enqueued_ms, flags, route_bytes, properties,
+                                       body, self.durable)
         seg.last = position
         seg.count += 1
         seg.live += 1
@@ -172,11 +199,18 @@ class QueueLog:
         Only once the old one is written whole (on a full disk it goes on growing meanwhile); the
         new one's file is made at the next flush."""
         if self.wseg is not None:
-            try:
-                self._flush_writes()
-            except OSError as exc:  # a full disk: this segment goes on growing until it is written
-                self.store.write_failed(exc)
-                return self.wseg
+            if self._threaded():  # the thread writes them, in order
+                if self.wbuf:
+                    if not self._open_wfd():  # a full disk: this segment goes on growing
+                        return self.wseg
+                    self.wq.append((self.wfd, self.wbuf))
+                    self.wbuf = bytearray()
+            else:
+                try:
+                    self._flush_writes()
+                except OSError as exc:  # a full disk: this segment goes on growing until it is written
+                    self.store.write_failed(exc)
+                    return self.wseg
             # a durable log's older segments are always synced whole, transient records included:
             # a tail lost at a power loss would be corruption (an error) in any but the last one
             self.store.retire_fd(self.wfd, self.durable)
@@ -203,9 +237,7 @@ class QueueLog:
         if not buf:
             return
         if self.wfd < 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            assert self.wseg is not None
-            self.wfd = os.open(self.wseg.path, _O_APPEND, 0o644)
+            self._make_file()
         written = 0
         try:
             while written < len(buf):
@@ -214,12 +246,107 @@ class QueueLog:
             if written:
                 del buf[:written]
 
+    def _make_file(self) -> None:
+        """Create the write segment's file (raises OSError: a full disk)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        assert self.wseg is not None
+        self.wfd = os.open(self.wseg.path, _O_APPEND, 0o644)
+
+    def _open_wfd(self) -> bool:
+        """The write segment's file is open (made now if it is new); False if it cannot be made
+        (a full disk: the alarm is raised and its records stay buffered)."""
+        if self.wfd >= 0:
+            return True
+        try:
+            self._make_file()
+        except OSError as exc:
+            self.store.write_failed(exc)
+            return False
+        return True
+
+    def _threaded(self) -> bool:
+        return bool(self.wq or self.inflight or self.failed)
+
+    def _submit(self) -> None:
+        """Hand the queued writes (and the buffer behind them) to the store's worker thread; after
+        a failed job, only once every job in flight is back (what they did not write goes first)."""
+        if self.wbuf and self._open_wfd():
+            self.wq.append((self.wfd, self.wbuf))
+            self.wbuf = bytearray()
+        if not self.wq or (self.failed and self.inflight):
+            return
+        if not self.store.write_in_thread:  # the shell is gone (shutdown): write them here
+            self._write_queued()
+            return
+        job = WriteJob(self, self.wq, self.failed)
+        self.wq = []
+        self.failed = False
+        self.inflight += 1
+        self.last_job = job
+        self.store.queue_write(job)
+
+    def finish_write(self, job: WriteJob) -> None:
+        """On the loop, after ``job.run`` in the store's thread."""
+        self.inflight -= 1
+        if self.last_job is job:
+            self.last_job = None
+        if job.left:  # failed, or skipped behind a failed one: written again later, in order
+            self.failed = True
+            self.retry += job.left
+        if self.failed and not self.inflight:
+            self.wq[:0] = self.retry
+            self.retry = []
+            if not self.dirty:  # retried at the store's next flush (as a failed inline write)
+                self.dirty = True
+                self.store.dirty.append(self)
+
+    def _write_queued(self) -> None:
+        """Write the queued chunks here and now (raises OSError; what is not written stays)."""
+        wq = self.wq
+        while wq:
+            fd, chunk = wq[0]
+            if type(chunk) is BigRecord:
+                wq[0] = (fd, chunk.framed())
+                wq.insert(1, (fd, chunk.body))
+                continue
+            data = chunk
+            written = 0
+            try:
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(fd, view[written:])
+            finally:
+                if written and written < len(data):
+                    wq[0] = (fd, bytes(memoryview(data)[written:]))
+            del wq[0]
+
+    def _write_now(self) -> None:
+        """Everything appended so far is in the files when this returns (blocking on the store's
+        thread if it is writing for this log)."""
+        if self._threaded():
+            if self.wbuf:
+                if self.wfd < 0:
+                    self._make_file()
+                self.wq.append((self.wfd, self.wbuf))
+                self.wbuf = bytearray()
+            if self.last_job is not None:
+                self.store.wait_write(self.last_job)
+                if self.last_job is not None and self.last_job.left:
+                    raise self.last_job.error or OSError("write failed")
+            if self.retry:
+                raise OSError("a write of the queue log failed")
+            self._write_queued()
+        self._flush_writes()
+
     def flush(self) -> None:
         """Write buffered records, acks and the delivered mark (called by the store)."""
         self.dirty = False
         if self.closed:
             return
-        self._flush_writes()
+        if self._threaded():
+            self._submit()
+        else:
+            self._flush_writes()
         if self.durable:
             for seg in self.segments:
                 if seg.ack_buf:
@@ -258,14 +385,20 @@ class QueueLog:
             if not self.dirty:
                 self.dirty = True
                 self.store.mark_dirty(self)
-        if seg is not self.wseg and not seg.compacting:  # (a compacted one: see finish_compaction)
-            if not seg.live:
-                self._drop_segment(seg)
-            elif (seg.live * COMPACT_RATIO < seg.count and seg.size >= COMPACT_MIN
-                  and (self.rseg is None or self.rseg.id > seg.id) and self.store.write_error is None):
-                seg.compacting = True
-                self.compactions += 1
-                self.store.compact(CompactJob(self, seg))
+        if seg is not self.wseg and not seg.compacting and not seg.purging:
+            self._settled(seg)
+
+    def _settled(self, seg: Segment) -> None:
+        """A segment that is not written to any more lost live records: drop or compact it
+        (a compacted one: see finish_compaction; a purged one: at the end of the purge; none
+        while a write fails: a full disk)."""
+        if not seg.live:
+            self._drop_segment(seg)
+        elif (seg.live * COMPACT_RATIO < seg.count and seg.size >= COMPACT_MIN
+              and (self.rseg is None or self.rseg.id > seg.id) and self.store.write_error is None):
+            seg.compacting = True
+            self.compactions += 1
+            self.store.compact(CompactJob(self, seg))
 
     def finish_compaction(self, job: CompactJob) -> None:
         """On the loop, after ``job.run`` (in the store's worker thread, or inline): adopt the
@@ -354,7 +487,13 @@ class QueueLog:
                 self.rseg = self.segments[i + 1] if i + 1 < len(self.segments) else None
                 self.roff = HEADER_SIZE
                 continue
-            if seg is self.wseg and self.wbuf:
+            if self._threaded():  # (any segment: see _roll)
+                try:
+                    self._write_now()
+                except OSError as exc:  # a failed write in the thread: read it once it is written
+                    self.store.write_failed(exc)
+                    break
+            elif seg is self.wseg and self.wbuf:
                 try:
                     self._flush_writes()
                 except OSError as exc:  # a full disk: read what is still buffered from memory
@@ -374,7 +513,9 @@ class QueueLog:
                 p = o + RECORD_SIZE
                 position = message_position(data, p)[0]
                 if not seg.is_acked(position):
-                    out.append((position, data[p : p + size]))
+                    # (a large record's payload is a view: its body is not copied again)
+                    out.append((position, data[p : p + size] if size < BIG_RECORD
+                                else memoryview(data)[p : p + size]))
                     taken += size
                 o = p + size
             if o == 0:  # nothing parsed: the file is shorter than we think; stop at it
@@ -408,7 +549,9 @@ class QueueLog:
 
     def drop_unread(self) -> None:
         """Ack every record not yet read (purge). Segments wholly after the cursor hold nothing
-        that was delivered: they go at once; the cursor's own segment is read to its end."""
+        that was delivered: they go at once; the cursor moves past its own segment's records at
+        once too, and they are acked in slices (store.later: a purge of millions must not hold
+        the event loop), the segment kept meanwhile."""
         seg = self.rseg
         if seg is None:
             return
@@ -417,22 +560,55 @@ class QueueLog:
             self.live -= later.live
             later.live = 0
             if later is self.wseg:
+                if self._threaded():  # (the thread is done with its file before it goes)
+                    try:
+                        self._write_now()
+                    except OSError as exc:
+                        self.store.write_failed(exc)
                 self.wbuf.clear()  # its records are dropped with it
                 self.store.retire_fd(self.wfd, False)
                 self.wfd = -1
                 self.wseg = None
                 self.needs_sync = False
             self._drop_segment(later)
-        while self.rseg is seg:
-            batch = self.read(1 << 16, SEGMENT_SIZE)
-            for position, _ in batch:
-                self.ack(position)
-            if not batch:
-                break
-        if self.rseg is seg:  # the cursor stays at the end of the write segment
-            return
+        start, end = self.roff, seg.size
+        if end > start:
+            try:
+                self._write_now()  # (the records to ack must be in the file)
+            except OSError as exc:  # a full disk: those still buffered are read from memory
+                self.store.write_failed(exc)
+            seg.purging += 1
+            self.store.later(self._ack_unread(seg, start, end), f"purge of queue log {self.dir}")
         self.rseg = self.wseg
         self.roff = self.wseg.size if self.wseg is not None else HEADER_SIZE
+
+    def _ack_unread(self, seg: Segment, start: int, end: int) -> Iterator[None]:
+        """Ack the records of ``seg`` in [start, end), a slice at a time."""
+        off = start
+        n = 0
+        try:
+            while off < end and not self.closed:
+                data = self._read_at(seg, min(READ_CHUNK, end - off), off)
+                o = 0
+                while o + RECORD_SIZE + MESSAGE_SIZE <= len(data):
+                    size = _unpack_record(data, o)[0]
+                    position = message_position(data, o + RECORD_SIZE)[0]
+                    self.ack(position)
+                    o += RECORD_SIZE + size
+                    n += 1
+                    if o > len(data):  # a record larger than the chunk: skip the rest of it
+                        break
+                if not o:  # the file is shorter than we think: nothing more to ack
+                    return
+                off += o
+                if n >= 2000:
+                    n = 0
+                    yield
+        finally:
+            seg.purging -= 1
+            if (not self.closed and not seg.purging and seg is not self.wseg and not seg.compacting
+                    and seg in self.segments):
+                self._settled(seg)
 
     # -- recovery ---------------------------------------------------------------------------------
 
@@ -573,6 +749,87 @@ class QueueLog:
             except OSError:
                 pass
         shutil.rmtree(target, ignore_errors=True)
+
+
+class BigRecord:
+    """A large message record waiting for the store's thread: its head, and its body by reference."""
+
+    __slots__ = ("head", "body", "checksum")
+
+    def __init__(self, head: bytes, body: bytes, checksum: bool) -> None:
+        self.head = head
+        self.body = body
+        self.checksum = checksum
+
+    def framed(self) -> bytes:
+        """The record's length, CRC and head (the body follows them in the file)."""
+        return frame_record(self.head, self.body, self.checksum) + self.head
+
+
+Chunk = bytes | bytearray | memoryview | BigRecord
+
+
+class WriteJob:
+    """A log's queued writes (QueueLog.wq), done in the store's worker thread: the same single
+    thread as the group commit's syncs, so a sync started after a write covers it. When a write
+    fails (a full disk), this job and every later one of the same log write nothing more (a hole
+    in a segment would be corruption) and hand their chunks back: ``left``, written again later
+    (QueueLog.finish_write); meanwhile no sync answers its waiters."""
+
+    __slots__ = ("log", "chunks", "retry", "left", "error", "failed_logs")
+
+    def __init__(self, qlog: QueueLog, chunks: list[tuple[int, Chunk]], retry: bool) -> None:
+        self.log = qlog
+        self.chunks = chunks
+        self.retry = retry  # writes what failed before: the log's writes may go on
+        self.left: list[tuple[int, Chunk]] = []
+        self.error: OSError | None = None
+        self.failed_logs = qlog.store.failed_logs  # (touched by the worker thread only)
+
+    def run(self) -> None:
+        failed = self.failed_logs
+        qlog = self.log
+        if qlog in failed and not self.retry:
+            self.left = self.chunks
+            return
+        writer = _Writer(self.chunks)
+        try:
+            writer.run()
+        except OSError as exc:
+            self.error = exc
+            self.left = writer.chunks
+            failed.add(qlog)
+            return
+        failed.discard(qlog)
+
+
+class _Writer:
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list[tuple[int, Chunk]]) -> None:
+        self.chunks = chunks
+
+    def run(self) -> None:
+        chunks = self.chunks
+        i = 0
+        try:
+            while i < len(chunks):
+                fd, chunk = chunks[i]
+                if type(chunk) is BigRecord:
+                    chunks[i] = (fd, chunk.framed())
+                    chunks.insert(i + 1, (fd, chunk.body))
+                    continue
+                view = memoryview(chunk)
+                written = 0
+                try:
+                    while written < len(view):
+                        written += os.write(fd, view[written:])
+                finally:
+                    if written < len(view):
+                        chunks[i] = (fd, bytes(view[written:]))
+                i += 1
+        finally:
+            self.chunks = chunks[i:]
 
 
 def _bit(bitmap: bytes | bytearray, i: int) -> bool:

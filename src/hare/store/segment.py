@@ -34,6 +34,7 @@ MESSAGE_SIZE = MESSAGE.size
 MAX_RECORD = 1 << 31  # no payload is this large (max message size is far smaller)
 
 FLAG_PERSISTENT = 1
+VIEW_BODY = 1 << 20  # decode_message leaves a body this large a view of the payload
 
 _crc32 = zlib.crc32
 _pack_record = RECORD.pack
@@ -54,6 +55,17 @@ def encode_message(out: bytearray, position: int, enqueued_ms: int, flags: int, 
     return RECORD_SIZE + size
 
 
+def record_head(position: int, enqueued_ms: int, flags: int, route_bytes: bytes, properties: bytes) -> bytes:
+    """A message record's payload up to its body (a large record's head: see ``frame_record``)."""
+    return _pack_message(position, enqueued_ms, flags, len(properties)) + route_bytes + properties
+
+
+def frame_record(head: bytes, body: bytes | bytearray | memoryview, checksum: bool = True) -> bytes:
+    """The record header (length, CRC) of the record ``head + body``: with ``record_head``, the
+    same bytes as ``encode_message`` without copying the body (computed in the store's thread)."""
+    return _pack_record(len(head) + len(body), _crc32(body, _crc32(head)) if checksum else 0)
+
+
 def decode_message(payload: bytes | memoryview) -> tuple[int, int, int, bytes, str, str, bytes, bytes]:
     """(position, enqueued_ms, flags, route_bytes, exchange, routing_key, properties, body)."""
     position, enqueued_ms, flags, props_len = _unpack_message(payload, 0)
@@ -64,8 +76,11 @@ def decode_message(payload: bytes | memoryview) -> tuple[int, int, int, bytes, s
     exchange = route[1 : ex_end - o].decode("utf-8", "surrogateescape")
     routing_key = route[ex_end - o + 1 :].decode("utf-8", "surrogateescape")
     props_end = rk_end + props_len
+    body = payload[props_end:]
+    if type(body) is memoryview and len(body) < VIEW_BODY:
+        body = bytes(body)  # (a large body stays a view of what was read: no copy of it)
     return (position, enqueued_ms, flags, route, exchange, routing_key, bytes(payload[rk_end:props_end]),
-            bytes(payload[props_end:]))
+            body)  # type: ignore[return-value]
 
 
 def message_position(payload: bytes | memoryview, offset: int = 0) -> tuple[int, int]:

@@ -1,0 +1,137 @@
+"""Large records are written by the store's worker thread (queue_log.WriteJob), not on the event
+loop: in file order with what the log buffers around them, before any sync that confirms them;
+a failed write (a full disk) holds the log's later writes and every sync until it is written
+again. The shell's part is played here: jobs are collected, then run and finished in order."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from hare.amqp.properties import encode_properties
+from hare.broker.message import Message
+from hare.store import queue_log
+from hare.store.message_store import MessageStore
+from hare.store.paged import PagedQueueStore
+from hare.store.queue_log import WriteJob
+
+PERSISTENT = encode_properties({"delivery_mode": 2})
+BIG = queue_log.BIG_RECORD
+
+
+class Shell:
+    """The store driver's write path without a thread: jobs wait in ``jobs`` until ``run``."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self.store = store
+        self.jobs: list[WriteJob] = []
+        store.write_in_thread = True
+        store.submit_write = lambda job: self.jobs.append(job)
+        store.wait_write = lambda job: self.run()
+
+    def run(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            job.run()
+        for job in jobs:
+            self.store.finish_write(job)
+
+
+def make(tmp_path: Path) -> tuple[MessageStore, PagedQueueStore, Shell]:
+    store = MessageStore(tmp_path)
+    paged = PagedQueueStore(lambda: store.open_log("/", "q", True), Message, True, window=2,
+                            window_bytes=1 << 20)
+    return store, paged, Shell(store)
+
+
+def bodies() -> list[bytes]:
+    """Small ones around big ones: the file must hold them in this order."""
+    return [b"a", b"B" * BIG, b"c", b"D" * (3 * BIG + 7), b"e", b"f"]
+
+
+def recovered(tmp_path: Path) -> list[bytes]:
+    store = MessageStore(tmp_path)
+    qlog = store.recover_log("/", "q")
+    assert qlog is not None
+    paged = PagedQueueStore(lambda: store.open_log("/", "q", True), Message, True, log=qlog)
+    out = []
+    while (entry := paged.pop()) is not None:
+        out.append(bytes(entry[0].body))
+    return out
+
+
+def test_big_records_are_written_by_the_thread_in_order_before_their_sync(tmp_path: Path) -> None:
+    store, paged, shell = make(tmp_path)
+    for body in bodies():
+        paged.push(Message("", "q", PERSISTENT, body))
+    confirmed: list[int] = []
+    store.after_sync(lambda: confirmed.append(1))
+    job = store.start_sync()  # flushes: the big records (and what follows them) go to the thread
+    assert shell.jobs, "the big records were written on the loop"
+    assert job is not None
+    shell.run()  # the single sync thread runs the writes first, then the sync
+    job.run()
+    store.finish_sync(job)
+    assert confirmed == [1]
+    assert recovered(tmp_path) == bodies()
+
+
+def test_reading_back_waits_for_the_thread(tmp_path: Path) -> None:
+    """Past the window, messages are read back from the log: a read of what the thread has not
+    written yet waits for it (and the big body comes back as a view, not a copy)."""
+    _store, paged, shell = make(tmp_path)
+    for body in bodies():
+        paged.push(Message("", "q", PERSISTENT, body))
+    paged.log.flush()  # handed to the thread, not yet written
+    got = []
+    while (entry := paged.pop()) is not None:
+        got.append(bytes(entry[0].body))
+        paged.ack(entry[1], entry[0])
+    assert got == bodies()
+    assert not shell.jobs
+
+
+def test_a_failed_big_write_holds_later_writes_and_syncs_until_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, paged, shell = make(tmp_path)
+    real_write = os.write
+    full = [True]
+
+    def write(fd: int, data: bytes) -> int:
+        if full[0] and len(data) >= BIG:
+            n = real_write(fd, memoryview(data)[: BIG // 2])  # a part, then the disk is full
+            full[0] = False
+            return n
+        if not full[0] and len(data) >= BIG // 2 and not retrying[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    retrying = [False]
+    monkeypatch.setattr(os, "write", write)
+    confirmed: list[int] = []
+    for body in bodies()[:3]:
+        paged.push(Message("", "q", PERSISTENT, body))
+    store.flush()  # job 1: a, B, c
+    for body in bodies()[3:]:
+        paged.push(Message("", "q", PERSISTENT, body))
+    store.after_sync(lambda: confirmed.append(1))
+    store.flush()  # job 2: D, e, f (behind job 1)
+    sync = store.start_sync()
+    assert sync is not None
+    shell.run()  # job 1 fails half way through B; job 2 writes nothing
+    sync.run()  # skipped: what it would confirm is not in the file
+    store.finish_sync(sync)
+    assert confirmed == []
+    assert store.thread_write_error is not None
+    assert store.start_sync() is None  # no sync while the writes are owed
+    retrying[0] = True  # the disk has room again: the next flush writes the rest, in order
+    store.flush()
+    shell.run()
+    assert store.thread_write_error is None
+    store.sync_now()
+    assert confirmed == [1]
+    monkeypatch.setattr(os, "write", real_write)
+    assert recovered(tmp_path) == bodies()
