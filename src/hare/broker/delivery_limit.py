@@ -102,6 +102,13 @@ class DeliveryCounter:
         rec = self.out.get(seq)
         return _counted(self.queue, msg, 0) if rec is not None and not rec[0] else msg
 
+    def drop_head(self) -> bool:
+        entry = self.pop()
+        if entry is None:
+            return False
+        self.ack(entry[1], entry[0])
+        return True
+
     def head_expiry(self) -> int:
         return self.inner.head_expiry()
 

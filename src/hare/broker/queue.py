@@ -170,6 +170,12 @@ class Queue:
         store = self.store
         max_len = s.max_length
         max_bytes = s.max_length_bytes
+        if s.dead_letter_exchange is None:  # nothing to dead-letter: a message on disk is not read
+            while (max_len is not None and len(store) > max_len) or (
+                    max_bytes is not None and store.ready_bytes > max_bytes):
+                if not store.drop_head():
+                    break
+            return
         while (max_len is not None and len(store) > max_len) or (
                 max_bytes is not None and store.ready_bytes > max_bytes):
             entry = store.pop()

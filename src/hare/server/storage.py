@@ -23,6 +23,7 @@ import asyncio
 import concurrent.futures
 import logging
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ..broker.broker import Broker
@@ -47,6 +48,7 @@ class StoreDriver:
         self.compact_executor = ThreadPoolExecutor(1, thread_name_prefix="hare-compact")
         self.compacting: asyncio.Future[None] | None = None
         store.compact_in_thread = True
+        store.in_thread = self._in_thread  # (unlinks of dropped segments: the compaction thread)
         # large writes: in the sync thread too (one thread: a sync submitted after a write covers it)
         self.writes: dict[WriteJob, concurrent.futures.Future[None]] = {}
         store.submit_write = self._submit_write
@@ -86,6 +88,9 @@ class StoreDriver:
             return
         self.store.finish_write(job)
         self.wake()  # a sync may wait for it, the log may have more to write
+
+    def _in_thread(self, fn: Callable[[], None]) -> None:
+        self.compact_executor.submit(fn)
 
     def _start_compaction(self) -> None:
         cjob = self.store.next_compaction()
@@ -137,6 +142,7 @@ class StoreDriver:
             await asyncio.shield(self.compacting)
             await asyncio.sleep(0)
         self.store.compact_in_thread = False
+        self.store.in_thread = _call
         while self.writes:
             for job, future in list(self.writes.items()):
                 await asyncio.wrap_future(future)
@@ -149,6 +155,10 @@ class StoreDriver:
         self.broker.close()
         self.executor.shutdown(wait=True)
         self.compact_executor.shutdown(wait=True)
+
+
+def _call(fn: Callable[[], None]) -> None:
+    fn()
 
 
 def _noop() -> None:

@@ -30,6 +30,10 @@ class QueueStore(Protocol):
     def head_expiry(self) -> int:
         """expires_at of the message pop() would return (0: none, or it never expires)."""
 
+    def drop_head(self) -> bool:
+        """Remove the head for good (max-length drop-head, nothing to dead-letter); False when
+        empty. A store that keeps it on disk need not read its body."""
+
     def requeue(self, seq: int, msg: Message, expires_at: int = 0) -> None:
         """Put a delivered, unacked message back at its original position, marked redelivered."""
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from .queue_log import CompactJob, QueueLog, WriteJob
 
 log = logging.getLogger("hare.store")
+_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def queue_id(vhost: str, name: str) -> str:
@@ -129,6 +130,9 @@ class MessageStore:
         self.writing = 0  # WriteJobs submitted and not yet finished on the loop
         self.failed_logs: set[QueueLog] = set()  # logs whose last WriteJob failed (thread's view)
         self.thread_write_error: OSError | None = None  # a WriteJob failed, not yet written again
+        # file system work that can take a while (unlinking large files): the shell runs it in a
+        # worker thread when it sets in_thread, else it is done at once
+        self.in_thread: Callable[[Callable[[], None]], None] = _call
         # work done in slices across loop turns (the broker's Background.add; at once by default)
         self.later: Callable[[Iterator[None], str], None] = _run_through
 
@@ -163,6 +167,16 @@ class MessageStore:
         qlog = self.logs[d] = QueueLog(d, True, self)
         qlog.recover()
         return qlog
+
+    def remove_files(self, directory: Path, names: tuple[str, ...]) -> None:
+        """Delete files of a log (a dropped segment), by name in ``directory`` as it is now: the
+        deletion may run later (in_thread), after the queue was deleted and one of the same name
+        made a new directory there, whose files it must not touch."""
+        try:
+            dfd = os.open(directory, _O_DIR)
+        except OSError:  # the directory is gone (or never made: a full disk), and its files with it
+            return
+        self.in_thread(lambda: _unlink_at(dfd, names))
 
     def forget(self, qlog: QueueLog) -> None:
         self.logs.pop(qlog.dir, None)
@@ -424,6 +438,23 @@ def sync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _call(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _unlink_at(dfd: int, names: tuple[str, ...]) -> None:
+    try:
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove %s of a queue log: %s", name, exc)
+    finally:
+        os.close(dfd)
 
 
 def _noop() -> None:

@@ -119,6 +119,19 @@ class PagedQueueStore:
             return msg, seq, position <= log.redelivered_upto, exp
         return msg, seq, False, exp
 
+    def drop_head(self) -> bool:
+        if self.disk and not self.mem and not self.requeued:
+            size = self._log().drop_next()  # (its body is not read)
+            if size is not None:
+                self.disk -= 1
+                self.ready_bytes -= size
+                return True
+        entry = self.pop()
+        if entry is None:
+            return False
+        self.ack(entry[1], entry[0])
+        return True
+
     def head_expiry(self) -> int:
         """expires_at of the message pop() would return (0: none, or no expiry)."""
         if self.requeued:

@@ -137,6 +137,13 @@ class PriorityQueueStore:
         self.first = n
         return None
 
+    def drop_head(self) -> bool:
+        entry = self.pop()
+        if entry is None:
+            return False
+        self.ack(entry[1], entry[0])
+        return True
+
     def head_expiry(self) -> int:
         if not self.count:
             return 0

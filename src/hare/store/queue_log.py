@@ -62,6 +62,7 @@ SEGMENT_SIZE = 8 << 20  # a segment is closed and a new one started past this si
 COMPACT_RATIO = 4
 COMPACT_MIN = 1 << 20
 READ_CHUNK = 256 << 10  # bytes read at a time when paging messages back in
+HEAD_MAX = RECORD_SIZE + MESSAGE_SIZE + 2 * 256  # a record's bytes up to its properties, at most
 # a record whose body is this large is not copied into the write buffer: it is written, after
 # whatever was buffered before it, by the store's worker thread (WriteJob), with its CRC computed
 # there too; read back, its body is a view of what was read (no copy)
@@ -463,11 +464,8 @@ class QueueLog:
         if seg.ack_fd >= 0:
             os.close(seg.ack_fd)
             seg.ack_fd = -1
-        for path in (seg.path, seg.ack_path):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        # (unlinking a large file can take tens of milliseconds: the store's thread does it)
+        self.store.remove_files(self.dir, (seg.path.name, seg.ack_path.name))
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -487,26 +485,19 @@ class QueueLog:
                 self.rseg = self.segments[i + 1] if i + 1 < len(self.segments) else None
                 self.roff = HEADER_SIZE
                 continue
-            if self._threaded():  # (any segment: see _roll)
-                try:
-                    self._write_now()
-                except OSError as exc:  # a failed write in the thread: read it once it is written
-                    self.store.write_failed(exc)
-                    break
-            elif seg is self.wseg and self.wbuf:
-                try:
-                    self._flush_writes()
-                except OSError as exc:  # a full disk: read what is still buffered from memory
-                    self.store.write_failed(exc)
             want = min(max(READ_CHUNK, max_bytes - taken), seg.size - self.roff)
-            data = self._read_at(seg, want, self.roff)
+            data = self._read_span(seg, want, self.roff)
+            if data is None:  # a failed write in the thread: read it once it is written
+                break
             o = 0
             end = len(data)
             while o + RECORD_SIZE <= end and len(out) < max_count:
                 size = _unpack_record(data, o)[0]
                 if o + RECORD_SIZE + size > end:
                     if o == 0:  # one record larger than the chunk: read exactly it
-                        data = self._read_at(seg, RECORD_SIZE + size, self.roff)
+                        data = self._read_span(seg, RECORD_SIZE + size, self.roff)
+                        if data is None:
+                            return out
                         end = len(data)
                         continue
                     break
@@ -525,6 +516,53 @@ class QueueLog:
                 continue
             self.roff += o
         return out
+
+    def drop_next(self) -> int | None:
+        """Ack the next unread record without reading its body (a max-length queue dropping its
+        head): its body size, or None when there is none (or it cannot be read: a failed write)."""
+        while True:
+            seg = self.rseg
+            if seg is None:
+                return None
+            if self.roff >= seg.size:
+                if seg is self.wseg:
+                    return None
+                i = self.segments.index(seg)
+                self.rseg = self.segments[i + 1] if i + 1 < len(self.segments) else None
+                self.roff = HEADER_SIZE
+                continue
+            head = self._read_span(seg, min(HEAD_MAX, seg.size - self.roff), self.roff)
+            if head is None or len(head) < min(HEAD_MAX, seg.size - self.roff):
+                return None  # (a file shorter than we think: read() reports it)
+            size = _unpack_record(head, 0)[0]
+            position, _flags, body_size = message_info(head, RECORD_SIZE, RECORD_SIZE + size)
+            self.roff += RECORD_SIZE + size
+            if not seg.is_acked(position):
+                self.ack(position)  # (may drop the segment: the cursor moves on with it)
+                return body_size
+
+    def _read_span(self, seg: Segment, size: int, offset: int) -> bytes | None:
+        """``size`` bytes of ``seg`` at ``offset`` (appended already). While the store's thread
+        writes for this log, bytes already in the file are read without waiting for it; only
+        those it has not written yet wait (None: its write failed, the alarm is raised)."""
+        if self._threaded():  # (any segment: see _roll)
+            try:
+                data = self._pread(seg, size, offset)
+            except FileNotFoundError:
+                data = b""
+            if len(data) == size:
+                return data
+            try:
+                self._write_now()
+            except OSError as exc:
+                self.store.write_failed(exc)
+                return None
+        elif seg is self.wseg and self.wbuf:
+            try:
+                self._flush_writes()
+            except OSError as exc:  # a full disk: what is still buffered is read from memory
+                self.store.write_failed(exc)
+        return self._read_at(seg, size, offset)
 
     def _read_at(self, seg: Segment, size: int, offset: int) -> bytes:
         """``size`` bytes of ``seg`` at ``offset``: from its file, and from the write buffer for
