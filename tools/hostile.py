@@ -362,7 +362,7 @@ class BigBodies(Mode):
     def big(self) -> None:
         c = self.connect()
         c.call(spec.ConfirmSelect(), spec.ConfirmSelectOk)
-        props = props_bytes({"delivery_mode": 2})
+        props = props_bytes({"delivery_mode": 1 if self.opts.big_transient else 2})
         rng = random.Random()
         step = FRAME_MAX - 8
         while True:
@@ -454,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big-connections", type=int, default=3)
     p.add_argument("--big-min-mib", type=int, default=20)
     p.add_argument("--big-max-mib", type=int, default=50)
+    p.add_argument("--big-transient", action="store_true",
+                   help="big bodies are transient (delivery_mode 1): they page to disk, never synced")
     p.add_argument("--big-pause", type=float, default=1.0, help="seconds between a big body's confirm "
                    "and the next (per connection)")
     opts = p.parse_args(argv)

@@ -138,6 +138,37 @@ def test_requeue_of_many_unacked_does_not_stall(node: HareNode) -> None:
     admin.close()
 
 
+def test_many_messages_expiring_at_once_do_not_stall(node: HareNode) -> None:
+    """300,000 messages of a queue with a TTL and a dead-letter exchange expire at the same time:
+    they are dead-lettered a time slice per loop turn (the healthy client is served between
+    them; all of them were done in one turn, a freeze of seconds), every one, in order."""
+    n = 300_000
+    url = node.url
+    admin = pika.BlockingConnection(pika.URLParameters(url))
+    ach = admin.channel()
+    ach.queue_declare("expired")
+    ach.queue_declare("ttl", arguments={"x-message-ttl": 3000, "x-dead-letter-exchange": "",
+                                        "x-dead-letter-routing-key": "expired"})
+    hostile = raw_client(url)
+    publish_many(hostile, "ttl", n)
+    assert passive(ach, "ttl") == (n, 0)
+    with HealthyClient(url) as probe:
+        wait_until(lambda: passive(ach, "expired") == (n, 0), 60)
+        time.sleep(0.3)
+    print(probe.summary())
+    assert not probe.errors
+    assert probe.worst < WORST, probe.summary()
+    assert passive(ach, "ttl") == (0, 0)
+    reader = raw_client(url)
+    reader.send_method(1, spec.BasicConsume(queue="expired", consumer_tag="check", no_ack=True))
+    reader.expect(spec.BasicConsumeOk)
+    got = read_deliveries(reader, n)
+    assert [body for _, body in got] == [b"%08d" % i for i in range(n)]
+    reader.close()
+    hostile.close()
+    admin.close()
+
+
 def test_closing_many_consumers_does_not_stall(node: HareNode) -> None:
     """Two connections each with 20,000 consumers on one queue, registered in turns; one closes.
     Its consumers leave in O(1) each (they were found by a linear scan: O(n^2), seconds), and the
@@ -236,6 +267,55 @@ def test_big_bodies_do_not_stall(tmp_path: Path) -> None:
                 break
             got.append(body)
         assert sorted(got) == sorted(bodies)
+        admin.close()
+    finally:
+        node.stop()
+
+
+def rchar(pid: int) -> int:
+    """Bytes the process has read with read(2)/pread(2)/recv(2) so far (/proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/PID/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads /proc/PID/io")
+def test_big_bodies_into_a_max_length_queue_are_not_read_back(tmp_path: Path) -> None:
+    """A durable queue with x-max-length 1 takes 40 MiB persistent bodies one after another: each
+    new one drops the head, which is on disk only. It is dropped without reading its body back
+    (an O(body) read on the event loop per publish, and the unlink of its segment, took 50-180 ms
+    each): the broker reads little more than the bodies it receives from the socket. The last
+    body is the one kept, after a restart too."""
+    n, size = 8, 40 << 20
+    node = HareNode(tmp_path / "data", tmp_path / "hare.log", log_level="warning").start()
+    try:
+        assert node.proc is not None
+        admin = pika.BlockingConnection(pika.URLParameters(node.url))
+        ach = admin.channel()
+        ach.queue_declare("capped", durable=True, arguments={"x-max-length": 1})
+        c = raw_client(node.url)
+        chunk = os.urandom(1 << 20)
+        with HealthyClient(node.url) as probe:
+            before = rchar(node.proc.pid)
+            for i in range(n):
+                c.send(content_frames("capped", bytes([i]) * 64 + chunk * (size >> 20)))
+                ping(c, 1)
+            after = rchar(node.proc.pid)
+        print(probe.summary(), f"read {(after - before) >> 20} MiB for {n * size >> 20} MiB sent")
+        c.close()
+        assert not probe.errors
+        assert after - before < n * (size + (1 << 20)) * 1.25, (
+            f"{(after - before) >> 20} MiB read for {n * size >> 20} MiB received: the dropped heads "
+            "were read back")
+        assert probe.worst < WORST, probe.summary()
+        assert passive(ach, "capped") == (1, 0)
+        admin.close()
+        node.stop()
+        node.start()
+        admin = pika.BlockingConnection(pika.URLParameters(node.url))
+        method, _props, body = admin.channel().basic_get("capped", auto_ack=True)
+        assert method is not None and body[:64] == bytes([n - 1]) * 64 and len(body) == size + 64
         admin.close()
     finally:
         node.stop()

@@ -135,3 +135,32 @@ def test_a_failed_big_write_holds_later_writes_and_syncs_until_retried(
     assert confirmed == [1]
     monkeypatch.setattr(os, "write", real_write)
     assert recovered(tmp_path) == bodies()
+
+
+def test_drop_head_does_not_read_bodies_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max-length drop-head with nothing to dead-letter: a head the queue keeps on disk is acked
+    without reading its body back (that read, of tens of MiB, was done on the event loop), and
+    the queue's byte count still drops by its size; after a restart only the kept ones are there."""
+    store = MessageStore(tmp_path)
+    paged = PagedQueueStore(lambda: store.open_log("/", "q", True), Message, True, window=1, window_bytes=1)
+    for body in bodies():
+        paged.push(Message("", "q", PERSISTENT, body))
+    store.sync_now()
+    assert paged.disk == len(bodies()) - 1  # all but the first are on disk only
+    read = [0]
+    real_pread = os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        data = real_pread(fd, n, offset)
+        read[0] += len(data)
+        return data
+
+    monkeypatch.setattr(os, "pread", pread)
+    for _ in range(4):
+        assert paged.drop_head()
+    assert read[0] < 4096, f"{read[0]} bytes read to drop four messages"
+    assert len(paged) == 2
+    assert paged.ready_bytes == sum(len(b) for b in bodies()[4:])
+    store.sync_now()
+    monkeypatch.setattr(os, "pread", real_pread)
+    assert recovered(tmp_path) == bodies()[4:]

@@ -18,6 +18,7 @@ returns; a priority queue's store is a ``PriorityQueueStore`` (``store/priority.
 from __future__ import annotations
 
 from collections import OrderedDict
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ..store.base import QueueStore
@@ -42,6 +43,8 @@ FLOW_LOW = FLOW_HIGH // 2
 # what Queue.publish answers (bits)
 THROTTLE = 1  # slow the publisher down (flow control)
 REJECTED_PUBLISH = 2  # refused (x-overflow reject-publish): the publisher gets a basic.nack
+
+EXPIRY_SLICE = 0.004  # seconds of expiry work (dead-lettering) one timer turn may do
 
 
 class Queue:
@@ -267,22 +270,31 @@ class Queue:
 
     def _ttl_fired(self, now: int) -> None:
         self.ttl_timer = None
+        more = True
         try:
-            self.expire_head(now)
+            more = self.expire_head(now)
         finally:  # armed again whatever happened: the queue's TTL never stops
-            self._arm_ttl(self.store.head_expiry())
+            if more:  # (its time slice is used up: the rest at the next loop turn)
+                self._arm_ttl(now)
+            else:
+                self._arm_ttl(self.store.head_expiry())
 
-    def expire_head(self, now: int) -> None:
-        """Dead-letter the expired messages at the head (TTL applies at the head only)."""
+    def expire_head(self, now: int) -> bool:
+        """Dead-letter the expired messages at the head (TTL applies at the head only), for at
+        most EXPIRY_SLICE seconds: a million messages expiring at once (or some whose headers
+        are costly to re-encode) must not hold the event loop. True: more are due."""
         store = self.store
+        deadline = perf_counter() + EXPIRY_SLICE
         while True:
             exp = store.head_expiry()
             if not exp or exp >= now:
-                return
+                return False
             entry = store.pop()
             if entry is None:
-                return
+                return False
             self._give_up(entry[1], entry[0], EXPIRED)
+            if perf_counter() > deadline:
+                return bool(store.head_expiry())
 
     def touch(self) -> None:
         """The queue was used (declared, consumed from, read with basic.get): x-expires restarts."""
