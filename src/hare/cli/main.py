@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from .. import __version__
 from ..bench import run as bench_run
 from ..broker.broker import Broker
+from ..server.collector import CollectorTuning
 from ..server.listeners import format_address
 from ..server.server import Server, loop_factory
 from . import ctl, logging_setup
@@ -74,6 +75,7 @@ async def serve(opts: ServeOptions) -> None:
     broker = Broker(opts.broker, data_dir=opts.data_dir)
     server = Server(broker, listeners=listeners)
     await server.start()
+    collector = CollectorTuning(asyncio.get_running_loop())  # (this process is the broker's alone)
     log.info("hare %s ready: %s (data in %s)", __version__, ", ".join(
         f"{'amqps' if listener.tls else 'amqp'}://{format_address(*addrs[0][:2])}"
         for listener, addrs in server.bound) or "no listener", opts.data_dir)
@@ -91,6 +93,7 @@ async def serve(opts: ServeOptions) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    collector.stop()
     await server.stop()
     log.info("stopped")
 
