@@ -540,6 +540,39 @@ def stored_peer(tmp_path: Any) -> Peer:
     return p
 
 
+def test_a_confirm_behind_one_in_a_heavy_log_waits_for_it(tmp_path: Any) -> None:
+    """A large persistent message makes its queue's log heavy (synced by the store's heavy lane);
+    a later publish to another durable queue on the same channel still waits for it: confirms
+    stay in order, whichever lane is done first."""
+    p = stored_peer(tmp_path)
+    store = p.broker.store
+    assert store is not None
+    writes: list[Any] = []
+    store.write_in_thread = True  # (the shell's part: WriteJobs wait in ``writes``)
+    store.submit_write = writes.append
+    p.send(1, spec.QueueDeclare(queue="d2", durable=True))
+    p.expect(spec.QueueDeclareOk)
+    p.feed(publish_bytes(1, "d", b"B" * (2 << 20), {"delivery_mode": 2}))
+    store.flush()
+    p.feed(publish_bytes(1, "d2", b"small", {"delivery_mode": 2}))
+    light = store.start_sync()
+    assert light is not None
+    light.run()
+    store.finish_sync(light)
+    p.inbox += b"".join(p.conn.data_to_send())
+    assert p.methods() == []  # the second is light, but behind the heavy first
+    heavy = store.start_heavy_sync()
+    assert heavy is not None
+    for job in writes:
+        job.run()
+        store.finish_write(job)
+    heavy.run()
+    store.finish_sync(heavy)
+    p.inbox += b"".join(p.conn.data_to_send())
+    acks = p.expect(spec.BasicAck, spec.BasicAck)  # both, in order, once the heavy lane synced
+    assert [(a.delivery_tag, a.multiple) for a in acks] == [(1, False), (2, False)]
+
+
 def test_confirm_of_a_persistent_message_to_a_durable_queue_waits_for_the_sync(tmp_path: Any) -> None:
     p = stored_peer(tmp_path)
     store = p.broker.store

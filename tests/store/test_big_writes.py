@@ -15,7 +15,7 @@ from hare.amqp.properties import encode_properties
 from hare.broker.message import Message
 from hare.store import queue_log
 from hare.store.message_store import MessageStore
-from hare.store.paged import PagedQueueStore
+from hare.store.paged import HEAVY_SYNC, PagedQueueStore
 from hare.store.queue_log import WriteJob
 
 PERSISTENT = encode_properties({"delivery_mode": 2})
@@ -72,10 +72,17 @@ def test_big_records_are_written_by_the_thread_in_order_before_their_sync(tmp_pa
     job = store.start_sync()  # flushes: the big records (and what follows them) go to the thread
     assert shell.jobs, "the big records were written on the loop"
     assert job is not None
-    shell.run()  # the single sync thread runs the writes first, then the sync
+    assert not job.fds, "the light lane syncs the heavy log's file"
     job.run()
     store.finish_sync(job)
+    assert confirmed == []  # the heavy lane has not synced the log yet
+    heavy = store.start_heavy_sync()
+    assert heavy is not None and heavy.fds
+    shell.run()  # the heavy lane's thread runs the writes first, then its sync
+    heavy.run()
+    store.finish_sync(heavy)
     assert confirmed == [1]
+    assert not paged.log.heavy and not store.heavy_logs  # synced: light again
     assert recovered(tmp_path) == bodies()
 
 
@@ -164,3 +171,37 @@ def test_drop_head_does_not_read_bodies_on_disk(tmp_path: Path, monkeypatch: pyt
     store.sync_now()
     monkeypatch.setattr(os, "pread", real_pread)
     assert recovered(tmp_path) == bodies()[4:]
+
+
+def test_the_light_lane_does_not_wait_for_a_heavy_log(tmp_path: Path) -> None:
+    """A log that took a large record is heavy: the group commit of the other logs (the light
+    lane) leaves its file to the heavy lane, so a waiter whose data is in light logs only is
+    released without waiting for tens of MiB to reach the disk; a waiter that may depend on the
+    heavy log (the default) waits for both lanes."""
+    store = MessageStore(tmp_path)
+    shell = Shell(store)
+    big = PagedQueueStore(lambda: store.open_log("/", "big", True), Message, True, window=1, window_bytes=1)
+    small = PagedQueueStore(lambda: store.open_log("/", "small", True), Message, True)
+    heavy_msg = Message("", "big", PERSISTENT, b"B" * (2 * BIG))
+    big.push(heavy_msg)
+    light_msg = Message("", "small", PERSISTENT, b"s")
+    small.push(light_msg)
+    assert heavy_msg.needs_sync == HEAVY_SYNC and light_msg.needs_sync is True
+    light: list[int] = []
+    both: list[int] = []
+    store.after_sync(lambda: light.append(1), heavy=False)
+    store.after_sync(lambda: both.append(1))
+    job = store.start_sync()
+    assert job is not None
+    assert big.log is not None and small.log is not None
+    assert small.log.wfd in job.fds and big.log.wfd not in job.fds
+    job.run()
+    store.finish_sync(job)
+    assert light == [1] and both == []
+    heavy = store.start_heavy_sync()
+    assert heavy is not None and heavy.fds == [big.log.wfd]
+    shell.run()
+    heavy.run()
+    store.finish_sync(heavy)
+    assert both == [1]
+    assert not store.heavy_logs

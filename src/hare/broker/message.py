@@ -36,7 +36,8 @@ class Message:
             route_bytes = bytes((len(ex),)) + ex + bytes((len(rk),)) + rk
         self.route_bytes = route_bytes
         self._persistent = persistent  # None: not looked at yet
-        self.needs_sync = False  # written to a durable queue's log: confirm it once synced
+        # written to a durable queue's log: confirm it once synced (2, paged.HEAVY_SYNC: by both lanes)
+        self.needs_sync: bool | int = False
 
     @property
     def properties(self) -> dict[str, Any]:

@@ -49,7 +49,11 @@ class StoreDriver:
         self.compacting: asyncio.Future[None] | None = None
         store.compact_in_thread = True
         store.in_thread = self._in_thread  # (unlinks of dropped segments: the compaction thread)
-        # large writes: in the sync thread too (one thread: a sync submitted after a write covers it)
+        # the heavy lane (MessageStore.start_heavy_sync): large writes and the syncs of the logs
+        # that took them, in a thread of their own (one thread: a sync submitted after a write
+        # covers it), so that the group commit of the others does not wait for them
+        self.heavy_executor = ThreadPoolExecutor(1, thread_name_prefix="hare-heavy")
+        self.heavy_running: asyncio.Future[None] | None = None
         self.writes: dict[WriteJob, concurrent.futures.Future[None]] = {}
         store.submit_write = self._submit_write
         store.wait_write = self._wait_write
@@ -69,11 +73,15 @@ class StoreDriver:
         if job is not None:
             self.running = self.loop.run_in_executor(self.executor, job.run)
             self.running.add_done_callback(lambda _f: self._synced(job))
+        heavy = self.store.start_heavy_sync()
+        if heavy is not None:
+            self.heavy_running = self.loop.run_in_executor(self.heavy_executor, heavy.run)
+            self.heavy_running.add_done_callback(lambda _f: self._heavy_synced(heavy))
         if self.compacting is None and self.store.compactions:
             self._start_compaction()
 
     def _submit_write(self, job: WriteJob) -> None:
-        future = self.executor.submit(job.run)
+        future = self.heavy_executor.submit(job.run)
         self.writes[job] = future
         future.add_done_callback(lambda _f: self.loop.call_soon_threadsafe(self._written, job))
 
@@ -108,7 +116,13 @@ class StoreDriver:
     def _synced(self, job: SyncJob) -> None:
         self.running = None
         self.store.finish_sync(job)
-        if self.store.sync_wanted:
+        if self.store.sync_wanted or self.store.heavy_sync_wanted:
+            self.wake()
+
+    def _heavy_synced(self, job: SyncJob) -> None:
+        self.heavy_running = None
+        self.store.finish_sync(job)
+        if self.store.sync_wanted or self.store.heavy_sync_wanted:
             self.wake()
 
     def check_disk(self) -> None:
@@ -126,10 +140,10 @@ class StoreDriver:
             log.warning("cannot read free disk space of %s: %s", self.store.data_dir, exc)
         else:
             broker.set_disk_alarm(free < broker.config.disk_free_limit, free)
-        if self.store.write_error is None and self.store.sync_wanted:
+        if self.store.write_error is None and (self.store.sync_wanted or self.store.heavy_sync_wanted):
             self.wake()  # the syncs (and confirms) that waited for the writes
         if self.store.sync_error is not None:
-            self.store.retry_sync = True  # and the syncs
+            self.store.retry_sync = self.store.heavy_retry = True  # and the syncs
             self.wake()
         self.disk_timer = self.loop.call_later(DISK_CHECK_INTERVAL, self.check_disk)
 
@@ -148,12 +162,13 @@ class StoreDriver:
                 await asyncio.wrap_future(future)
                 self._written(job)
         self.store.write_in_thread = False
-        while self.running is not None:
-            await asyncio.shield(self.running)
+        while self.running is not None or self.heavy_running is not None:
+            await asyncio.shield(self.running or self.heavy_running)  # type: ignore[arg-type]
             await asyncio.sleep(0)
         self.store.on_wake = _noop
         self.broker.close()
         self.executor.shutdown(wait=True)
+        self.heavy_executor.shutdown(wait=True)
         self.compact_executor.shutdown(wait=True)
 
 

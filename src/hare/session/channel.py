@@ -56,8 +56,8 @@ def consumer_tag() -> str:
 class Channel(Publishing):
     __slots__ = ("conn", "number", "state", "vhost", "deliverable", "flow_active",
                  "next_tag", "unacked", "consumers", "prefetch", "shared", "confirm",
-                 "publish_seq", "confirmed_upto", "queued_upto", "sync_upto", "sync_waits", "nacks",
-                 "tx", "tx_publishes", "tx_acks",
+                 "publish_seq", "confirmed_upto", "queued_upto", "sync_upto", "sync_waits", "heavy_upto",
+                 "heavy_waits", "nacks", "tx", "tx_publishes", "tx_acks",
                  "tx_taken", "max_size", "last_queue", "pub", "pub_props", "pub_size", "pub_body",
                  "pub_received", "reply", "reply_id", "ack_watch", "access", "commands",
                  "unacked_bytes", "unacked_limit", "held")
@@ -82,6 +82,8 @@ class Channel(Publishing):
         self.queued_upto = 0  # confirms decided up to here (sent, or waiting for a sync)
         self.sync_upto = 0  # the last publish whose message must be on disk before its confirm
         self.sync_waits = 0  # batches of confirms waiting for the store's sync
+        self.heavy_upto = 0  # the last publish that went to a heavy log (MessageStore.after_sync)
+        self.heavy_waits = 0  # those batches that wait for the heavy lane too
         self.nacks: list[int] = []
         self.tx = False
         # (message, names of the queues it was routed to at publish, mandatory): RabbitMQ routes a

@@ -69,6 +69,8 @@ class Publishing:
     queued_upto: int
     sync_upto: int
     sync_waits: int
+    heavy_upto: int
+    heavy_waits: int
     nacks: list[int]
     tx: bool
     tx_publishes: list[tuple[Message, list[str], bool]]
@@ -235,6 +237,8 @@ class Publishing:
                 self.nacks.append(seq)  # a queue refused it (x-overflow reject-publish)
             if msg.needs_sync:
                 self.sync_upto = seq
+                if msg.needs_sync > 1:  # (in a heavy log)
+                    self.heavy_upto = seq
             self.conn.confirms_pending(self)
 
     def flush_confirms(self) -> None:
@@ -247,21 +251,31 @@ class Publishing:
         if self.sync_upto > self.queued_upto or self.sync_waits:
             store = self.conn.broker.store
             assert store is not None
+            # a batch waits for the heavy lane too when one of its messages is in a heavy log, or
+            # when an earlier batch does (confirms stay in order)
+            heavy = self.heavy_upto > self.queued_upto or self.heavy_waits > 0
             self.queued_upto = upto
             self.sync_waits += 1
-            store.after_sync(lambda: self._synced_confirms(upto), lambda _exc: self._failed_confirms(upto))
+            if heavy:
+                self.heavy_waits += 1
+            store.after_sync(lambda: self._synced_confirms(upto, heavy),
+                             lambda _exc: self._failed_confirms(upto, heavy), heavy)
             return
         self.queued_upto = upto
         self._send_confirms(upto)
 
-    def _synced_confirms(self, upto: int) -> None:
+    def _synced_confirms(self, upto: int, heavy: bool) -> None:
         self.sync_waits -= 1
+        if heavy:
+            self.heavy_waits -= 1
         if self.state == OPEN:
             self._send_confirms(upto)
 
-    def _failed_confirms(self, upto: int) -> None:
+    def _failed_confirms(self, upto: int, heavy: bool) -> None:
         """The sync they waited for failed: nack the batch (the publisher may publish again)."""
         self.sync_waits -= 1
+        if heavy:
+            self.heavy_waits -= 1
         if self.state == OPEN:
             if self.nacks:
                 self.nacks = [t for t in self.nacks if t > upto]

@@ -8,6 +8,12 @@ shell runs in a thread (fdatasync releases the GIL) and then hands to ``finish_s
 runs the waiters. One fdatasync per file covers every message written before it: however many
 publishers wait, the number of syncs per second stays bounded by the disk, not by messages.
 
+Two lanes: a log that takes a large record (a body of 1 MiB or more) is heavy until a sync of it
+is done; its writes and syncs go to a second thread (``start_heavy_sync``), so the group commit
+of every other log never waits for tens of MiB to reach the disk. A waiter whose data may be in
+a heavy log waits for both lanes; a confirm batch that went to light logs only (``heavy=False``)
+waits for the light one.
+
 A full disk: a write that fails keeps its data in memory (queue_log.py) and is tried again at
 each flush; ``on_write_error`` tells the broker at the first failure (its disk alarm blocks the
 publishers at once) and no sync (so no confirm) runs until every write has gone through.
@@ -25,6 +31,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,12 +55,17 @@ OnSyncError = Callable[[OSError], None]
 class SyncJob:
     """Files to make durable, run in a worker thread; then the waiters run on the loop."""
 
-    __slots__ = ("fds", "logs", "retired", "dirs", "waiters", "error", "fd_logs", "failed_logs", "skipped")
+    __slots__ = ("fds", "logs", "retired", "dirs", "waiters", "error", "fd_logs", "failed_logs", "skipped",
+                 "heavy", "after", "done", "epochs")
 
     def __init__(self, fds: list[int], retired: list[tuple[int, bool]], dirs: list[Path],
                  waiters: list[tuple[OnSynced, OnSyncError | None]],
                  logs: list[QueueLog] | None = None, fd_logs: dict[int, QueueLog | None] | None = None,
-                 failed_logs: set[QueueLog] | None = None) -> None:
+                 failed_logs: set[QueueLog] | None = None, heavy: bool = False) -> None:
+        self.heavy = heavy  # the heavy lane's job (see MessageStore.start_heavy_sync)
+        self.after: SyncJob | None = None  # a light job to wait for first (older segments first)
+        self.done = threading.Event()
+        self.epochs: dict[QueueLog, int] = {}  # heavy logs covered, and their heavy_epoch then
         self.fd_logs = fd_logs or {}
         # the logs whose WriteJob failed (the same set the worker thread keeps): this job then
         # skips its syncs, which would confirm data that did not reach the files
@@ -72,7 +84,15 @@ class SyncJob:
         # thus never depends on an older segment with an unsynced tail: the only damage a power
         # loss can leave is a torn tail in a log's newest segment (and nothing is confirmed
         # before every part of the job is done).
-        if self.failed_logs:  # a write before it (same thread) failed: see MessageStore.finish_sync
+        try:
+            if self.after is not None:
+                self.after.done.wait()
+            self._run()
+        finally:
+            self.done.set()
+
+    def _run(self) -> None:
+        if self.failed_logs:  # a write before it failed: see MessageStore.finish_sync
             self.skipped = True
             return
         try:
@@ -109,6 +129,17 @@ class MessageStore:
         self.dirs: dict[Path, None] = {}
         self.waiters: list[tuple[OnSynced, OnSyncError | None]] = []
         self.syncing = False
+        self.light_job: SyncJob | None = None  # the light job running
+        # The heavy lane: a log that took a large record (queue_log.BIG_RECORD) is heavy until a
+        # heavy sync started after it is done. Its large writes (WriteJobs), its files and the
+        # syncs of them are done by the shell's second thread, so the group commit of every
+        # other log (the light lane) never waits for tens of MiB to reach the disk. A waiter
+        # that may depend on a heavy log waits for a sync of each lane.
+        self.heavy_logs: set[QueueLog] = set()
+        self.heavy_retired: list[tuple[int, bool]] = []
+        self.heavy_waiters: list[tuple[OnSynced, OnSyncError | None]] = []
+        self.heavy_syncing = False
+        self.heavy_retry = False  # (as retry_sync, for the heavy lane)
         self.write_error: OSError | None = None  # the last flush failed: retry before confirming
         self.sync_error: OSError | None = None  # the last sync failed: its files are synced again
         self.retry_sync = False  # (on the shell's timer) until one succeeds
@@ -245,15 +276,23 @@ class MessageStore:
     def sync_fd(self, fd: int, qlog: QueueLog | None = None) -> None:
         self.sync_fds[fd] = qlog
 
-    def retire_fd(self, fd: int, needs_sync: bool) -> None:
-        """A log is done with a file: close it after the next sync (synced first if asked)."""
+    def retire_fd(self, fd: int, needs_sync: bool, heavy: bool = False) -> None:
+        """A log is done with a file: close it after the next sync (synced first if asked) of
+        its lane (a heavy log's: the thread that may still be writing it)."""
         if fd < 0:
             return
         if fd in self.sync_fds:
             del self.sync_fds[fd]
             needs_sync = True
-        self.retired.append((fd, needs_sync))
+        (self.heavy_retired if heavy else self.retired).append((fd, needs_sync))
         self.on_wake()
+
+    def made_heavy(self, qlog: QueueLog) -> None:
+        """``qlog`` took a large record (or started a segment while heavy)."""
+        qlog.heavy_epoch += 1
+        if not qlog.heavy:
+            qlog.heavy = True
+            self.heavy_logs.add(qlog)
 
     def sync_dir(self, path: Path) -> None:
         """``path`` gained (or lost) an entry: fsync it in the next sync."""
@@ -314,9 +353,18 @@ class MessageStore:
 
     # -- group commit ------------------------------------------------------------------------------
 
-    def after_sync(self, callback: OnSynced, on_error: OnSyncError | None = None) -> None:
+    def after_sync(self, callback: OnSynced, on_error: OnSyncError | None = None,
+                   heavy: bool = True) -> None:
         """Run ``callback`` once everything written so far is on stable storage; if a sync fails
-        first, ``on_error(exc)`` instead (no callback at all without one)."""
+        first, ``on_error(exc)`` instead (no callback at all without one). ``heavy`` False: the
+        caller's data is in no heavy log (a confirm batch that went to light logs only), so the
+        light lane's sync is enough."""
+        if heavy and self.heavy_logs:
+            both = _BothLanes(callback, on_error)
+            callback, on_error = both.synced, both.failed
+            if not self.heavy_waiters:
+                self.on_wake()
+            self.heavy_waiters.append((callback, on_error))
         if not self.waiters:
             self.on_wake()
         self.waiters.append((callback, on_error))
@@ -329,6 +377,12 @@ class MessageStore:
             return True
         return self.retry_sync if self.sync_error is not None else bool(self.retired)
 
+    @property
+    def heavy_sync_wanted(self) -> bool:
+        if self.heavy_waiters:
+            return True
+        return self.heavy_retry if self.sync_error is not None else bool(self.heavy_retired)
+
     def start_sync(self) -> SyncJob | None:
         """Flush, then take the files to sync and the waiters into a job (None: nothing to do,
         or a sync is already running: its end starts the next)."""
@@ -337,21 +391,68 @@ class MessageStore:
                 or self.failed_logs or not self.sync_wanted):
             return None
         self.retry_sync = False
-        logs = [qlog for qlog in self.sync_fds.values() if qlog is not None]
-        job = SyncJob(list(self.sync_fds), self.retired, list(self.dirs), self.waiters, logs,
-                      self.sync_fds, self.failed_logs)
-        self.sync_fds = {}
+        fd_logs = self._take_fds(heavy=False)
+        logs = [qlog for qlog in fd_logs.values() if qlog is not None]
+        job = SyncJob(list(fd_logs), self.retired, list(self.dirs), self.waiters, logs, fd_logs,
+                      self.failed_logs)
         self.retired = []
         self.dirs = {}
         self.waiters = []
         self.syncing = True
+        self.light_job = job
         return job
 
+    def start_heavy_sync(self) -> SyncJob | None:
+        """The heavy lane's job: the files of the heavy logs, and the waiters of that lane (None:
+        nothing to do, or one runs). The shell runs it in the thread that does the large writes,
+        after them; it waits for the light job running when it starts (a log that just became
+        heavy: its older segments are synced before its newer ones)."""
+        if (self.heavy_syncing or self.write_error is not None or self.thread_write_error is not None
+                or self.failed_logs or not self.heavy_sync_wanted):
+            return None
+        self.heavy_retry = False
+        fd_logs = self._take_fds(heavy=True)
+        logs = [qlog for qlog in fd_logs.values() if qlog is not None]
+        job = SyncJob(list(fd_logs), self.heavy_retired, [], self.heavy_waiters, logs, fd_logs,
+                      self.failed_logs, heavy=True)
+        job.after = self.light_job if self.syncing else None
+        job.epochs = {qlog: qlog.heavy_epoch for qlog in self.heavy_logs}
+        self.heavy_retired = []
+        self.heavy_waiters = []
+        self.heavy_syncing = True
+        return job
+
+    def _take_fds(self, heavy: bool) -> dict[int, QueueLog | None]:
+        """The files to sync of one lane (taken out of sync_fds)."""
+        if not self.heavy_logs:
+            if heavy:
+                return {}
+            taken, self.sync_fds = self.sync_fds, {}
+            return taken
+        taken = {}
+        kept = {}
+        for fd, qlog in self.sync_fds.items():
+            if (qlog is not None and qlog.heavy) == heavy:
+                taken[fd] = qlog
+            else:
+                kept[fd] = qlog
+        self.sync_fds = kept
+        return taken
+
     def finish_sync(self, job: SyncJob) -> None:
-        self.syncing = False
+        if job.heavy:
+            self.heavy_syncing = False
+            if job.error is None and not job.skipped:
+                for qlog, epoch in job.epochs.items():  # covered: light again, unless it grew since
+                    if qlog.closed or (qlog.heavy_epoch == epoch and not qlog._threaded()):
+                        qlog.heavy = False
+                        self.heavy_logs.discard(qlog)
+        else:
+            self.syncing = False
+            self.light_job = None
         if job.skipped:  # a write before it failed: everything waits for the next sync, as it was
-            self.waiters[:0] = job.waiters
-            self.retired[:0] = job.retired
+            (self.heavy_waiters if job.heavy else self.waiters)[:0] = job.waiters
+            (self.heavy_retired if job.heavy else self.retired)[:0] = job.retired
             for fd, qlog in job.fd_logs.items():
                 self.sync_fds.setdefault(fd, qlog)
             for d in job.dirs:
@@ -376,17 +477,23 @@ class MessageStore:
         on the shell's timer, and the logs go on in new segments: nothing confirmed later lies
         behind a hole. RabbitMQ stops the node here; hare raises an alarm (publishers blocked)
         until a sync succeeds."""
-        waiters = job.waiters + self.waiters
-        self.waiters = []
+        if job.heavy:
+            waiters = job.waiters + self.heavy_waiters
+            self.heavy_waiters = []
+            lane_retired = self.heavy_retired
+        else:
+            waiters = job.waiters + self.waiters
+            self.waiters = []
+            lane_retired = self.retired
         for fd, needs_sync in job.retired:
             if needs_sync:
-                self.retired.append((fd, True))  # synced (then closed) at the retry
+                lane_retired.append((fd, True))  # synced (then closed) at the retry
             else:
                 os.close(fd)
-        retired = {fd for fd, _ in self.retired}
+        retired = {fd for fd, _ in lane_retired}
         for fd in job.fds:
             if fd not in retired:  # still a log's write segment (else the retry syncs it anyway)
-                self.sync_fds.setdefault(fd, None)
+                self.sync_fds.setdefault(fd, job.fd_logs.get(fd) if job.heavy else None)
         for d in job.dirs:
             self.dirs[d] = None
         for qlog in job.logs:
@@ -406,29 +513,35 @@ class MessageStore:
                 on_error(exc)
 
     def sync_now(self) -> None:
-        """Flush and sync in this thread (shutdown, tests without an event loop)."""
+        """Flush and sync in this thread, both lanes (shutdown, tests without an event loop)."""
         while True:
             job = self.start_sync()
-            if job is None:
+            if job is not None:
+                job.run()
+                self.finish_sync(job)
+            heavy = self.start_heavy_sync()
+            if heavy is not None:
+                heavy.run()
+                self.finish_sync(heavy)
+            if job is None and heavy is None:
                 return
-            job.run()
-            self.finish_sync(job)
 
     def close(self) -> None:
         """Clean shutdown: flush every log, sync, close the files."""
-        self.retry_sync = True
+        self.retry_sync = self.heavy_retry = True
         self.sync_now()  # waiters first: they may still write (a delayed exchange's acks)
         for qlog in list(self.logs.values()):
             qlog.close()
         self.logs.clear()
-        self.retry_sync = True
+        self.retry_sync = self.heavy_retry = True
         self.sync_now()
         if self.sync_error is not None:  # the last syncs failed too: give the files up
             log.error("closing the message store with files that could not be synced: %s",
                       self.sync_error)
-            for fd, _ in self.retired:
+            for fd, _ in self.retired + self.heavy_retired:
                 os.close(fd)
             self.retired = []
+            self.heavy_retired = []
 
 
 def sync_directory(path: Path) -> None:
@@ -438,6 +551,30 @@ def sync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _BothLanes:
+    """A waiter that may depend on a heavy log: its callback runs once a sync of each lane has
+    succeeded; the first failure of either runs its on_error instead (once)."""
+
+    __slots__ = ("callback", "on_error", "left")
+
+    def __init__(self, callback: OnSynced, on_error: OnSyncError | None) -> None:
+        self.callback = callback
+        self.on_error = on_error
+        self.left = 2  # lanes to succeed; -1: failed
+
+    def synced(self) -> None:
+        if self.left > 0:
+            self.left -= 1
+            if not self.left:
+                self.callback()
+
+    def failed(self, exc: OSError) -> None:
+        if self.left > 0:
+            self.left = -1
+            if self.on_error is not None:
+                self.on_error(exc)
 
 
 def _call(fn: Callable[[], None]) -> None:

@@ -37,6 +37,8 @@ WINDOW_BYTES = 16 << 20
 
 Entry = tuple[int, "Message", int]
 
+HEAVY_SYNC = 2  # Message.needs_sync of a message in a heavy log (its confirm waits for both lanes)
+
 
 class PagedQueueStore:
     __slots__ = ("mem", "mem_bytes", "ready_bytes", "requeued", "disk", "log", "open_log", "make_message",
@@ -82,19 +84,21 @@ class PagedQueueStore:
             if not self.durable or not msg.persistent:  # the common case: memory only
                 mem.append((pos << 1, msg, expires_at))
                 return
-            msg.needs_sync = True  # persistent, durable queue: in memory and in the log
             log = self.log or self._log()
             log.append(pos, time.time_ns() // 1_000_000, FLAG_PERSISTENT, msg.route_bytes,
                        msg.properties_raw, msg.body)
+            # persistent, durable queue: in memory and in the log; HEAVY_SYNC: the confirm waits
+            # for the store's heavy lane too (see MessageStore.after_sync)
+            msg.needs_sync = HEAVY_SYNC if log.heavy else msg.needs_sync or True
             log.skip_to_tail()
             mem.append((pos << 1 | 1, msg, expires_at))
         else:
             persistent = self.durable and msg.persistent
-            if persistent:
-                msg.needs_sync = True
             log = self.log or self._log()
             log.append(pos, time.time_ns() // 1_000_000, FLAG_PERSISTENT if persistent else 0,
                        msg.route_bytes, msg.properties_raw, msg.body)
+            if persistent:
+                msg.needs_sync = HEAVY_SYNC if log.heavy else msg.needs_sync or True
             self.disk += 1
 
     def pop(self) -> tuple[Message, int, bool, int] | None:

@@ -123,7 +123,7 @@ class QueueLog:
     __slots__ = ("dir", "durable", "store", "segments", "firsts", "wseg", "wfd", "wbuf", "rseg", "roff",
                  "rfd", "rfd_seg", "delivered", "delivered_saved", "delivered_fd", "dirty", "needs_sync",
                  "redelivered_upto", "live", "live_bytes", "closed", "roll_at", "compactions", "trash", "wq",
-                 "inflight", "failed", "retry", "last_job")
+                 "inflight", "failed", "retry", "last_job", "heavy", "heavy_epoch")
 
     def __init__(self, directory: Path, durable: bool, store: MessageStore) -> None:
         self.dir = directory
@@ -158,6 +158,9 @@ class QueueLog:
         self.failed = False  # a WriteJob failed: the rest is resubmitted once none is in flight
         self.retry: list[tuple[int, Chunk]] = []  # what the failed jobs did not write, in order
         self.last_job: WriteJob | None = None
+        # took a large record: written and synced in the store's heavy lane (see MessageStore)
+        self.heavy = False
+        self.heavy_epoch = 0  # grows with each large record (and each new segment while heavy)
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -177,6 +180,7 @@ class QueueLog:
                 self.wbuf = bytearray()
             self.wq.append((self.wfd, BigRecord(head, body, self.durable)))
             seg.size += RECORD_SIZE + len(head) + len(body)
+            self.store.made_heavy(self)
         else:
             seg.size += encode_message(self.wbuf, position, enqueued_ms, flags, route_bytes, properties,
                                        body, self.durable)
@@ -214,7 +218,9 @@ class QueueLog:
                     return self.wseg
             # a durable log's older segments are always synced whole, transient records included:
             # a tail lost at a power loss would be corruption (an error) in any but the last one
-            self.store.retire_fd(self.wfd, self.durable)
+            self.store.retire_fd(self.wfd, self.durable, self.heavy)
+            if self.heavy:  # (a heavy sync under way does not cover the new segment)
+                self.store.made_heavy(self)
             self.needs_sync = False
             self.wfd = -1
         self.roll_at = SEGMENT_SIZE
@@ -604,7 +610,7 @@ class QueueLog:
                     except OSError as exc:
                         self.store.write_failed(exc)
                 self.wbuf.clear()  # its records are dropped with it
-                self.store.retire_fd(self.wfd, False)
+                self.store.retire_fd(self.wfd, False, self.heavy)
                 self.wfd = -1
                 self.wseg = None
                 self.needs_sync = False
@@ -762,7 +768,7 @@ class QueueLog:
 
     def _close_fds(self, sync: bool) -> None:
         store = self.store
-        store.retire_fd(self.wfd, sync)
+        store.retire_fd(self.wfd, sync, self.heavy)  # (a heavy log's: after its large writes)
         store.retire_fd(self.delivered_fd, sync)
         for seg in self.segments:
             store.retire_fd(seg.ack_fd, sync)
