@@ -205,3 +205,43 @@ def test_the_light_lane_does_not_wait_for_a_heavy_log(tmp_path: Path) -> None:
     store.finish_sync(heavy)
     assert both == [1]
     assert not store.heavy_logs
+
+
+def test_a_heavy_log_stays_heavy_while_data_written_during_its_sync_waits(tmp_path: Path) -> None:
+    """Data a heavy log took while its heavy sync ran is not covered by that sync: the log stays
+    heavy, so the next heavy sync takes its file (had it turned light, a waiter registered
+    meanwhile, waiting for a light and a heavy sync after it, could be answered by two jobs that
+    both left the file out)."""
+    store = MessageStore(tmp_path)
+    shell = Shell(store)
+    big = PagedQueueStore(lambda: store.open_log("/", "big", True), Message, True, window=1, window_bytes=1)
+    big.push(Message("", "big", PERSISTENT, b"B" * (2 * BIG)))
+    early: list[int] = []
+    store.after_sync(lambda: early.append(1))
+    light = store.start_sync()  # flushes: the large write goes to the thread
+    assert light is not None
+    light.run()
+    store.finish_sync(light)
+    assert big.log is not None and big.log.heavy
+    first = store.start_heavy_sync()
+    assert first is not None
+    shell.run()  # the large write (the thread runs it before the heavy sync)
+    late = Message("", "big", PERSISTENT, b"late")
+    big.push(late)  # written inline (no large write in flight), after the heavy sync started
+    store.flush()
+    confirmed: list[int] = []
+    store.after_sync(lambda: confirmed.append(1))
+    first.run()
+    store.finish_sync(first)
+    assert early == [1] and confirmed == []
+    assert big.log.heavy, "turned light with data its sync did not cover"
+    light = store.start_sync()
+    assert light is not None and big.log.wfd not in light.fds
+    light.run()
+    store.finish_sync(light)
+    second = store.start_heavy_sync()
+    assert second is not None and second.fds == [big.log.wfd]
+    second.run()
+    store.finish_sync(second)
+    assert confirmed == [1]
+    assert not big.log.heavy  # nothing left unsynced: light again

@@ -407,8 +407,13 @@ class MessageStore:
         nothing to do, or one runs). The shell runs it in the thread that does the large writes,
         after them; it waits for the light job running when it starts (a log that just became
         heavy: its older segments are synced before its newer ones)."""
+        self.flush()
         if (self.heavy_syncing or self.write_error is not None or self.thread_write_error is not None
                 or self.failed_logs or not self.heavy_sync_wanted):
+            return None
+        if self.retired and self.syncing:
+            # files retired to the light lane wait for its next job (a log that has just become
+            # heavy may have an older segment among them): this job follows that one
             return None
         self.heavy_retry = False
         fd_logs = self._take_fds(heavy=True)
@@ -443,8 +448,12 @@ class MessageStore:
         if job.heavy:
             self.heavy_syncing = False
             if job.error is None and not job.skipped:
-                for qlog, epoch in job.epochs.items():  # covered: light again, unless it grew since
-                    if qlog.closed or (qlog.heavy_epoch == epoch and not qlog._threaded()):
+                for qlog, epoch in job.epochs.items():
+                    # covered: light again, unless it took a large record or a new segment since,
+                    # or has data written since that still waits for a sync (its waiters count on
+                    # the heavy lane for it)
+                    if qlog.closed or (qlog.heavy_epoch == epoch and not qlog._threaded()
+                                       and not qlog.dirty and qlog.wfd not in self.sync_fds):
                         qlog.heavy = False
                         self.heavy_logs.discard(qlog)
         else:
