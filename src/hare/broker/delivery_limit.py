@@ -21,6 +21,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..amqp.table import Long
+from ..store.base import pop_and_drop
 from .deadletter import DELIVERY_LIMIT, dead_letter
 
 if TYPE_CHECKING:
@@ -103,11 +104,7 @@ class DeliveryCounter:
         return _counted(self.queue, msg, 0) if rec is not None and not rec[0] else msg
 
     def drop_head(self) -> bool:
-        entry = self.pop()
-        if entry is None:
-            return False
-        self.ack(entry[1], entry[0])
-        return True
+        return pop_and_drop(self)
 
     def head_expiry(self) -> int:
         return self.inner.head_expiry()

@@ -51,3 +51,12 @@ class QueueStore(Protocol):
 
     def __len__(self) -> int:
         """Number of ready messages (not counting delivered, unacked ones)."""
+
+
+def pop_and_drop(store: QueueStore) -> bool:
+    """drop_head for a store that must read its head anyway: pop it and forget it."""
+    entry = store.pop()
+    if entry is None:
+        return False
+    store.ack(entry[1], entry[0])
+    return True

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from .base import pop_and_drop
 from .segment import FLAG_PERSISTENT, decode_message
 
 if TYPE_CHECKING:
@@ -130,11 +131,7 @@ class PagedQueueStore:
                 self.disk -= 1
                 self.ready_bytes -= size
                 return True
-        entry = self.pop()
-        if entry is None:
-            return False
-        self.ack(entry[1], entry[0])
-        return True
+        return pop_and_drop(self)
 
     def head_expiry(self) -> int:
         """expires_at of the message pop() would return (0: none, or no expiry)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..amqp.properties import priority as _priority
+from .base import pop_and_drop
 from .paged import WINDOW_BYTES, WINDOW_MESSAGES, Expiry, MessageFactory, PagedQueueStore
 
 if TYPE_CHECKING:
@@ -138,11 +139,7 @@ class PriorityQueueStore:
         return None
 
     def drop_head(self) -> bool:
-        entry = self.pop()
-        if entry is None:
-            return False
-        self.ack(entry[1], entry[0])
-        return True
+        return pop_and_drop(self)
 
     def head_expiry(self) -> int:
         if not self.count:
