@@ -1,4 +1,4 @@
-"""Large records are written by the store's worker thread (queue_log.WriteJob), not on the event
+"""Large records are written by the store's worker thread (log_jobs.WriteJob), not on the event
 loop: in file order with what the log buffers around them, before any sync that confirms them;
 a failed write (a full disk) holds the log's later writes and every sync until it is written
 again. The shell's part is played here: jobs are collected, then run and finished in order."""
@@ -14,9 +14,9 @@ import pytest
 from hare.amqp.properties import encode_properties
 from hare.broker.message import Message
 from hare.store import queue_log
+from hare.store.log_jobs import WriteJob
 from hare.store.message_store import MessageStore
 from hare.store.paged import HEAVY_SYNC, PagedQueueStore
-from hare.store.queue_log import WriteJob
 
 PERSISTENT = encode_properties({"delivery_mode": 2})
 BIG = queue_log.BIG_RECORD

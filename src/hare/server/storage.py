@@ -7,9 +7,10 @@
 - A failed sync: its waiters are refused (confirms nacked), and its files synced again every
   second until it succeeds (the broker's "disk_sync" alarm is on meanwhile).
 - Large writes: a record with a large body (queue_log.BIG_RECORD), and what its log buffers after
-  it, is written in the sync thread (queue_log.WriteJob), before any sync submitted after it.
-- Compaction: a segment rewrite (queue_log.CompactJob) runs in a second worker thread, one at a
-  time, and is adopted by its log on the loop when done.
+  it, is written in the heavy lane's thread (log_jobs.WriteJob), before the heavy sync submitted
+  after it; the logs that took one are synced there too (message_store.py, "two lanes").
+- Compaction: a segment rewrite (log_jobs.CompactJob) runs in another worker thread, one at a
+  time, and is adopted by its log on the loop when done; unlinks of dropped segments run there.
 - Free disk: checked every second; under ``disk_free_limit`` the broker raises its disk alarm
   (publishers are blocked) and clears it when space returns. A write that fails (a full disk)
   raises it at once (``Broker.set_disk_full``); then each check first writes what was kept (the
@@ -27,8 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ..broker.broker import Broker
+from ..store.log_jobs import CompactJob, WriteJob
 from ..store.message_store import MessageStore, SyncJob
-from ..store.queue_log import CompactJob, WriteJob
 
 log = logging.getLogger("hare.server")
 
@@ -43,7 +44,7 @@ class StoreDriver:
         self.scheduled = False
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hare-sync")
         self.running: asyncio.Future[None] | None = None
-        # segment compactions (queue_log.CompactJob): in a thread of their own, one at a time, so
+        # segment compactions (log_jobs.CompactJob): in a thread of their own, one at a time, so
         # that neither the loop nor the group commit waits for a rewrite
         self.compact_executor = ThreadPoolExecutor(1, thread_name_prefix="hare-compact")
         self.compacting: asyncio.Future[None] | None = None

@@ -35,7 +35,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .queue_log import CompactJob, QueueLog, WriteJob
+from .log_jobs import CompactJob, WriteJob
+from .queue_log import QueueLog
 
 log = logging.getLogger("hare.store")
 _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -333,7 +334,7 @@ class MessageStore:
     # -- compaction --------------------------------------------------------------------------------
 
     def compact(self, job: CompactJob) -> None:
-        """Rewrite a segment (queue_log.CompactJob) and hand it back to its log."""
+        """Rewrite a segment (log_jobs.CompactJob) and hand it back to its log."""
         job.open_dir()
         if self.compact_in_thread:
             self.compactions.append(job)
