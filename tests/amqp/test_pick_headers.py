@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hare.amqp.errors import SyntaxFault
 from hare.amqp.properties import decode_properties, encode_properties, pick_headers
-from hare.amqp.table import Float32, decode_table, encode_table, pick_table
+from hare.amqp.table import Float32, Picker, decode_table, encode_table, pick_table
 
 keys = st.sampled_from(["a", "b", "x-a", "", "k" * 255, "é", "key-1", "key-2"])
 scalars = st.one_of(st.text(st.characters(blacklist_categories=("Cs",)), max_size=20), st.booleans(),
@@ -133,3 +133,34 @@ def test_mutated_tables_only_raise_syntax_fault_and_agree_when_they_decode(
         # publish-time check_headers refused such a message before it was routed)
     assert got is not None
     assert typed(got) == typed(subset(decoded, names))
+
+
+def test_a_wide_table_searched_first_is_walked_only_when_a_wanted_key_may_be_in_it() -> None:
+    """Past 512 octets and with at most 4 wanted keys, pick_table first searches the table for
+    each key's octets: absent everywhere, nothing is walked; present anywhere (as a key of a
+    nested table, inside a value, or as a top-level key), the walk decides."""
+    wide = {f"h{i}": f"v{i}" for i in range(200)}
+    picker = Picker({b"want": "want", b"also": "also"})
+    assert len(encode_table(wide)) > 512
+    assert pick_table(encode_table(wide), 0, picker) == {}
+    nested = encode_table({**wide, "inner": {"want": 1}, "s": "\x04want"})
+    assert pick_table(nested, 0, picker) == {}
+    top = encode_table({**wide, "inner": {"want": 1}, "want": 2, "zz": 3})
+    assert pick_table(top, 0, picker) == {"want": 2}
+    # with more wanted keys than the search is worth, the walk alone gives the same answers
+    many = Picker({f"w{i}".encode(): f"w{i}" for i in range(10)} | {b"want": "want"})
+    assert pick_table(top, 0, many) == {"want": 2}
+    assert pick_table(encode_table(wide), 0, many) == {}
+
+
+wide_keys = [f"key-{i}" for i in range(40)]
+
+
+@given(st.dictionaries(st.sampled_from(wide_keys), scalars, min_size=30, max_size=40),
+       st.sets(st.sampled_from([*wide_keys, "key-40", "key-41", "a"]), max_size=7))
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+def test_pick_of_wide_tables_agrees_with_the_full_decode(table: dict[str, Any],
+                                                         names: set[str]) -> None:
+    raw = encode_table(table)
+    assert typed(pick_table(raw, 0, Picker(as_wanted(names)))) == typed(
+        subset(decode_table(raw, 0, None)[0], names))

@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import SyntaxFault
 from .spec import BASIC_PROPERTIES
-from .table import check_table, decode_table, encode_table, pick_table
+from .table import Picker, check_table, decode_table, encode_table, pick_table
 
 _unpack_H = struct.Struct(">H").unpack_from
 _unpack_I = struct.Struct(">I").unpack_from
@@ -199,7 +199,7 @@ def with_reply_to(raw: bytes, value: str) -> bytes:
     return raw[:o] + bytes((len(v),)) + v + raw[o + 1 + raw[o] :]
 
 
-def pick_headers(raw: bytes | memoryview, wanted: Mapping[bytes, str]) -> dict[str, Any]:
+def pick_headers(raw: bytes | memoryview, wanted: Mapping[bytes, str] | Picker) -> dict[str, Any]:
     """The headers among ``wanted`` (raw key -> name, see ``table.pick_table``) of properties
     ``raw``, without decoding the other headers or properties; {} when there are no headers."""
     if len(raw) < 2:
@@ -209,7 +209,7 @@ def pick_headers(raw: bytes | memoryview, wanted: Mapping[bytes, str]) -> dict[s
         return {}
     if raw[1] & 1:  # continuation flag words (none defined for basic): decode it all, rare
         headers = decode_properties(raw).get("headers") or {}
-        names = set(wanted.values())
+        names = set((wanted.wanted if isinstance(wanted, Picker) else wanted).values())
         return {k: v for k, v in headers.items() if k in names}
     o = 2
     try:

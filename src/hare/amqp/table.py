@@ -327,26 +327,63 @@ def _encode_value(out: bytearray, value: Any) -> None:
         raise ValueError(f"cannot encode {type(value).__name__} in a field table")
 
 
-def pick_table(buf: bytes | memoryview, offset: int, wanted: Mapping[bytes, str]) -> dict[str, Any]:
+class Picker:
+    """The header names a headers exchange compares, prepared for ``pick_table``: raw key ->
+    name, each key as it appears on the wire (its length octet, then its octets) to search for,
+    and which key lengths occur."""
+
+    __slots__ = ("wanted", "patterns", "lengths")
+
+    def __init__(self, wanted: Mapping[bytes, str]) -> None:
+        self.wanted = dict(wanted)
+        self.patterns = tuple(bytes((len(k),)) + k for k in self.wanted if len(k) < 256)
+        lengths = bytearray(256)
+        for k in self.wanted:
+            if len(k) < 256:
+                lengths[len(k)] = 1
+        self.lengths = bytes(lengths)
+
+
+# pick_table: a table at least _PRESCAN octets long is first searched for its wanted keys, when
+# there are at most _PRESCAN_KEYS of them (each search costs about a twentieth of a walk); one
+# that holds none of them, anywhere, is not walked
+_PRESCAN = 512
+_PRESCAN_KEYS = 4
+
+
+def pick_table(buf: bytes | memoryview, offset: int,
+               wanted: Mapping[bytes, str] | Picker) -> dict[str, Any]:
     """The entries of the field table at ``offset`` whose raw keys are in ``wanted``, decoded and
     named ``wanted[key]``; every other entry is stepped over by its length, never decoded (a
-    nested table or array as a whole). A key given twice keeps its last value, as decode_table
-    does. For the headers exchange: one pass over wide headers, decoding only what its bindings
-    compare. Raises SyntaxFault on a table that does not parse."""
+    nested table or array as a whole), and its key is sliced only when a wanted key has its
+    length. A key given twice keeps its last value, as decode_table does. For the headers
+    exchange: at most one pass over wide headers, decoding only what its bindings compare; none
+    when the table holds none of the wanted keys' octets. Raises SyntaxFault on a table that
+    does not parse where it is read (a table is checked in full at publish, ``check_table``)."""
     if isinstance(buf, memoryview):
         buf = bytes(buf)
+    picker = wanted if isinstance(wanted, Picker) else Picker(wanted)
+    get = picker.wanted.get
+    lengths = picker.lengths
     sizes = _SIZES
     unpack = _unpack_I
-    get = wanted.get
     found: dict[str, Any] = {}
     try:
         end = offset + 4 + unpack(buf, offset)[0]
         if end > len(buf):
             raise SyntaxFault("field table truncated")
         offset += 4
+        if end - offset >= _PRESCAN and len(picker.patterns) <= _PRESCAN_KEYS:
+            find = buf.find
+            for pattern in picker.patterns:
+                if find(pattern, offset, end) >= 0:
+                    break
+            else:
+                return found
         while offset < end:
-            value_at = offset + 1 + buf[offset]  # after the key
-            name = get(buf[offset + 1 : value_at])
+            klen = buf[offset]
+            value_at = offset + 1 + klen  # after the key
+            name = get(buf[offset + 1 : value_at]) if lengths[klen] else None
             if name is None:
                 size = sizes[buf[value_at]]
                 if size >= 0:  # fixed size

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...amqp.errors import precondition_failed
 from ...amqp.properties import pick_headers
+from ...amqp.table import Picker
 from ..message import Message
 from .base import Exchange, freeze
 
@@ -23,7 +24,7 @@ _MODES = ("all", "any", "all-with-x", "any-with-x")
 
 class HeadersExchange(Exchange):
     type_name = "headers"
-    __slots__ = ("rules", "wanted", "key_refs")
+    __slots__ = ("rules", "wanted", "key_refs", "picker")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -33,6 +34,7 @@ class HeadersExchange(Exchange):
         # many rules compare each
         self.wanted: dict[bytes, str] = {}
         self.key_refs: dict[str, int] = {}
+        self.picker: Picker | None = None  # self.wanted prepared, built again after a change
 
     @classmethod
     def validate_binding(cls, routing_key: str, arguments: dict[str, Any]) -> None:
@@ -58,6 +60,7 @@ class HeadersExchange(Exchange):
             raw = _raw_key(name)
             if not n and raw is not None:
                 self.wanted[raw] = name
+                self.picker = None
 
     def _remove(self, dest: Any, routing_key: str, arguments: dict[str, Any]) -> None:
         rule = self.rules.pop(self._key(dest, routing_key, arguments), None)
@@ -73,6 +76,7 @@ class HeadersExchange(Exchange):
                 raw = _raw_key(name)
                 if raw is not None:
                     del self.wanted[raw]
+                    self.picker = None
 
     @staticmethod
     def _key(dest: Any, routing_key: str, arguments: dict[str, Any]) -> tuple[Any, str, Any]:
@@ -81,7 +85,13 @@ class HeadersExchange(Exchange):
     def route(self, msg: Message, routing_key: str, out: list[Any]) -> None:
         if not self.rules:
             return
-        headers = pick_headers(msg.properties_raw, self.wanted) if self.wanted else {}
+        if self.wanted:
+            picker = self.picker
+            if picker is None:
+                picker = self.picker = Picker(self.wanted)
+            headers = pick_headers(msg.properties_raw, picker)
+        else:
+            headers = {}
         for dest, match_all, pairs in self.rules.values():
             if _matches(headers, match_all, pairs):
                 out.append(dest)
