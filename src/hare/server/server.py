@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from time import perf_counter
 from typing import Any
 
 from ..broker.broker import Broker
@@ -34,6 +35,16 @@ FAIR_READ = 65536  # a read this large suggests more is pending: yield to other 
 OUT_HIGH = 1 << 20
 OUT_LOW = 256 << 10
 OUT_ANSWERS = 64 << 10
+# CPU fairness: a connection whose read took longer than HEAVY_READ seconds to handle (wide
+# headers to check and route, thousands of methods in one read) is heavy for its next
+# HEAVY_STICKY reads. Each loop turn handles the input of at most one heavy connection: the
+# reads of the others are kept for a later turn, and their sockets paused until then, so a turn
+# costs others at most one heavy read whatever the number of heavy clients (light connections
+# are handled every turn, in the order they are read).
+# A heavy connection's read is handled HEAVY_PIECE bytes a turn (a read may hold 256 KiB).
+HEAVY_READ = 0.002
+HEAVY_STICKY = 8
+HEAVY_PIECE = 65536
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -52,6 +63,8 @@ class AMQPProtocol(asyncio.Protocol):
         self.flow_timer: asyncio.TimerHandle | None = None
         self.answered = 0  # bytes our input made us write while the output was backed up
         self.output_held = False  # not read until the output drains (see OUT_ANSWERS)
+        self.heavy = 0  # reads left for which this connection counts as heavy (see HEAVY_READ)
+        self.deferred: list[bytes] | None = None  # input kept for a later turn (heavy)
 
     # -- asyncio callbacks ------------------------------------------------------------------------
 
@@ -76,29 +89,80 @@ class AMQPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
+        if self.deferred is not None:  # (a transport may hand over what it had read before pausing)
+            self.deferred.append(data)
+            return
+        if self.heavy and self.server.heavy_turn:  # another heavy connection had this turn
+            self._defer(data)
+            return
+        self._handle(data)
+
+    def _defer(self, data: bytes) -> None:
+        self.deferred = [data]
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.loop.call_soon(self._run_deferred)
+
+    def _run_deferred(self) -> None:
+        deferred = self.deferred
+        if deferred is None:
+            return
+        if self.server.heavy_turn:  # another heavy connection came first again: wait once more
+            self.loop.call_soon(self._run_deferred)
+            return
+        self.deferred = None
+        if self.transport is None or self.transport.is_closing() or self.conn.state == CLOSED:
+            return
+        if not self._handle(deferred[0] if len(deferred) == 1 else b"".join(deferred)):
+            self._resume_reading()
+
+    def _handle(self, data: bytes) -> bool:
+        """Handle one read; True when reading is paused for a reason of its own (alarm, flow,
+        backed-up output, a full read)."""
         self.flush_scheduled = True  # we flush right below; writes need not schedule one
+        rest = None
+        if self.heavy and len(data) > HEAVY_PIECE:
+            data, rest = data[:HEAVY_PIECE], data[HEAVY_PIECE:]
         conn = self.conn
         before = conn.state
+        started = perf_counter()
         conn.receive_data(data)
+        if perf_counter() - started > HEAVY_READ:
+            self.heavy = HEAVY_STICKY
+            server = self.server
+            if not server.heavy_turn:
+                server.heavy_turn = True
+                self.loop.call_soon(server.end_heavy_turn)
+        elif self.heavy:
+            self.heavy -= 1
         answers = conn.out_size  # (no deliveries to us while our output is backed up: answers)
         self._flush()
         if conn.state != before:
             self._state_changed(before)
         if conn.paused and answers:
             self._answered(answers)
-        if conn.alarm_paused and self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()  # a resource alarm: read again when it clears
-        elif conn.throttled and self.transport is not None and not self.transport.is_closing():
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return True
+        if rest is not None:  # the rest of a heavy read: in a later turn
+            self._defer(rest)
+            return True
+        if conn.alarm_paused:
+            transport.pause_reading()  # a resource alarm: read again when it clears
+        elif conn.throttled:
             # a queue we publish to is backed up: stop reading until it drains (or briefly)
             if self.flow_timer is None:
-                self.transport.pause_reading()
+                transport.pause_reading()
                 self.flow_timer = self.loop.call_later(FLOW_PAUSE, self._flow_timeout)
-        elif len(data) >= FAIR_READ and self.transport is not None and not self.transport.is_closing():
+        elif len(data) >= FAIR_READ:
             # A full read means more is waiting. The event loop would keep reading this socket
             # before polling the others; pause it for one loop turn so every connection (and the
             # acks that free consumers) gets its share.
-            self.transport.pause_reading()
+            transport.pause_reading()
             self.loop.call_soon(self._resume_reading)
+        else:
+            return self.output_held
+        return True
 
     def _resume_reading(self) -> None:
         conn = self.conn
@@ -261,6 +325,10 @@ class Server:
         self.control: ControlServer | None = None  # the socket of `hare ctl` (server/control.py)
         self.memory: MemoryMonitor | None = None  # the memory alarm (server/memory.py)
         self.background_scheduled = False  # a slice of the broker's big jobs is due
+        self.heavy_turn = False  # a heavy connection's read was handled in this loop turn
+
+    def end_heavy_turn(self) -> None:
+        self.heavy_turn = False
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
