@@ -93,7 +93,7 @@ def test_a_bad_value_names_the_key_and_what_is_expected(tmp_path: Path, line: st
 
 
 def test_rabbitmq_keys_hare_ignores_are_warnings_one_per_key(tmp_path: Path) -> None:
-    lines = ["cluster_name = prod", "collect_statistics_interval = 10000",
+    lines = ["cluster_partition_handling = autoheal", "collect_statistics_interval = 10000",
              "vm_memory_high_watermark_paging_ratio = 0.6", "log.file.rotation.count = 5",
              "cluster_formation.peer_discovery_backend = classic_config",
              "cluster_formation.classic_config.nodes.1 = rabbit@a", "management.tcp.ip = 0.0.0.0",

@@ -107,7 +107,7 @@ def _life_of_connections(url: str) -> None:
 
 
 def test_the_log_file_has_a_line_per_connection_event(serve: Callable[..., Serve]) -> None:
-    s = serve("log.console = false\ncluster_name = prod\n")
+    s = serve("log.console = false\ncluster_partition_handling = autoheal\n")
     # the fixture's probe closed before the handshake: let its line be written before the next
     # connection's, so the order below is the order of the connections
     s.wait_for("during the handshake")
@@ -116,8 +116,8 @@ def test_the_log_file_has_a_line_per_connection_event(serve: Callable[..., Serve
     text = s.stop()
     assert s.stderr == ""  # log.console = false: nothing on the console
     lines = text.splitlines()
-    assert any(re.search(r" WARNING hare: .*hare0.conf:4: cluster_name is a RabbitMQ setting hare does "
-                         r"not act on; ignored$", line) for line in lines), text
+    assert any(re.search(r" WARNING hare: .*hare0.conf:4: cluster_partition_handling is a RabbitMQ setting "
+                         r"hare does not act on; ignored$", line) for line in lines), text
     expected = [
         # the fixture's probe of the port: connected, closed before the handshake
         rf" INFO hare\.connection: accepting AMQP connection \({PEER}\)$",

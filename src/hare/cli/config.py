@@ -33,6 +33,12 @@ class ServeOptions:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     log: LogSettings = field(default_factory=LogSettings)
     management_requested: bool = False  # an HTTP port was asked for (nothing serves it yet)
+    node_name: str | None = None  # --node-name: this node's name in a cluster
+    cluster_endpoints: str | None = None  # --cluster etcd://HOST:PORT,...: join that cluster
+    cluster_name: str | None = None
+    cluster_listener: str | None = None  # --cluster-bind ADDR:PORT, the node-to-node link
+    discovery_retry_limit: int = 10  # etcd unreachable at start: tries, as RabbitMQ's peer discovery
+    discovery_retry_interval: int = 500  # ms between them
     warnings: list[str] = field(default_factory=list)  # logged once logging is set up
 
 
@@ -146,6 +152,17 @@ def load_config(path: str | Path, opts: ServeOptions) -> ServeOptions:
             elif key == "management.tcp.port":
                 opts.http_port = _port(value)
                 opts.management_requested = True
+            elif key == "cluster_name":
+                opts.cluster_name = value
+            elif key == "cluster.listener":
+                opts.cluster_listener = value
+            elif key == "cluster_formation.discovery_retry_limit":
+                opts.discovery_retry_limit = _uint(value)
+            elif key == "cluster_formation.discovery_retry_interval":
+                opts.discovery_retry_interval = _uint(value)
+            elif key.startswith("cluster_formation.etcd.endpoints."):
+                endpoints = [e for e in (opts.cluster_endpoints or "").split(",") if e]
+                opts.cluster_endpoints = ",".join([*endpoints, value.removeprefix("etcd://")])
             elif key == "data_dir":
                 opts.data_dir = value
             elif key == "log.console.level":

@@ -124,6 +124,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "stdout)", "path")
     cmd("import_definitions", "apply a definitions file (or - for stdin), as load_definitions", "path")
     cmd("status", "the broker's version, alarms and counts")
+    cs = cmd("cluster_status", "the cluster's nodes (alive or not, AMQP addresses) and replicated queues")
+    cs.add_argument("--formatter", choices=["table", "json"], default="table")
+    cmd("forget_cluster_node", "remove a stopped node from the cluster", "node")
 
 
 def _listing(p: argparse.ArgumentParser) -> None:
@@ -212,7 +215,7 @@ def main(args: argparse.Namespace) -> int:
             print("Error:\nPassword is not provided via argument or stdin", file=sys.stderr)
             return EX_DATAERR
         args.password = line.rstrip("\r\n")
-    for key in ("password", "tags", "exchange", "configure", "write", "read", "limit"):
+    for key in ("password", "tags", "exchange", "configure", "write", "read", "limit", "node"):
         if hasattr(args, key):
             msg[key] = getattr(args, key)
     if cmd in ("add_vhost", "delete_vhost"):
@@ -304,6 +307,28 @@ def _output(args: argparse.Namespace, cmd: str, reply: dict[str, Any], info: Any
         info("Successfully imported the definitions.")
     elif cmd == "status":
         _print_status(reply, info)
+    elif cmd == "cluster_status":
+        if args.formatter == "table":
+            info(f"Cluster status of node {reply.get('node', NODE)} ...")
+        _print_cluster_status(args, reply)
+    elif cmd == "forget_cluster_node":
+        pass
+
+
+def _print_cluster_status(args: argparse.Namespace, s: dict[str, Any]) -> None:
+    status = {k: s[k] for k in ("cluster_name", "nodes", "queues")}
+    if args.formatter == "json":
+        print(json.dumps(status, separators=(",", ":"), ensure_ascii=False))
+        return
+    print(f"Cluster name: {status['cluster_name']}\n\nNodes\n")
+    for n in status["nodes"]:
+        print(f"{n['name']}\t{'running' if n['alive'] else 'not running'}\t{', '.join(n['amqp'])}")
+    print("\nReplicated queues\n")
+    for q in status["queues"]:
+        print(f"{q['vhost']}\t{q['name']}\tleader {q['leader']}\tmembers {', '.join(q['members'])}\t"
+              f"in sync {', '.join(q['in_sync'])}")
+    if not status["queues"]:
+        print("(none)")
 
 
 ALARMS = {"disk": "free disk space is under disk_free_limit; publishers are blocked",
@@ -382,6 +407,8 @@ INFO: dict[str, Callable[[argparse.Namespace], str]] = {
     "import_definitions": lambda a: ("Importing definitions in JSON from standard input ..." if a.path == "-"
                                      else f"Importing definitions in JSON from a file at {_q(a.path)} ..."),
     "status": lambda a: "",
+    "cluster_status": lambda a: "",
+    "forget_cluster_node": lambda a: f"Removing node {a.node} from the cluster",
 }
 
 

@@ -7,12 +7,15 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping
 
 from .. import __version__
 from ..bench import run as bench_run
 from ..broker.broker import Broker
+from ..cluster.etcd_node import ClusterError, EtcdNode
+from ..cluster.membership import ClusterSettings, NodeRecord, check_node_name, parse_endpoints
 from ..server.collector import CollectorTuning
 from ..server.listeners import format_address
 from ..server.server import Server, loop_factory
@@ -37,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="configuration file, rabbitmq.conf format (or $HARE_CONFIG_FILE)")
     s.add_argument("--log-level", choices=list(logging_setup.LEVELS),
                    help="level of every log output (default info)")
+    s.add_argument("--node-name", help="this node's name in its cluster (default hare@HOSTNAME)")
+    s.add_argument("--cluster", metavar="etcd://HOST:PORT[,HOST:PORT...]",
+                   help="join the cluster kept in this etcd (docs/clustering.md; default: a single "
+                        "node, no etcd)")
+    s.add_argument("--cluster-bind", metavar="ADDR:PORT",
+                   help="address of this node's node-to-node link (config: cluster.listener)")
     b = sub.add_parser("bench", help="measure publish/consume rates against a broker")
     bench_run.add_arguments(b)
     c = sub.add_parser("ctl", help="manage a running broker (users, vhosts, permissions, limits, policies, "
@@ -64,7 +73,33 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str] | None = None
         opts.data_dir = args.data_dir
     if args.log_level is not None:
         set_log_level(opts, args.log_level)
+    if args.node_name is not None:
+        opts.node_name = args.node_name
+    if args.cluster is not None:
+        opts.cluster_endpoints = args.cluster
+    if args.cluster_bind is not None:
+        opts.cluster_listener = args.cluster_bind
     return opts
+
+
+def cluster_settings(opts: ServeOptions) -> ClusterSettings | None:
+    """The cluster to join, or None (no endpoints: a single node). ValueError on a bad value."""
+    if not opts.cluster_endpoints:
+        return None
+    name = check_node_name(opts.node_name or f"hare@{socket.gethostname()}")
+    return ClusterSettings(node_name=name, endpoints=parse_endpoints(opts.cluster_endpoints),
+                           cluster_name=opts.cluster_name or "hare", listener=opts.cluster_listener)
+
+
+def _advertised(server: Server) -> list[str]:
+    """host:port of each AMQP listener, as other nodes and clients can reach it."""
+    out = []
+    for _listener, addrs in server.bound:
+        host, port = addrs[0][:2]
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        out.append(format_address(host, port))
+    return out
 
 
 async def serve(opts: ServeOptions) -> None:
@@ -75,6 +110,7 @@ async def serve(opts: ServeOptions) -> None:
     broker = Broker(opts.broker, data_dir=opts.data_dir)
     server = Server(broker, listeners=listeners)
     await server.start()
+    cluster = await _join(opts, server)
     collector = CollectorTuning(asyncio.get_running_loop())  # (this process is the broker's alone)
     log.info("hare %s ready: %s (data in %s)", __version__, ", ".join(
         f"{'amqps' if listener.tls else 'amqp'}://{format_address(*addrs[0][:2])}"
@@ -94,8 +130,31 @@ async def serve(opts: ServeOptions) -> None:
     await stop.wait()
     log.info("shutting down")
     collector.stop()
+    if cluster is not None:
+        await cluster.stop()
     await server.stop()
     log.info("stopped")
+
+
+async def _join(opts: ServeOptions, server: Server) -> EtcdNode | None:
+    """Join the cluster `opts` names (None: not clustered); on failure stop `server` and raise
+    ValueError."""
+    settings = cluster_settings(opts)
+    control = server.control
+    if control is not None:
+        control.amqp = _advertised(server)
+        control.cluster_name = opts.cluster_name or control.node_name
+    if settings is None:
+        return None
+    try:
+        node = EtcdNode(settings, NodeRecord(settings.node_name, _advertised(server), settings.listener))
+        await node.start(timeout=max(1, opts.discovery_retry_limit) * opts.discovery_retry_interval / 1000)
+    except ClusterError as exc:
+        await server.stop()
+        raise ValueError(str(exc)) from None
+    if control is not None:
+        control.cluster, control.node_name = node, settings.node_name
+    return node
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         try:
             opts = serve_options(args)
+            cluster_settings(opts)  # a bad endpoint or node name: a usage error, before anything runs
         except (OSError, ValueError) as exc:
             print(f"hare: {exc}", file=sys.stderr)
             return 2

@@ -11,7 +11,8 @@ the broker between two AMQP reads. One JSON object per line each way::
 
 ``error`` is the text ``rabbitmqctl`` prints for the same failure and ``status`` its exit code.
 Each command is a ``_cmd_<name>`` method: rabbitmqctl's names (users, vhosts, permissions, topic
-permissions, limits, policies, definitions, list_queues, status). Every change goes through the
+permissions, limits, policies, definitions, list_queues, status, cluster_status); the few that
+wait for something (forget_cluster_node asks etcd) are ``_async_<name>``. Every change goes through the
 broker's command layer (``broker.commands``); this module only words the answers as rabbitmqctl.
 """
 
@@ -34,10 +35,12 @@ from ..broker.commands import Commands
 from ..broker.definitions_file import apply_definitions
 from ..broker.policies import PolicyError, pcre_error
 from ..broker.vhost import VirtualHost
+from ..cluster.etcd_node import ClusterError, EtcdNode
 
 log = logging.getLogger("hare.control")
 
 SOCKET_NAME = "hare-ctl.sock"
+NODE_NAME = "hare@localhost"  # a node's name when it is not clustered (as its cluster_name)
 MAX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 MAX_REQUEST = 64 << 20  # a request line (import_definitions sends the whole file)
 
@@ -59,6 +62,9 @@ class ControlServer:
         self.broker = broker
         self.path = Path(path)
         self._server: asyncio.AbstractServer | None = None
+        self.cluster: EtcdNode | None = None  # set by `hare serve --cluster`
+        self.cluster_name = self.node_name = NODE_NAME  # a single node: its own cluster
+        self.amqp: list[str] = []  # this node's AMQP listeners, host:port
 
     async def start(self) -> bool:
         """Listen; False (with a warning) when the socket cannot be made."""
@@ -92,7 +98,7 @@ class ControlServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                writer.write(json.dumps(self.handle_line(line), default=str).encode() + b"\n")
+                writer.write(json.dumps(await self.handle_line_async(line), default=str).encode() + b"\n")
                 await writer.drain()
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
@@ -109,6 +115,25 @@ class ControlServer:
             return {"ok": False, "error": str(exc), "status": exc.status}
         except ValueError as exc:
             return {"ok": False, "error": f"Error: bad request: {exc}", "status": EX_DATAERR}
+        except Exception as exc:  # a bug must not take the broker down
+            log.exception("control command failed")
+            return {"ok": False, "error": f"Error: {exc!r}", "status": 70}
+
+    async def handle_line_async(self, line: bytes) -> dict[str, Any]:
+        """As `handle_line`, and the commands that wait for something (``_async_NAME``: the
+        cluster's, which ask etcd)."""
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return self.handle_line(line)
+        command = request.get("command") if isinstance(request, dict) else None
+        handler = getattr(self, f"_async_{command}", None) if isinstance(command, str) else None
+        if handler is None:
+            return self.handle_line(line)
+        try:
+            return {"ok": True, **await handler(request)}
+        except CommandError as exc:
+            return {"ok": False, "error": str(exc), "status": exc.status}
         except Exception as exc:  # a bug must not take the broker down
             log.exception("control command failed")
             return {"ok": False, "error": f"Error: {exc!r}", "status": 70}
@@ -155,6 +180,25 @@ class ControlServer:
                 raise CommandError(f'Error:\nUser "{name}" does not exist', EX_NOUSER)
             raise CommandError(f'Error:\n{{:no_such_user, {_ex_string(name)}}}', EX_UNAVAILABLE)
         return name
+
+    # the cluster (cluster/etcd_node.py; without one, this node alone)
+
+    def _cmd_cluster_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        if self.cluster is not None:
+            return {**self.cluster.status(), "node": self.node_name}
+        return {"cluster_name": self.cluster_name, "node": self.node_name, "nodes": [
+            {"name": self.node_name, "alive": True, "amqp": self.amqp}], "queues": []}
+
+    async def _async_forget_cluster_node(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req.get("node", ""))
+        if self.cluster is None:
+            raise CommandError(f"Error:\n{{:not_a_cluster_node, \"The node selected is not in the "
+                               f"cluster.\"}}: {name} (this node is not clustered)")
+        try:
+            await self.cluster.forget(name)
+        except ClusterError as exc:
+            raise CommandError(str(exc)) from None
+        return {}
 
     # policies and queues
 

@@ -1,0 +1,74 @@
+"""Fixtures of the cluster's tests: a real etcd, and `hare serve --cluster` nodes beside it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from etcd_server import Etcd
+from hare_node import HareNode, free_port
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    server = Etcd(tmp_path / "etcd").start()
+    yield server
+    server.stop()
+
+
+class ClusterNode(HareNode):
+    """`hare serve --node-name NAME --cluster ... --cluster-bind ...`."""
+
+    def __init__(self, name: str, etcd: Etcd, root: Path, extra: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.cluster_port = free_port()
+        super().__init__(root / name, root / f"{name}.log", args=(
+            "--node-name", name, "--cluster", etcd.endpoint,
+            "--cluster-bind", f"127.0.0.1:{self.cluster_port}", *extra))
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "hare", "ctl", "--data-dir", str(self.data_dir), *args],
+                              capture_output=True, text=True, timeout=30)
+        if check:
+            assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+        return done
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.ctl("cluster_status", "--formatter", "json").stdout)
+        return out
+
+    def alive(self) -> dict[str, bool]:
+        """Each member's name: alive or not, as this node sees it."""
+        return {n["name"]: n["alive"] for n in self.status()["nodes"]}
+
+    def wait_until(self, what: Callable[[dict[str, bool]], bool], timeout: float = 15) -> dict[str, bool]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                seen = self.alive()
+            except (AssertionError, ValueError):  # the control socket is not up yet
+                seen = {}
+            if what(seen):
+                return seen
+            assert time.monotonic() < deadline, f"{self.name} sees {seen}\n{self.log.read_text()}"
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def cluster_node(etcd: Etcd, tmp_path: Path) -> Iterator[Callable[..., ClusterNode]]:
+    nodes: list[ClusterNode] = []
+
+    def make(name: str, *extra: str) -> ClusterNode:
+        node = ClusterNode(name, etcd, tmp_path, extra)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
