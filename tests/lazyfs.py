@@ -37,6 +37,8 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -475,6 +477,24 @@ class LazyFS:
         if os.path.ismount(self.mountpoint):
             subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
         self.proc = None
+
+
+@contextmanager
+def mounted(mountpoint: Path) -> Iterator[LazyFS]:
+    """A LazyFS at ``mountpoint`` for a test, or the test skipped (saying why) where none can be
+    mounted."""
+    import pytest  # (not in the file system's own process)
+
+    if (why := unavailable()) is not None:
+        pytest.skip(f"no FUSE file system: {why}")
+    try:
+        fs = LazyFS(mountpoint).__enter__()
+    except OSError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield fs
+    finally:
+        fs.__exit__()
 
 
 if __name__ == "__main__":

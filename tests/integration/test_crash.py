@@ -135,16 +135,8 @@ def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Disk]:
     if request.param == "kill":
         yield Disk(tmp_path / "data", lambda: None, False)
         return
-    if (why := lazyfs.unavailable()) is not None:
-        pytest.skip(f"no FUSE file system: {why}")
-    try:
-        fs = lazyfs.LazyFS(tmp_path / "mnt").__enter__()
-    except OSError as exc:
-        pytest.skip(str(exc))
-    try:
+    with lazyfs.mounted(tmp_path / "mnt") as fs:
         yield Disk(fs.mountpoint / "data", fs.cut, True)
-    finally:
-        fs.__exit__()
 
 
 def test_confirmed_persistent_messages_survive_kill_9(tmp_path: Path, disk: Disk) -> None:

@@ -18,7 +18,7 @@ import aio_pika
 import pika
 import pytest
 from hare_node import HareNode
-from lazyfs import LazyFS, unavailable
+from lazyfs import LazyFS, mounted, unavailable
 from support import wait_until
 
 pytestmark = [
@@ -41,14 +41,8 @@ def ctl_status(data: Path) -> str:
 
 @pytest.fixture
 def fs(tmp_path: Path) -> Iterator[LazyFS]:
-    try:
-        lazy = LazyFS(tmp_path / "mnt").__enter__()
-    except OSError as exc:
-        pytest.skip(str(exc))
-    try:
+    with mounted(tmp_path / "mnt") as lazy:
         yield lazy
-    finally:
-        lazy.__exit__()
 
 
 def drain(url: str, queue: str) -> list[bytes]:

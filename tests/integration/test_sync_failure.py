@@ -14,7 +14,7 @@ from pathlib import Path
 import pika
 import pytest
 from hare_node import HareNode
-from lazyfs import LazyFS, unavailable
+from lazyfs import mounted, unavailable
 from support import wait_until
 
 pytestmark = [
@@ -33,11 +33,7 @@ def ctl_status(data: Path) -> str:
 
 
 def test_failed_sync_nacks_confirms_fails_commits_and_raises_an_alarm(tmp_path: Path) -> None:
-    try:
-        fs = LazyFS(tmp_path / "mnt").__enter__()
-    except OSError as exc:
-        pytest.skip(str(exc))
-    try:
+    with mounted(tmp_path / "mnt") as fs:
         data = fs.mountpoint / "data"
         node = HareNode(data, tmp_path / "hare.log").start()
         try:
@@ -93,5 +89,3 @@ def test_failed_sync_nacks_confirms_fails_commits_and_raises_an_alarm(tmp_path: 
             assert "ERROR" not in node.log.read_text()
         finally:
             node.stop()
-    finally:
-        fs.__exit__()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lazyfs import LazyFS, unavailable
+from lazyfs import LazyFS, mounted, unavailable
 
 from hare.store import queue_log
 from hare.store.message_store import MessageStore
@@ -21,14 +21,8 @@ ROUTE = b"\x02ex\x03key"
 
 @pytest.fixture
 def fs(tmp_path: Path) -> Iterator[LazyFS]:
-    try:
-        lazy = LazyFS(tmp_path / "mnt").__enter__()
-    except OSError as exc:
-        pytest.skip(str(exc))
-    try:
+    with mounted(tmp_path / "mnt") as lazy:
         yield lazy
-    finally:
-        lazy.__exit__()
 
 
 def test_a_log_on_a_full_disk_keeps_its_records_and_writes_them_later(
