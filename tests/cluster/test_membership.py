@@ -3,6 +3,8 @@ other join, stop, die and come back; `hare ctl cluster_status` and `forget_clust
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -162,3 +164,18 @@ def test_members_survive_an_etcd_restart_and_the_watch_resumes(
     a.wait_until(lambda seen: seen == {"hare-a": True, "hare-b": False, "hare-c": True}, timeout=10)
     c.wait_until(lambda seen: seen == {"hare-a": True, "hare-b": False, "hare-c": True}, timeout=10)
     assert "cannot renew the lease" in a.log.read_text()
+
+
+def test_a_frozen_node_is_seen_gone_and_rejoins_when_it_wakes(
+        cluster_node: Callable[..., ClusterNode]) -> None:
+    a, b, c = _three(cluster_node)
+    assert b.proc is not None
+    os.kill(b.proc.pid, signal.SIGSTOP)  # no renewal: its lease expires
+    try:
+        a.wait_until(lambda seen: seen == {"hare-a": True, "hare-b": False, "hare-c": True}, timeout=15)
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    # awake, it finds its lease gone and joins again with a new one
+    a.wait_until(lambda seen: seen == dict.fromkeys(ALL, True), timeout=15)
+    b.wait_until(lambda seen: seen == dict.fromkeys(ALL, True), timeout=5)
+    assert "joined again after the lease expired" in b.log.read_text()

@@ -138,26 +138,24 @@ class EtcdNode:
     # -- staying a member -----------------------------------------------------------------------------
 
     async def _keep_lease(self) -> None:
-        """Renew the lease every third of its TTL; when it has expired (etcd unreachable for
-        longer), join again with a new one."""
+        """Renew the lease every third of its TTL; when it has expired (etcd unreachable, or
+        this process frozen, for longer than the TTL), join again at once with a new one."""
         ttl = self.settings.lease_ttl
         failing = False
         while True:
             await asyncio.sleep(ttl / 3)
             sent = time.monotonic()
             try:
+                if self._lease is not None:
+                    reply = await self._lease.refresh()
+                    if reply.TTL <= 0:
+                        self._lease = None
+                        log.warning("the lease expired (not renewed for %d s): joining again", ttl)
+                    else:
+                        self.lease_deadline = sent + reply.TTL
                 if self._lease is None:
                     await self._join(self._client or self._connect())
                     log.warning("joined again after the lease expired")
-                    failing = False
-                    continue
-                reply = await self._lease.refresh()
-                granted = reply.TTL
-                if granted <= 0:
-                    self._lease = None
-                    log.warning("the lease expired while etcd was unreachable")
-                    continue
-                self.lease_deadline = sent + granted
                 if failing:
                     log.info("etcd reachable again, lease renewed")
                 failing = False
