@@ -52,12 +52,7 @@ class EtcdNode:
 
     async def _next_endpoint(self) -> None:
         """After a failed request: the next endpoint (a single one: a new channel to it)."""
-        old, self._client = self._client, None
-        if old is not None:
-            try:
-                await old.close()
-            except Exception:  # noqa: BLE001 - it is being replaced
-                pass
+        await self._close_client()
         self._endpoint += 1
         self._connect()
 
@@ -128,12 +123,15 @@ class EtcdNode:
                 log.warning("could not revoke the cluster lease (it expires in %d s): %s",
                             self.settings.lease_ttl, exc)
             self._lease = None
-        if self._client is not None:
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
             try:
-                await self._client.close()
-            except Exception:  # noqa: BLE001
+                await client.close()
+            except Exception:  # noqa: BLE001 - gone or being replaced either way
                 pass
-            self._client = None
 
     # -- staying a member -----------------------------------------------------------------------------
 

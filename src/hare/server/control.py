@@ -111,13 +111,8 @@ class ControlServer:
             if not isinstance(request, dict):
                 raise CommandError("Error: a request is a JSON object")
             return {"ok": True, **self.handle(request)}
-        except CommandError as exc:
-            return {"ok": False, "error": str(exc), "status": exc.status}
-        except ValueError as exc:
-            return {"ok": False, "error": f"Error: bad request: {exc}", "status": EX_DATAERR}
-        except Exception as exc:  # a bug must not take the broker down
-            log.exception("control command failed")
-            return {"ok": False, "error": f"Error: {exc!r}", "status": 70}
+        except Exception as exc:
+            return _failed(exc)
 
     async def handle_line_async(self, line: bytes) -> dict[str, Any]:
         """As `handle_line`, and the commands that wait for something (``_async_NAME``: the
@@ -132,11 +127,8 @@ class ControlServer:
             return self.handle_line(line)
         try:
             return {"ok": True, **await handler(request)}
-        except CommandError as exc:
-            return {"ok": False, "error": str(exc), "status": exc.status}
-        except Exception as exc:  # a bug must not take the broker down
-            log.exception("control command failed")
-            return {"ok": False, "error": f"Error: {exc!r}", "status": 70}
+        except Exception as exc:
+            return _failed(exc)
 
     # -- commands -------------------------------------------------------------------------------------
 
@@ -381,6 +373,17 @@ class ControlServer:
                 "auto_delete": q.auto_delete, "exclusive": q.exclusive,
                 "arguments": {k: v for k, v in q.arguments.items()}})
         return out
+
+
+def _failed(exc: Exception) -> dict[str, Any]:
+    """The reply to a command that raised ``exc``: its own words, or a bad request, or a bug (which
+    must not take the broker down)."""
+    if isinstance(exc, CommandError):
+        return {"ok": False, "error": str(exc), "status": exc.status}
+    if isinstance(exc, ValueError):
+        return {"ok": False, "error": f"Error: bad request: {exc}", "status": EX_DATAERR}
+    log.exception("control command failed")
+    return {"ok": False, "error": f"Error: {exc!r}", "status": EX_SOFTWARE}
 
 
 def _ex_string(s: str) -> str:
