@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..amqp.errors import ConnectionFault, access_refused, precondition_failed
@@ -34,7 +36,8 @@ from ..auth.users import HASHES, KNOWN_TAGS, SHA256, USER_LIMITS, User, hash_pas
 from . import events
 from .events import Event
 from .exchanges import EXCHANGE_TYPES
-from .policies import erl
+from .policies import erl, make_policy
+from .proposal import Change, Pending, Proposed
 from .vhost import Binding, VirtualHost, server_queue_name
 
 if TYPE_CHECKING:
@@ -65,11 +68,90 @@ def _no_such_vhost(name: str) -> CommandError:
     return CommandError("not_found", f"Virtual host '{name}' does not exist")
 
 
+def _user_change(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A command that changes users (their records: password, tags, limits, permissions). In a
+    cluster it runs on a copy of the users: the records it would save are proposed (guarded by
+    the revision this node applied), and the model changes when the cluster applies them."""
+
+    @functools.wraps(method)
+    def run(self: Commands, name: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.clustered:
+            return method(self, name, *args, **kwargs)
+        replay = self._take_replay()
+        if replay is not None and replay.committed:
+            return self.broker.users.users.get(name)
+        users = self.broker.users
+        real = users.users
+        users.users = {n: user_from_record(user_record(u), u.loopback_only) for n, u in real.items()}
+        self._collected = {}
+        try:
+            method(self, name, *args, **kwargs)
+        finally:
+            users.users, collected, self._collected = real, self._collected, None
+        cluster = self.cluster
+        if all(record == (None if real.get(n) is None else user_record(real[n]))
+               for n, record in collected.items()):
+            return real.get(name)  # it changes nothing (an import of what is there)
+        change = Change()
+        for user_name, record in collected.items():
+            if record is None:
+                change.delete(cluster.key(b"users", user_name))
+            else:
+                key, value = cluster.user_entry(record)
+                change.put(key, value)
+            cluster.guard_unchanged(change, cluster.key(b"users", user_name))
+        raise Proposed(cluster.propose(change))
+
+    return run
+
+
 class Commands:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         # called with each Event after the change is applied and persisted (events.py)
         self.listeners: list[Callable[[Event], None]] = []
+        # In a cluster (cluster/definitions.py: ClusterDefinitions): a command proposes its change
+        # (broker/proposal.py) and the model changes when the cluster applies it, through this
+        # class in its local mode (``local``). Without one, every change is made here at once.
+        self.cluster: Any = None
+        self.replay: Pending | None = None  # the change of the command now running again
+        self._local = 0
+        self._collected: dict[str, dict[str, Any] | None] | None = None  # (_user_change)
+
+    @property
+    def clustered(self) -> bool:
+        """Changes go through the cluster (not: applying what it agreed to)."""
+        return self.cluster is not None and not self._local
+
+    @contextmanager
+    def local(self) -> Iterator[None]:
+        """Change the model itself (the cluster applies a change it agreed to)."""
+        self._local += 1
+        try:
+            yield
+        finally:
+            self._local -= 1
+
+    def _take_replay(self) -> Pending | None:
+        """The change of the command running again (raising what made it fail, if anything)."""
+        replay, self.replay = self.replay, None
+        if replay is not None and replay.error is not None:
+            raise replay.error
+        return replay
+
+    def _propose(self, change: Change) -> None:
+        """Raise ``Proposed``; return only when this is the command running again after the
+        cluster applied its change (a guard that failed: the command proposes afresh)."""
+        replay = self._take_replay()
+        if replay is not None and replay.committed:
+            return
+        raise Proposed(self.cluster.propose(change))
+
+    def _barrier(self) -> None:
+        """Before answering "not found" in a cluster: catch up with what the cluster has (a
+        client told by another node that it declared something finds it here)."""
+        if self.clustered:
+            self._propose(Change())
 
     @property
     def _defs(self) -> Any:
@@ -78,7 +160,7 @@ class Commands:
     def _announce(self, kind: str, vhost: str, name: str, **details: Any) -> None:
         """Tell the listeners of a change already applied and persisted. A listener that fails
         is logged: the change stands, and the caller gets its answer."""
-        if self.listeners:
+        if self.listeners and self._collected is None:
             event = Event(kind, vhost, name, details)
             for listener in list(self.listeners):
                 try:
@@ -104,6 +186,13 @@ class Commands:
                 access.check(READ, "exchange", name)
                 access.check(WRITE, "exchange", ae)
         existing = vhost.exchanges.get(name)
+        if self.clustered and existing is None:
+            if passive:
+                self._barrier()
+            elif name and type_name in EXCHANGE_TYPES:
+                self._propose_exchange(vhost, name, type_name, durable, auto_delete, internal,
+                                       arguments or {})
+                existing = vhost.exchanges.get(name)
         ex = vhost.declare_exchange(name, type_name, passive=passive, durable=durable,
                                     auto_delete=auto_delete, internal=internal, arguments=arguments)
         if ex is not existing:
@@ -114,12 +203,27 @@ class Commands:
                            auto_delete=ex.auto_delete, internal=ex.internal, arguments=ex.arguments)
         return ex
 
+    def _propose_exchange(self, vhost: VirtualHost, name: str, type_name: str, durable: bool,
+                          auto_delete: bool, internal: bool, arguments: dict[str, Any]) -> None:
+        vhost.new_exchange(name, type_name, durable, auto_delete, internal, arguments)  # its checks
+        key, value = self.cluster.exchange_entry(vhost.name, name, type_name, durable, auto_delete,
+                                                 internal, arguments)
+        change = Change()
+        change.put(key, value)
+        self._propose(self.cluster.guard_absent(change, key))
+
     def delete_exchange(self, vhost: VirtualHost, name: str, if_unused: bool = False,
                         access: Access | None = None) -> None:
         if access is not None and name and not name.startswith("amq."):
             access.check(CONFIGURE, "exchange", name)  # after the default and 'amq.' checks
         ex = vhost.exchange_to_delete(name, if_unused=if_unused)
         if ex is not None:
+            if self.clustered:
+                change = Change()
+                self.cluster.exchange_gone(change, vhost, ex)
+                self.cluster.orphans(change, vhost, vhost.bindings_to(ex))
+                self._propose(change)
+                return
             self._remove_exchange(vhost, ex, None)
 
     def _remove_exchange(self, vhost: VirtualHost, ex: Exchange, reason: str | None,
@@ -142,6 +246,14 @@ class Commands:
 
     def _maybe_auto_delete(self, vhost: VirtualHost, ex: Exchange, persist: bool = True) -> None:
         if vhost.auto_delete_due(ex):
+            if self.cluster is not None:
+                # the change that unbound it deletes it (ClusterDefinitions.orphans), unless the
+                # binding was this node's alone (an exclusive queue's): then this node does
+                if not self._local:
+                    change = Change()
+                    self.cluster.exchange_gone(change, vhost, ex)
+                    self.cluster.submit(change)
+                return
             self._remove_exchange(vhost, ex, events.AUTO_DELETE, persist)
 
     # -- queues ------------------------------------------------------------------------------------
@@ -153,7 +265,9 @@ class Commands:
         server_named = False
         if not passive:
             if not name:
-                name, server_named = server_queue_name(), True
+                replay = self.replay
+                name = replay.result if replay is not None and isinstance(replay.result, str) else None
+                name, server_named = name or server_queue_name(), True
             elif name.startswith("amq."):  # before the permission check, as RabbitMQ
                 return vhost.declare_queue(name)  # raises 403 'reserved prefix'
             if access is not None:
@@ -168,6 +282,16 @@ class Commands:
                     raise precondition_failed(f"cannot declare queue '{name}': queue limit in vhost "
                                               f"'{vhost.name}' ({limit}) is reached")
         existing = vhost.queues.get(name)
+        if self.clustered and existing is None:
+            if passive:
+                self._barrier()
+            elif not exclusive:
+                vhost.check_new_queue(name, durable, exclusive, auto_delete, arguments or {})
+                key, value = self.cluster.queue_entry(vhost.name, name, durable, auto_delete, arguments or {})
+                change = Change(result=name)
+                change.put(key, value)
+                self._propose(self.cluster.guard_absent(change, key))
+                existing = vhost.queues.get(name)
         q = vhost.declare_queue(name, passive=passive, durable=durable, exclusive=exclusive,
                                 auto_delete=auto_delete, arguments=arguments, conn=conn,
                                 server_named=server_named)
@@ -183,12 +307,29 @@ class Commands:
         if access is not None:
             access.check(CONFIGURE, "queue", name)
         q = vhost.queue_to_delete(name, if_unused=if_unused, if_empty=if_empty, conn=conn)
-        return 0 if q is None else self._remove_queue(vhost, q, None)
+        if q is None:
+            replay = self.replay
+            if replay is not None and replay.committed and isinstance(replay.result, int):
+                self.replay = None
+                return replay.result  # deleted by the cluster: the count when it was proposed
+            return 0
+        if self.clustered and self.cluster.in_cluster(q):
+            change = Change(result=q.message_count)
+            self.cluster.queue_gone(change, vhost, q)
+            self._propose(change)
+            return change.result
+        return self._remove_queue(vhost, q, None)
 
     def _remove_queue(self, vhost: VirtualHost, q: Queue, reason: str | None, persist: bool = True) -> int:
         """Delete a queue (its consumers are cancelled), its bindings with it (reason
         "queue_deleted"), then the auto-delete exchanges that lost their last binding by it;
-        return its ready message count."""
+        return its ready message count. (In a cluster, a deletion the broker makes by itself is
+        written to the cluster, which deletes it.)"""
+        if self.clustered and self.cluster.in_cluster(q):
+            change = Change()
+            self.cluster.queue_gone(change, vhost, q)
+            self.cluster.submit(change)
+            return 0
         count, gone = vhost.drop_queue(q)
         if persist and _kept(q) and self._defs is not None:
             self._defs.remove_queue(vhost.name, q.name)  # its bindings too, in one transaction
@@ -230,6 +371,9 @@ class Commands:
                    arguments: dict[str, Any] | None, conn: Any = None, access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "queue", queue, exchange, routing_key)
+        if self.clustered and self._propose_binding(
+                vhost, vhost.bind_queue(queue, exchange, routing_key, arguments, conn=conn, dry=True), True):
+            return
         self._bound(vhost, vhost.bind_queue(queue, exchange, routing_key, arguments, conn=conn))
 
     def unbind_queue(self, vhost: VirtualHost, queue: str, exchange: str, routing_key: str,
@@ -237,19 +381,47 @@ class Commands:
                      access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "queue", queue, exchange, routing_key)
+        if self.clustered and self._propose_binding(vhost, vhost.unbind_queue(
+                queue, exchange, routing_key, arguments, conn=conn, dry=True), False):
+            return
         self._unbound(vhost, vhost.unbind_queue(queue, exchange, routing_key, arguments, conn=conn))
 
     def bind_exchange(self, vhost: VirtualHost, destination: str, source: str, routing_key: str,
                       arguments: dict[str, Any] | None, access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "exchange", destination, source, routing_key)
+        if self.clustered and self._propose_binding(
+                vhost, vhost.bind_exchange(destination, source, routing_key, arguments, dry=True), True):
+            return
         self._bound(vhost, vhost.bind_exchange(destination, source, routing_key, arguments))
 
     def unbind_exchange(self, vhost: VirtualHost, destination: str, source: str, routing_key: str,
                         arguments: dict[str, Any] | None, access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "exchange", destination, source, routing_key)
+        if self.clustered and self._propose_binding(
+                vhost, vhost.unbind_exchange(destination, source, routing_key, arguments, dry=True), False):
+            return
         self._unbound(vhost, vhost.unbind_exchange(destination, source, routing_key, arguments))
+
+    def _propose_binding(self, vhost: VirtualHost, binding: Binding | None, add: bool) -> bool:
+        """In a cluster: propose the binding ``dry`` found to make (``add``) or to remove, unless
+        it is this node's alone (an exclusive queue's); True when the command is done."""
+        if binding is None:
+            return True  # nothing to change (or the change is applied: this command runs again)
+        if not self.cluster.binding_in_cluster(binding):
+            return False
+        src, dest, routing_key, arguments = binding
+        change = Change()
+        if add:
+            key, value = self.cluster.binding_entry(vhost.name, src.name, _kind(dest), dest.name,
+                                                    routing_key, arguments)
+            change.put(key, value)
+        else:
+            self.cluster.binding_gone(change, vhost.name, binding)
+            self.cluster.orphans(change, vhost, [binding])
+        self._propose(change)
+        return True
 
     def _bound(self, vhost: VirtualHost, binding: Binding | None) -> None:
         if binding is None:
@@ -272,6 +444,17 @@ class Commands:
 
     def set_policy(self, vhost: VirtualHost, name: str, pattern: str, definition: Any, priority: Any = 0,
                    apply_to: str = "all") -> Policy:
+        if self.clustered:
+            replay = self._take_replay()
+            if replay is None or not replay.committed:
+                entry = make_policy(vhost.name, name, pattern, definition, priority, apply_to).as_json()
+                same = [p for p in vhost.policies() if p.name == name and p.as_json() == entry]
+                if same:
+                    return same[0]  # it changes nothing (an import of what is there)
+                change = Change()
+                change.put(*self.cluster.policy_entry(entry))
+                raise Proposed(self.cluster.propose(change))
+            return next(p for p in vhost.policies() if p.name == name)
         policy = vhost.set_policy(name, pattern, definition, priority, apply_to)
         if self._defs is not None:
             self._defs.add_policy(vhost.name, name, pattern, apply_to, policy.priority, policy.definition)
@@ -280,6 +463,13 @@ class Commands:
         return policy
 
     def clear_policy(self, vhost: VirtualHost, name: str) -> bool:
+        if self.clustered:
+            if all(p.name != name for p in vhost.policies()):
+                return bool((replay := self._take_replay()) and replay.committed)
+            change = Change()
+            change.delete(self.cluster.key(b"policies", vhost.name, name))
+            self._propose(change)
+            return True
         if not vhost.clear_policy(name):
             return False
         if self._defs is not None:
@@ -296,8 +486,17 @@ class Commands:
         return vhost
 
     def add_vhost(self, name: str) -> VirtualHost:
+        if self.clustered:
+            replay = self._take_replay()
+            if replay is not None and replay.committed and name in self.broker.vhosts:
+                return self.broker.vhosts[name]
         if name in self.broker.vhosts:
             raise CommandError("exists", f"Virtual host '{name}' already exists")
+        if self.clustered:
+            key, value = self.cluster.vhost_entry(name, {})
+            change = Change()
+            change.put(key, value)
+            raise Proposed(self.cluster.propose(self.cluster.guard_absent(change, key)))
         vhost = self.broker.add_vhost(name)
         if self._defs is not None:
             self._defs.add_vhost(name)
@@ -309,7 +508,13 @@ class Commands:
         forget its permissions, as ``rabbitmqctl delete_vhost``. Each queue, exchange and binding
         is announced deleted (reason "vhost_deleted"), then the vhost; the store drops it all in
         one transaction."""
+        if self.clustered:
+            replay = self._take_replay()
+            if replay is not None and replay.committed and name not in self.broker.vhosts:
+                return
         vhost = self.vhost(name)
+        if self.clustered:
+            self._propose_vhost_deletion(vhost)
         for conn in list(self.broker.connections):
             if conn.vhost is vhost:
                 conn.close(320, f"vhost '{name}' is down")  # RabbitMQ 3.10's text
@@ -326,12 +531,45 @@ class Commands:
                 self._save_user(user)
         self._announce("vhost.deleted", name, name)
 
+    def _propose_vhost_deletion(self, vhost: VirtualHost) -> None:
+        """Its key first, then everything in it, and its users' permissions there."""
+        cluster, v = self.cluster, vhost.name
+        change = Change()
+        change.delete(cluster.key(b"vhosts", v))
+        for key in cluster.model_entries():
+            for kind in (b"exchanges", b"queues", b"bindings", b"policies"):
+                if key.startswith(cluster.key(kind, v) + b"/"):
+                    change.delete(key)
+        for user in self.broker.users.users.values():
+            if v in user.permissions or v in user.topic_permissions:
+                record = user_record(user)
+                record["permissions"].pop(v, None)
+                record["topic_permissions"].pop(v, None)
+                key, value = cluster.user_entry(record)
+                change.put(key, value)
+        self._propose(change)
+
+    def _propose_vhost_limits(self, vhost: VirtualHost, limits: dict[str, int]) -> bool:
+        """In a cluster: propose the vhost's new limits; True when the command is done."""
+        if not self.clustered:
+            return False
+        if vhost.limits == limits:
+            return True  # it changes nothing
+        key, value = self.cluster.vhost_entry(vhost.name, limits)
+        change = Change()
+        change.put(key, value)
+        self._propose(self.cluster.guard_unchanged(change, key))
+        return True
+
     def set_vhost_limits(self, name: str, limits: dict[str, Any]) -> None:
         vhost = self.vhost(name)
         try:
-            vhost.limits = _limits(limits, VHOST_LIMITS)
+            checked = _limits(limits, VHOST_LIMITS)
         except CommandError as exc:
             raise CommandError("invalid", f"Validation failed\n\n{exc}\n") from None
+        if self._propose_vhost_limits(vhost, checked):
+            return
+        vhost.limits = checked
         if self._defs is not None:
             self._defs.set_vhost_limits(name, vhost.limits)
         self._announce("vhost.limits.set", name, name, limits=dict(vhost.limits))
@@ -345,9 +583,13 @@ class Commands:
         return user
 
     def _save_user(self, user: User) -> None:
+        if self._collected is not None:  # (_user_change: proposed to the cluster)
+            self._collected[user.name] = user_record(user)
+            return
         if self._defs is not None:
             self._defs.put_user(user.name, user_record(user))
 
+    @_user_change
     def add_user(self, name: str, password: str | None, tags: list[str] | None = None) -> User:
         if not name:
             raise CommandError("invalid", "User name cannot be empty")
@@ -360,6 +602,7 @@ class Commands:
         self._announce("user.created", "", name, tags=list(user.tags))
         return user
 
+    @_user_change
     def put_user(self, name: str, password_hash: bytes, hashing: str, tags: list[str],
                  limits: dict[str, Any] | None = None) -> User:
         """A user as a definitions file gives it (a hash, not a password); replaces one of that
@@ -378,9 +621,13 @@ class Commands:
         self._announce("user.created" if existing is None else "user.changed", "", name, tags=list(user.tags))
         return user
 
+    @_user_change
     def delete_user(self, name: str) -> None:
         self.user(name)
         del self.broker.users.users[name]
+        if self._collected is not None:
+            self._collected[name] = None
+            return
         if self._defs is not None:
             self._defs.remove_user(name)
         self._announce("user.deleted", "", name)
@@ -388,6 +635,7 @@ class Commands:
             if conn.username == name:
                 conn.close(320, f"user '{name}' is deleted")
 
+    @_user_change
     def change_password(self, name: str, password: str) -> None:
         user = self.user(name)
         user.password_hash = hash_password(password) if password else b""
@@ -395,18 +643,21 @@ class Commands:
         self._save_user(user)
         self._announce("user.password.changed", "", name)
 
+    @_user_change
     def clear_password(self, name: str) -> None:
         user = self.user(name)
         user.password_hash = b""
         self._save_user(user)
         self._announce("user.password.cleared", "", name)
 
+    @_user_change
     def set_user_tags(self, name: str, tags: list[str]) -> None:
         user = self.user(name)
         user.tags = list(dict.fromkeys(tags))
         self._save_user(user)
         self._announce("user.tags.set", "", name, tags=list(user.tags))
 
+    @_user_change
     def set_user_limits(self, name: str, limits: dict[str, Any]) -> None:
         user = self.user(name)
         user.limits = _limits(limits, USER_LIMITS, "user-limits")
@@ -415,6 +666,7 @@ class Commands:
 
     # -- permissions -------------------------------------------------------------------------------
 
+    @_user_change
     def set_permissions(self, user_name: str, vhost: str, configure: str, write: str, read: str) -> None:
         user = self.user(user_name)
         self.vhost(vhost)
@@ -426,6 +678,7 @@ class Commands:
         self._refresh_access(user)
         self._announce("permission.created", vhost, user_name, configure=configure, write=write, read=read)
 
+    @_user_change
     def clear_permissions(self, user_name: str, vhost: str) -> None:
         user = self.user(user_name)
         self.vhost(vhost)
@@ -434,6 +687,7 @@ class Commands:
         self._refresh_access(user)
         self._announce("permission.deleted", vhost, user_name)
 
+    @_user_change
     def set_topic_permissions(self, user_name: str, vhost: str, exchange: str, write: str,
                               read: str) -> None:
         user = self.user(user_name)
@@ -448,6 +702,7 @@ class Commands:
         self._announce("topic.permission.created", vhost, user_name, exchange=exchange, write=write,
                        read=read)
 
+    @_user_change
     def clear_topic_permissions(self, user_name: str, vhost: str, exchange: str | None = None) -> None:
         user = self.user(user_name)
         self.vhost(vhost)
@@ -474,12 +729,17 @@ class Commands:
     def clear_vhost_limits(self, name: str) -> None:
         vhost = self.vhost(name)
         if not vhost.limits:
+            if self.clustered and (replay := self._take_replay()) is not None and replay.committed:
+                return
             raise CommandError("not_found", "Parameter does not exist")
+        if self._propose_vhost_limits(vhost, {}):
+            return
         vhost.limits = {}
         if self._defs is not None:
             self._defs.set_vhost_limits(name, {})
         self._announce("vhost.limits.cleared", name, name)
 
+    @_user_change
     def clear_user_limits(self, name: str, limit: str) -> None:
         """One limit by name, or ``all`` of them (an unknown name clears nothing, as RabbitMQ)."""
         user = self.user(name)
@@ -570,8 +830,19 @@ class Commands:
                 "global_parameters": [], "policies": policies, "queues": queues,
                 "exchanges": exchanges, "bindings": bindings}
 
+    def replace_user(self, user: User) -> None:
+        """A user's whole record as the cluster has it (it replaces this node's)."""
+        existing = self.broker.users.users.get(user.name)
+        self.broker.users.users[user.name] = user
+        self._save_user(user)
+        self._refresh_access(user)
+        self._announce("user.created" if existing is None else "user.changed", "", user.name,
+                       tags=list(user.tags))
+
     def _refresh_access(self, user: User) -> None:
         """The user's permissions changed: its open channels decide afresh from now on."""
+        if self._collected is not None:
+            return
         for conn in list(self.broker.connections):
             if conn.username == user.name:
                 conn.permissions_changed(user)

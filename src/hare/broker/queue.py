@@ -52,7 +52,7 @@ class Queue:
                  "arguments", "store", "groups", "consumer_count", "exclusive_consumer", "deleted",
                  "had_consumer", "flow_waiters", "settings", "policy", "unacked_expiry", "ttl_timer",
                  "expiry_timer", "last_used", "waiting", "counter",
-                 "predecessor")
+                 "predecessor", "home")
 
     def __init__(self, name: str, vhost: VirtualHost | None = None, durable: bool = False,
                  exclusive: bool = False, owner: Any = None, auto_delete: bool = False,
@@ -64,6 +64,7 @@ class Queue:
         self.durable = durable
         self.exclusive = exclusive
         self.owner = owner  # the connection owning an exclusive queue
+        self.home: str | None = None  # in a cluster, the node that holds it (None: this one)
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.store: QueueStore = store if store is not None else PagedQueueStore(None)

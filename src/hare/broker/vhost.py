@@ -134,19 +134,24 @@ class VirtualHost:
         if ex is not None:
             self._check_exchange_equivalent(ex, type_name, durable, auto_delete, internal, arguments)
             return ex
+        ex = self.new_exchange(name, type_name, durable, auto_delete, internal, arguments)
+        self.exchanges[name] = ex
+        ex.attach(self)
+        if self._policies:
+            self._apply_exchange_policy(ex)
+        return ex
+
+    def new_exchange(self, name: str, type_name: str, durable: bool, auto_delete: bool, internal: bool,
+                     arguments: dict[str, Any]) -> Exchange:
+        """A new exchange, checked, not added (a cluster writes it first: ``Commands``)."""
         if name.startswith("amq."):
             raise access_refused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         if "alternate-exchange" in arguments and not isinstance(arguments["alternate-exchange"], str):
             raise precondition_failed(  # RabbitMQ's r_arg: only a longstr names an exchange
                 f"invalid type '{arg_type_name(arguments['alternate-exchange'])}' for arg "
                 f"'alternate-exchange' in {self._in_vhost('exchange', name)}")
-        ex = cls(name, durable=durable, auto_delete=auto_delete, internal=internal,
-                 arguments=arguments, vhost_name=self.name)
-        self.exchanges[name] = ex
-        ex.attach(self)
-        if self._policies:
-            self._apply_exchange_policy(ex)
-        return ex
+        return EXCHANGE_TYPES[type_name](name, durable=durable, auto_delete=auto_delete, internal=internal,
+                                         arguments=arguments, vhost_name=self.name)
 
     def _check_exchange_equivalent(self, ex: Exchange, type_name: str, durable: bool,
                                    auto_delete: bool, internal: bool,
@@ -213,26 +218,33 @@ class VirtualHost:
         return ex.auto_delete and not ex.bindings and self.exchanges.get(ex.name) is ex
 
     def bind_exchange(self, destination: str, source: str, routing_key: str,
-                      arguments: dict[str, Any] | None) -> Binding | None:
-        """Bind; return the new binding (None: it was there already)."""
+                      arguments: dict[str, Any] | None, dry: bool = False) -> Binding | None:
+        """Bind; return the new binding (None: it was there already). ``dry``: check, and return
+        the binding it would make, without making it (a cluster writes it first)."""
         if not destination or not source:
             raise access_refused("operation not permitted on the default exchange")
         src = self.get_exchange(source)  # RabbitMQ looks the source up first
         dest = self.get_exchange(destination)
         src.validate_binding(routing_key, arguments or {})
+        if dry:
+            return None if src.has_binding(dest, routing_key, arguments) else (src, dest, routing_key,
+                                                                                arguments or {})
         if src.bind(dest, routing_key, arguments):
             return src, dest, routing_key, arguments or {}
         return None
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str,
-                        arguments: dict[str, Any] | None) -> Binding | None:
-        """Unbind; return the binding removed (None: there was none)."""
+                        arguments: dict[str, Any] | None, dry: bool = False) -> Binding | None:
+        """Unbind; return the binding removed (None: there was none); ``dry``: as bind's."""
         if not destination or not source:
             raise access_refused("operation not permitted on the default exchange")
         src = self.exchanges.get(source)
         dest = self.exchanges.get(destination)
         if src is None or dest is None:
             return None  # RabbitMQ 3.x: unbinding a missing exchange is not an error
+        if dry:
+            return (src, dest, routing_key, arguments or {}) if src.has_binding(dest, routing_key,
+                                                                                  arguments) else None
         if src.unbind(dest, routing_key, arguments):
             return src, dest, routing_key, arguments or {}
         return None
@@ -269,8 +281,7 @@ class VirtualHost:
             check_equivalent_queue_args(what, q.arguments, arguments)
             q.touch()
             return q
-        validate_queue_arguments(self._in_vhost("queue", name), arguments, durable, exclusive,
-                                 auto_delete)
+        self.check_new_queue(name, durable, exclusive, auto_delete, arguments)
         # exclusive and auto-delete queues never outlive the broker: only others are kept
         kept = durable and not auto_delete
         q = Queue(name, vhost=self, durable=durable, exclusive=exclusive,
@@ -279,6 +290,12 @@ class VirtualHost:
                   policy=self._policy_definition(name, arguments))
         self.queues[name] = q
         return q
+
+    def check_new_queue(self, name: str, durable: bool, exclusive: bool, auto_delete: bool,
+                        arguments: dict[str, Any]) -> None:
+        """What ``declare_queue`` checks before it makes a queue (a cluster writes it first)."""
+        validate_queue_arguments(self._in_vhost("queue", name), arguments, durable and not exclusive,
+                                 exclusive, auto_delete)
 
     def _queue_store(self, name: str, kept: bool, recovered: Any = None,
                      arguments: dict[str, Any] | None = None) -> QueueStore | None:
@@ -375,8 +392,8 @@ class VirtualHost:
         return count, gone
 
     def bind_queue(self, queue: str, exchange: str, routing_key: str,
-                   arguments: dict[str, Any] | None, conn: Any = None) -> Binding | None:
-        """Bind; return the new binding (None: it was there already)."""
+                   arguments: dict[str, Any] | None, conn: Any = None, dry: bool = False) -> Binding | None:
+        """Bind; return the new binding (None: it was there already); ``dry``: as bind_exchange's."""
         # RabbitMQ's order: default exchange (403), exchange (404), queue (404), binding
         # arguments (406), exclusive access (405)
         if not exchange:
@@ -388,13 +405,16 @@ class VirtualHost:
         ex.validate_binding(routing_key, arguments or {})
         if q.exclusive and q.owner is not conn:
             raise self._locked(q)
+        if dry:
+            new = not ex.has_binding(q, routing_key, arguments)
+            return (ex, q, routing_key, arguments or {}) if new else None
         if ex.bind(q, routing_key, arguments):
             return ex, q, routing_key, arguments or {}
         return None
 
     def unbind_queue(self, queue: str, exchange: str, routing_key: str,
-                     arguments: dict[str, Any] | None, conn: Any = None) -> Binding | None:
-        """Unbind; return the binding removed (None: there was none)."""
+                     arguments: dict[str, Any] | None, conn: Any = None, dry: bool = False) -> Binding | None:
+        """Unbind; return the binding removed (None: there was none); ``dry``: as bind_exchange's."""
         if not exchange:
             raise access_refused("operation not permitted on the default exchange")
         ex = self.exchanges.get(exchange)
@@ -403,6 +423,8 @@ class VirtualHost:
             return None  # RabbitMQ 3.x: unbinding what does not exist is not an error
         if q.exclusive and q.owner is not conn:
             raise self._locked(q)
+        if dry:
+            return ex, q, routing_key, arguments or {}
         if ex.unbind(q, routing_key, arguments):
             return ex, q, routing_key, arguments or {}
         return None

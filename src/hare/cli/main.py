@@ -147,7 +147,9 @@ async def _join(opts: ServeOptions, server: Server) -> EtcdNode | None:
     if settings is None:
         return None
     try:
-        node = EtcdNode(settings, NodeRecord(settings.node_name, _advertised(server), settings.listener))
+        node = EtcdNode(settings, NodeRecord(settings.node_name, _advertised(server), settings.listener),
+                        broker=server.broker)
+        server.broker.commands.cluster = node.defs  # from now on, changes go through etcd
         await node.start(timeout=max(1, opts.discovery_retry_limit) * opts.discovery_retry_interval / 1000)
     except ClusterError as exc:
         await server.stop()

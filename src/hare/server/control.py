@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..amqp.errors import AMQPError
 from ..broker.broker import Broker
 from ..broker.commands import CommandError as ModelError
 from ..broker.commands import Commands
 from ..broker.definitions_file import apply_definitions
 from ..broker.policies import PolicyError, pcre_error
+from ..broker.proposal import Pending, Proposed
 from ..broker.vhost import VirtualHost
 from ..cluster.etcd_node import ClusterError, EtcdNode
 
@@ -111,6 +113,8 @@ class ControlServer:
             if not isinstance(request, dict):
                 raise CommandError("Error: a request is a JSON object")
             return {"ok": True, **self.handle(request)}
+        except Proposed:
+            raise  # (handle_line_async waits for the cluster)
         except Exception as exc:
             return _failed(exc)
 
@@ -124,11 +128,34 @@ class ControlServer:
         command = request.get("command") if isinstance(request, dict) else None
         handler = getattr(self, f"_async_{command}", None) if isinstance(command, str) else None
         if handler is None:
-            return self.handle_line(line)
+            return await self._agreed(line)
         try:
             return {"ok": True, **await handler(request)}
         except Exception as exc:
             return _failed(exc)
+
+    async def _agreed(self, line: bytes) -> dict[str, Any]:
+        """`handle_line`; in a cluster, a command whose change the cluster must agree to is done
+        once this node has applied it (every such command answers nothing more than success).
+        When the cluster refused it (another node changed the same thing first), it runs again on
+        the state that won; an import runs again after each change, until it changes nothing."""
+        commands = self.broker.commands
+        replay: Pending | None = None
+        while True:
+            commands.replay = replay
+            try:
+                return self.handle_line(line)
+            except Proposed as proposed:
+                replay = proposed.pending
+            finally:
+                commands.replay = None
+            applied = asyncio.get_running_loop().create_future()
+            replay.add_done_callback(lambda _p, f=applied: f.done() or f.set_result(None))
+            await applied
+            if replay.error is not None:
+                return _failed(replay.error)
+            if replay.committed and b'"import_definitions"' not in line:
+                return {"ok": True}
 
     # -- commands -------------------------------------------------------------------------------------
 
@@ -382,6 +409,8 @@ def _failed(exc: Exception) -> dict[str, Any]:
         return {"ok": False, "error": str(exc), "status": exc.status}
     if isinstance(exc, ValueError):
         return {"ok": False, "error": f"Error: bad request: {exc}", "status": EX_DATAERR}
+    if isinstance(exc, AMQPError):  # the cluster could not be reached (broker/proposal.py)
+        return {"ok": False, "error": f"Error:\n{exc.text}", "status": EX_UNAVAILABLE}
     log.exception("control command failed")
     return {"ok": False, "error": f"Error: {exc!r}", "status": EX_SOFTWARE}
 

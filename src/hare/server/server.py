@@ -144,6 +144,13 @@ class AMQPProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return True
+        if conn.waiting is not None:
+            # a metadata change waits for the cluster: read again when it is applied
+            if rest is not None:
+                conn.buf += rest
+            transport.pause_reading()
+            conn.waiting.add_done_callback(self._waited)
+            return True
         if rest is not None:  # the rest of a heavy read: in a later turn
             self._defer(rest)
             return True
@@ -164,9 +171,17 @@ class AMQPProtocol(asyncio.Protocol):
             return self.output_held
         return True
 
+    def _waited(self, _pending: object) -> None:
+        """The cluster applied the change our input waited for: handle that input now."""
+        if self.transport is None or self.transport.is_closing() or self.conn.waiting is None:
+            return
+        if not self._handle(b""):
+            self._resume_reading()
+
     def _resume_reading(self) -> None:
         conn = self.conn
         if (self.flow_timer is None and not conn.alarm_paused and not self.output_held
+                and conn.waiting is None
                 and self.transport is not None and not self.transport.is_closing()):
             self.transport.resume_reading()
 
@@ -271,7 +286,7 @@ class AMQPProtocol(asyncio.Protocol):
         interval = self.heartbeat / 2
         self.ticks += 1
         if not self.ticks & 1:
-            if self.received or self.conn.alarm_paused or self.output_held:
+            if self.received or self.conn.alarm_paused or self.output_held or self.conn.waiting:
                 # not read while blocked or backed up: not silent
                 self.received = False
                 self.silent_checks = 0

@@ -21,6 +21,7 @@ from ..amqp.errors import AMQPError, ChannelError, ConnectionFault, SilentClose,
 from ..amqp.frames import FRAME_END_BYTE, HEARTBEAT_FRAME, pack_header, unpack_header
 from ..auth.permissions import Access
 from ..broker.broker import Broker
+from ..broker.proposal import Pending, Proposed
 from ..broker.queue import Queue
 from ..broker.vhost import VirtualHost
 from . import conn_log
@@ -180,6 +181,9 @@ class Connection(Handshake):
         self.blocked = False  # connection.blocked was sent (or would be, without the capability)
         self.alarm_paused = False  # blocked by a resource alarm: the shell does not read us
         self.throttled: set[Queue] = set()  # queues whose backlog asks us to stop reading
+        # a metadata change of ours the cluster has not applied yet (broker/proposal.py): its
+        # method frame and the input after it wait in self.buf; the shell does not read us
+        self.waiting: Pending | None = None
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -283,6 +287,11 @@ class Connection(Handshake):
     def receive_data(self, data: bytes) -> None:
         if self.closed:
             return
+        if self.waiting is not None:
+            if not self.waiting.done:
+                self.buf += data
+                return
+            data = self._replay(data)
         if self.buf:
             data = self.buf + data
             self.buf = b""
@@ -296,6 +305,24 @@ class Connection(Handshake):
             if self.client_closed:
                 self._forget_client_closed()
             self._finish()
+
+    def _replay(self, data: bytes) -> bytes:
+        """The cluster applied (or refused) our change: handle the method that proposed it
+        again, with the command layer told so (``Commands.replay``); return the rest of the
+        input, which waited behind it."""
+        pending, self.waiting = self.waiting, None
+        held, self.buf = self.buf + data, b""
+        size = 8 + unpack_header(held, 0)[2]
+        commands = self.broker.commands
+        commands.replay = pending
+        try:
+            self.receive_data(held[:size])
+        finally:
+            commands.replay = None
+        if self.waiting is not None:  # it proposed again (another node's change came first)
+            self.buf += held[size:]
+            return b""
+        return held[size:]
 
     def _forget_client_closed(self) -> None:
         """At the end of the input in which the client closed channels: send their close-ok and
@@ -438,6 +465,10 @@ class Connection(Handshake):
                 self._channel_error(ch, err)
             except AMQPError as err:
                 self._hard_error(err)
+                return
+            except Proposed as proposed:  # wait for the cluster; this frame runs again then
+                self.waiting = proposed.pending
+                self.buf = data[start - 7:]
                 return
             except Exception as exc:  # never let a bug (or a frame we misread) take the broker down
                 self._hard_error(self._internal_error(exc, ftype, data[start:end]))

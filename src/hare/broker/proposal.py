@@ -1,0 +1,90 @@
+"""A metadata change proposed to the cluster, applied only once the cluster has agreed to it.
+
+In a cluster, ``Commands`` does not change the model for a client's or an operator's command:
+it validates the command, turns the change into a ``Change`` (keys to put and delete, guarded by
+the revisions it read) and raises ``Proposed``. The caller holds the command: the AMQP connection
+keeps the method frame and the input after it, the control socket its request. The cluster
+writes the change; every node, the writer too, applies it to its model from the watch, in the
+cluster's order. When this node has applied the revision of the write, the ``Pending`` is done
+and the caller runs the command again with ``Commands.replay`` set to it: the command now finds
+its change made (a declare finds the queue; a password change is not made twice) and answers as
+a single node would. A guard that failed (another node changed the key first) means the command
+runs again on the state that won: a declare of a queue declared differently there is refused
+with 406, as it would be on one node.
+
+Nothing here does I/O: the cluster's shell (cluster/etcd_node.py) writes and completes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("hare.commands")
+
+
+@dataclass(slots=True)
+class Change:
+    """Keys (under the cluster's definitions prefix, as bytes) to put (value: bytes) and to delete
+    (value: None), written in one transaction when every guard holds: ``guards`` maps a key to
+    the revision it must still have (0: the key must not exist). A key is written once (etcd
+    refuses a transaction naming a key twice): the last put or delete of it stands."""
+
+    ops: dict[bytes, bytes | None] = field(default_factory=dict)
+    guards: dict[bytes, int] = field(default_factory=dict)
+    result: Any = None  # what the command answers when it runs again (queue.delete: the count)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.ops[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.ops[key] = None
+
+
+class Pending:
+    """A change on its way; ``finish`` is called once, when this node has applied it (or the
+    cluster refused it: ``committed`` False; or could not be reached: ``error``)."""
+
+    __slots__ = ("change", "done", "committed", "error", "_callbacks")
+
+    def __init__(self, change: Change) -> None:
+        self.change = change
+        self.done = False
+        self.committed = False
+        self.error: Exception | None = None
+        self._callbacks: list[Callable[[Pending], None]] = []
+
+    @property
+    def result(self) -> Any:
+        return self.change.result
+
+    def add_done_callback(self, callback: Callable[[Pending], None]) -> None:
+        if self.done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def finish(self, committed: bool = False, error: Exception | None = None) -> None:
+        if self.done:
+            return
+        self.done, self.committed, self.error = True, committed, error
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:  # one waiter's trouble is not the others' (nor the cluster's)
+                log.exception("a waiter of a metadata change failed")
+
+
+class Proposed(Exception):  # noqa: N818 - not an error: the command goes on when the cluster agrees
+    """Raised by a command whose change was proposed to the cluster; run it again (with
+    ``Commands.replay`` set) when ``pending`` is done."""
+
+    def __init__(self, pending: Pending) -> None:
+        super().__init__("a metadata change waits for the cluster")
+        self.pending = pending
+
+
+__all__ = ["Change", "Pending", "Proposed"]
