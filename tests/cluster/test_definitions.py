@@ -202,3 +202,106 @@ def test_the_first_node_seeds_the_cluster_and_a_joining_node_takes_its_definitio
     assert "bob" in b.ctl("list_users").stdout
     conn, _ch = _channel(b, "bob", "pw")
     conn.close()
+
+
+def test_a_bind_through_another_node_right_after_the_declare_finds_the_queue(
+        cluster_node: Callable[..., ClusterNode]) -> None:
+    a, b, _c = _three(cluster_node)
+    conn_a, ch_a = _channel(a)
+    conn_b, ch_b = _channel(b)
+    for i in range(20):  # b is asked the moment a has answered: b catches up before a 404
+        ch_a.queue_declare(queue=f"q{i}", durable=True)
+        ch_a.exchange_declare(exchange=f"x{i}", exchange_type="direct")
+        ch_b.queue_bind(queue=f"q{i}", exchange=f"x{i}", routing_key="k")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as missing:
+        ch_b.queue_bind(queue="never-declared", exchange="x0", routing_key="k")
+    assert missing.value.reply_code == 404
+    conn_a.close()
+    conn_b.close()
+
+
+def test_policies_exclusive_and_auto_delete_queues_across_nodes(
+        cluster_node: Callable[..., ClusterNode]) -> None:
+    a, b, c = _three(cluster_node)
+    a.ctl("set_policy", "cap", "^capped", '{"max-length": 2}', "--apply-to", "queues")
+    policies = json.loads(c.ctl("list_policies", "--formatter", "json").stdout)
+    assert [p["name"] for p in policies] == ["cap"]
+    conn, ch = _channel(b)
+    ch.queue_declare(queue="capped-1")
+    for i in range(5):
+        ch.basic_publish(exchange="", routing_key="capped-1", body=str(i).encode())
+    count = ch.queue_declare(queue="capped-1", passive=True).method.message_count
+    assert count == 2  # the policy a set holds on b
+    # an exclusive queue is its connection's node's alone
+    ch.queue_declare(queue="mine", exclusive=True)
+    other, other_ch = _channel(b)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as locked:
+        other_ch.queue_declare(queue="mine", passive=True)
+    assert locked.value.reply_code == 405  # on its node: another connection's
+    other.close()
+    assert _passive_queue(a, "mine") is None  # elsewhere: unknown
+    # an auto-delete queue goes, on every node, when its last consumer does
+    ch.queue_declare(queue="temp", auto_delete=True)
+    tag = ch.basic_consume(queue="temp", on_message_callback=lambda *args: None)
+    assert _passive_queue(c, "temp") == 0
+    ch.basic_cancel(tag)
+    deadline = time.monotonic() + 5
+    while _passive_queue(c, "temp") is not None or _passive_queue(a, "temp") is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    conn.close()
+    c.ctl("clear_policy", "cap")
+    assert json.loads(a.ctl("list_policies", "--formatter", "json").stdout) == []
+
+
+def test_a_declare_while_etcd_is_down_is_answered_when_it_is_back(
+        cluster_node: Callable[..., ClusterNode], etcd: Any) -> None:
+    a, b, _c = _three(cluster_node)
+    conn, ch = _channel(a)
+    etcd.stop()
+    answered: list[float] = []
+
+    def declare() -> None:
+        ch.queue_declare(queue="during-outage", durable=True)
+        answered.append(time.monotonic())
+
+    began = time.monotonic()
+    thread = threading.Thread(target=declare)
+    thread.start()
+    time.sleep(2)
+    assert not answered  # the declare waits: nothing is answered before the cluster has it
+    etcd.start()
+    thread.join(timeout=25)
+    assert answered and answered[0] - began < 25
+    conn.close()
+    assert _passive_queue(b, "during-outage") == 0
+
+
+def test_definitions_imported_through_one_node_are_the_clusters(
+        cluster_node: Callable[..., ClusterNode], tmp_path: Path) -> None:
+    a, b, _c = _three(cluster_node)
+    definitions = {
+        "users": [{"name": "carol", "password": "pw", "tags": ""}],
+        "vhosts": [{"name": "imported"}],
+        "permissions": [{"user": "carol", "vhost": "imported", "configure": ".*", "write": ".*",
+                         "read": ".*"}],
+        "policies": [{"vhost": "imported", "name": "ttl", "pattern": ".*", "apply-to": "queues",
+                      "definition": {"message-ttl": 60000}, "priority": 0}],
+        "exchanges": [{"name": "events", "vhost": "imported", "type": "fanout", "durable": True}],
+        "queues": [{"name": f"audit-{i}", "vhost": "imported", "durable": True} for i in range(5)],
+        "bindings": [{"source": "events", "vhost": "imported", "destination": f"audit-{i}",
+                      "destination_type": "queue", "routing_key": ""} for i in range(5)],
+    }
+    path = tmp_path / "defs.json"
+    path.write_text(json.dumps(definitions))
+    a.ctl("import_definitions", str(path))
+    conn, ch = _channel(b, "carol", "pw", "imported")
+    ch.confirm_delivery()
+    ch.basic_publish(exchange="events", routing_key="", body=b"e")
+    for i in range(5):  # the bindings route on b
+        assert ch.queue_declare(queue=f"audit-{i}", passive=True).method.message_count == 1
+    conn.close()
+    exported = json.loads(b.ctl("export_definitions", "-").stdout)
+    names = {q["name"] for q in exported["queues"] if q["vhost"] == "imported"}
+    assert names == {f"audit-{i}" for i in range(5)}
+    assert [p["name"] for p in exported["policies"]] == ["ttl"]

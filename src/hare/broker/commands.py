@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..amqp.errors import ConnectionFault, access_refused, precondition_failed
+from ..amqp.errors import ChannelError, ConnectionFault, access_refused, precondition_failed
 from ..auth.permissions import CONFIGURE, READ, WRITE, Access, PatternError, Permission, TopicPermission
 from ..auth.users import HASHES, KNOWN_TAGS, SHA256, USER_LIMITS, User, hash_password
 from . import events
@@ -143,9 +143,19 @@ class Commands:
         """Raise ``Proposed``; return only when this is the command running again after the
         cluster applied its change (a guard that failed: the command proposes afresh)."""
         replay = self._take_replay()
-        if replay is not None and replay.committed:
+        if replay is not None and replay.committed and replay.change.ops == change.ops:
             return
         raise Proposed(self.cluster.propose(change))
+
+    def _found(self, lookup: Callable[[], Any]) -> Any:
+        """``lookup()``; in a cluster, a 404 first catches up with the cluster (``_barrier``)."""
+        try:
+            return lookup()
+        except ChannelError as exc:
+            if exc.code != 404 or not self.clustered:
+                raise
+            self._barrier()
+            return lookup()
 
     def _barrier(self) -> None:
         """Before answering "not found" in a cluster: catch up with what the cluster has (a
@@ -371,8 +381,8 @@ class Commands:
                    arguments: dict[str, Any] | None, conn: Any = None, access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "queue", queue, exchange, routing_key)
-        if self.clustered and self._propose_binding(
-                vhost, vhost.bind_queue(queue, exchange, routing_key, arguments, conn=conn, dry=True), True):
+        if self.clustered and self._propose_binding(vhost, self._found(lambda: vhost.bind_queue(
+                queue, exchange, routing_key, arguments, conn=conn, dry=True)), True):
             return
         self._bound(vhost, vhost.bind_queue(queue, exchange, routing_key, arguments, conn=conn))
 
@@ -390,8 +400,8 @@ class Commands:
                       arguments: dict[str, Any] | None, access: Access | None = None) -> None:
         if access is not None:
             self._check_binding(vhost, access, "exchange", destination, source, routing_key)
-        if self.clustered and self._propose_binding(
-                vhost, vhost.bind_exchange(destination, source, routing_key, arguments, dry=True), True):
+        if self.clustered and self._propose_binding(vhost, self._found(lambda: vhost.bind_exchange(
+                destination, source, routing_key, arguments, dry=True)), True):
             return
         self._bound(vhost, vhost.bind_exchange(destination, source, routing_key, arguments))
 

@@ -211,19 +211,39 @@ class ClusterDefinitions:
         stale = [k for k in model if k not in entries]
         for key in sorted(stale, key=_order, reverse=True):
             self.apply(key, None, 0)
+        died = self._died_with_us(entries, model)
+        if died:
+            self.submit(Change(dict.fromkeys(died)))
         for key in sorted(entries, key=_order):
             value, revision = entries[key]
-            if key == self.seeded_key:
+            if key == self.seeded_key or key in died:
                 continue
-            if key.startswith(self.root + b"queues/") and key not in model:
-                record = json.loads(value)
-                if record.get("node") == self.node and (not record["durable"] or record["auto_delete"]):
-                    self.submit(Change({key: None}))  # it did not survive this node's restart
-                    continue
             if model.get(key) == value and not key.startswith(self.root + b"bindings/"):
                 self.revisions[key] = revision
             else:
                 self.apply(key, value, revision)
+
+    def _died_with_us(self, entries: dict[bytes, tuple[bytes, int]],
+                      model: dict[bytes, bytes]) -> set[bytes]:
+        """The keys of this node's queues that did not outlive its restart (not durable, or
+        auto-delete), and of their bindings: deleted from the cluster, not made again here."""
+        queues = self.root + b"queues/"
+        dead: set[tuple[str, str]] = set()
+        keys: set[bytes] = set()
+        for key, (value, _rev) in entries.items():
+            if key.startswith(queues) and key not in model:
+                record = json.loads(value)
+                if record.get("node") == self.node and (not record["durable"] or record["auto_delete"]):
+                    dead.add((record["vhost"], record["name"]))
+                    keys.add(key)
+        if dead:
+            for key, (value, _rev) in entries.items():
+                if key.startswith(self.root + b"bindings/"):
+                    record = json.loads(value)
+                    if (record["destination_type"] == "queue"
+                            and (record["vhost"], record["destination"]) in dead):
+                        keys.add(key)
+        return keys
 
     def apply(self, key: bytes, value: bytes | None, revision: int) -> None:
         """One key's new value (None: deleted), applied to the model; a failure is logged, never
@@ -296,14 +316,16 @@ class ClusterDefinitions:
             if q is not None and self.in_cluster(q):
                 c.delete_queue(vhost, q.name)
             return
+        home = record.get("node")
         if q is not None:
-            if q.exclusive:
+            if not q.exclusive:
+                q.home = None if home == self.node else home  # (a restart forgot it)
+            else:
                 log.warning("cluster definitions: queue '%s' in vhost '%s' is declared in the cluster, "
                             "and here as an exclusive queue: the exclusive queue is kept", q.name, vhost.name)
             return
         q = c.declare_queue(vhost, names[1], durable=record["durable"], auto_delete=record["auto_delete"],
                             arguments=_table(record["arguments"]))
-        home = record.get("node")
         q.home = None if home == self.node else home
 
     def _apply_bindings(self, names: list[str], record: dict[str, Any] | None) -> None:
