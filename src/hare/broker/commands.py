@@ -297,10 +297,9 @@ class Commands:
                 self._barrier()
             elif not exclusive:
                 vhost.check_new_queue(name, durable, exclusive, auto_delete, arguments or {})
-                key, value = self.cluster.queue_entry(vhost.name, name, durable, auto_delete, arguments or {})
                 change = Change(result=name)
-                change.put(key, value)
-                self._propose(self.cluster.guard_absent(change, key))
+                self.cluster.new_queue(change, vhost.name, name, durable, auto_delete, arguments or {})
+                self._propose(change)
                 existing = vhost.queues.get(name)
         q = vhost.declare_queue(name, passive=passive, durable=durable, exclusive=exclusive,
                                 auto_delete=auto_delete, arguments=arguments, conn=conn,

@@ -43,6 +43,7 @@ FLOW_LOW = FLOW_HIGH // 2
 # what Queue.publish answers (bits)
 THROTTLE = 1  # slow the publisher down (flow control)
 REJECTED_PUBLISH = 2  # refused (x-overflow reject-publish): the publisher gets a basic.nack
+REPLICATED = 4  # a replicated queue took it: its confirm waits for the followers (QuorumQueue)
 
 EXPIRY_SLICE = 0.004  # seconds of expiry work (dead-lettering) one timer turn may do
 
@@ -52,7 +53,7 @@ class Queue:
                  "arguments", "store", "groups", "consumer_count", "exclusive_consumer", "deleted",
                  "had_consumer", "flow_waiters", "settings", "policy", "unacked_expiry", "ttl_timer",
                  "expiry_timer", "last_used", "waiting", "counter",
-                 "predecessor", "home")
+                 "predecessor", "home", "replica")
 
     def __init__(self, name: str, vhost: VirtualHost | None = None, durable: bool = False,
                  exclusive: bool = False, owner: Any = None, auto_delete: bool = False,
@@ -65,6 +66,8 @@ class Queue:
         self.exclusive = exclusive
         self.owner = owner  # the connection owning an exclusive queue
         self.home: str | None = None  # in a cluster, the node that holds it (None: this one)
+        # in a cluster, a quorum queue's part on this node (cluster/replicas.py: leading or following)
+        self.replica: Any = None
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.store: QueueStore = store if store is not None else PagedQueueStore(None)
@@ -453,3 +456,25 @@ class Queue:
 
 def _priority(consumer: Consumer) -> int:
     return consumer.priority
+
+
+class QuorumQueue(Queue):
+    """``x-queue-type: quorum``. On a single node, a queue with quorum rules (arguments, delivery
+    limit); in a cluster, replicated (``replica``): its leader takes publishes and answers
+    REPLICATED with them, so the publisher's confirm waits for the in-sync followers; a
+    follower refuses publishes until messages are forwarded to the leader."""
+
+    __slots__ = ()
+
+    def publish(self, msg: Message) -> int:
+        replica = self.replica
+        if replica is None:
+            return Queue.publish(self, msg)
+        if not replica.leading:
+            replica.refused_publish()
+            return REJECTED_PUBLISH
+        return Queue.publish(self, msg) | REPLICATED
+
+
+def queue_class(arguments: dict[str, Any] | None) -> type[Queue]:
+    return QuorumQueue if arguments and arguments.get("x-queue-type") == "quorum" else Queue

@@ -31,7 +31,7 @@ from .exchanges import EXCHANGE_TYPES, Exchange
 from .exchanges.default import DefaultExchange
 from .message import Message
 from .policies import Policy, for_exchange, for_queue, make_policy
-from .queue import Queue
+from .queue import Queue, queue_class
 from .queue_settings import queue_settings
 from .timers import Timers
 
@@ -284,10 +284,11 @@ class VirtualHost:
         self.check_new_queue(name, durable, exclusive, auto_delete, arguments)
         # exclusive and auto-delete queues never outlive the broker: only others are kept
         kept = durable and not auto_delete
-        q = Queue(name, vhost=self, durable=durable, exclusive=exclusive,
-                  owner=conn if exclusive else None, auto_delete=auto_delete, arguments=arguments,
-                  store=self._queue_store(name, kept, arguments=arguments),
-                  policy=self._policy_definition(name, arguments))
+        store = self._queue_store(name, kept, arguments=arguments)
+        q = queue_class(arguments)(name, vhost=self, durable=durable, exclusive=exclusive,
+                                   owner=conn if exclusive else None, auto_delete=auto_delete,
+                                   arguments=arguments, store=store,
+                                   policy=self._policy_definition(name, arguments))
         self.queues[name] = q
         return q
 
@@ -326,9 +327,9 @@ class VirtualHost:
                              if (log := store.recover_log(self.name, level_name(name, level))) is not None}
             else:
                 recovered = store.recover_log(self.name, name)
-        q = Queue(name, vhost=self, durable=True, arguments=arguments,
-                  store=self._queue_store(name, True, recovered, arguments),
-                  policy=self._policy_definition(name, arguments))
+        q = queue_class(arguments)(name, vhost=self, durable=True, arguments=arguments,
+                                   store=self._queue_store(name, True, recovered, arguments),
+                                   policy=self._policy_definition(name, arguments))
         self.queues[name] = q
         return q
 
@@ -546,7 +547,7 @@ class VirtualHost:
                     pending.append((ae, nxt))
                 continue
             for d in dests:
-                if type(d) is Queue:
+                if isinstance(d, Queue):  # (a QuorumQueue too)
                     queues[d] = None
                 elif d not in seen:
                     seen.add(d)

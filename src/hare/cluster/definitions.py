@@ -85,6 +85,10 @@ class ClusterDefinitions:
         self.submit = submit
         self.revisions: dict[bytes, int] = {}  # key -> the mod revision applied
         self.seeded_key = self.root + b"seeded"
+        # replicated queues (cluster/replicas.py): their members for a new one, and each record
+        # applied (members, or None when it is deleted); without them, quorum queues are local
+        self.place: Callable[[int], list[str]] | None = None
+        self.on_replicated: Callable[[str, str, list[str] | None], None] | None = None
 
     # -- keys and records -------------------------------------------------------------------------
 
@@ -98,10 +102,27 @@ class ClusterDefinitions:
         return self.key(b"bindings", vhost, source) + b"/" + digest.encode()
 
     def queue_entry(self, vhost: str, name: str, durable: bool, auto_delete: bool,
-                    arguments: dict[str, Any], node: str | None = None) -> tuple[bytes, bytes]:
-        return self.key(b"queues", vhost, name), _encode({
-            "vhost": vhost, "name": name, "durable": durable, "auto_delete": auto_delete,
-            "arguments": _args(arguments), "node": node or self.node})
+                    arguments: dict[str, Any], node: str | None = None,
+                    members: list[str] | None = None) -> tuple[bytes, bytes]:
+        record = {"vhost": vhost, "name": name, "durable": durable, "auto_delete": auto_delete,
+                  "arguments": _args(arguments), "node": node or self.node}
+        if members is not None:
+            record["members"] = members
+        return self.key(b"queues", vhost, name), _encode(record)
+
+    def new_queue(self, change: Change, vhost: str, name: str, durable: bool, auto_delete: bool,
+                  arguments: dict[str, Any]) -> None:
+        """A queue's declare: its record (a quorum queue's with its members, and its ISR: every
+        member, the queue being empty), guarded: the key must be absent."""
+        members = None
+        if self.place is not None and arguments.get("x-queue-type") == "quorum":
+            size = arguments.get("x-quorum-initial-group-size")
+            members = self.place(size if isinstance(size, int) and size > 0 else 3)
+            change.put(self.root[:-len(b"defs/")] + b"isr/" + _part(vhost) + b"/" + _part(name),
+                       json.dumps({"in_sync": members}).encode())
+        key, value = self.queue_entry(vhost, name, durable, auto_delete, arguments, members=members)
+        change.put(key, value)
+        self.guard_absent(change, key)
 
     def exchange_entry(self, vhost: str, name: str, type_name: str, durable: bool, auto_delete: bool,
                        internal: bool, arguments: dict[str, Any]) -> tuple[bytes, bytes]:
@@ -164,6 +185,10 @@ class ClusterDefinitions:
 
     def queue_gone(self, change: Change, vhost: VirtualHost, q: Queue) -> None:
         change.delete(self.key(b"queues", vhost.name, q.name))
+        if q.arguments.get("x-queue-type") == "quorum":
+            cluster_root = self.root[:-len(b"defs/")]
+            for kind in (b"leaders/", b"isr/"):
+                change.delete(cluster_root + kind + _part(vhost.name) + b"/" + _part(q.name))
         bindings = vhost.bindings_to(q)
         for binding in bindings:
             self.binding_gone(change, vhost.name, binding)
@@ -194,7 +219,9 @@ class ClusterDefinitions:
                         out[k] = val
             for q in vhost.queues.values():
                 if self.in_cluster(q):
-                    k, val = self.queue_entry(v, q.name, q.durable, q.auto_delete, q.arguments, q.home)
+                    members = None if q.replica is None else q.replica.members
+                    k, val = self.queue_entry(v, q.name, q.durable, q.auto_delete, q.arguments, q.home,
+                                              members)
                     out[k] = val
         for user in broker.users.users.values():
             k, val = self.user_entry(user_record(user))
@@ -315,8 +342,15 @@ class ClusterDefinitions:
         if record is None:
             if q is not None and self.in_cluster(q):
                 c.delete_queue(vhost, q.name)
+                if self.on_replicated is not None:
+                    self.on_replicated(vhost.name, names[1], None)
             return
         home = record.get("node")
+        members = record.get("members")
+        if isinstance(members, list) and self.on_replicated is not None:
+            self._declared(vhost, names[1], record)
+            self.on_replicated(vhost.name, names[1], [str(m) for m in members])
+            return
         if q is not None:
             if not q.exclusive:
                 q.home = None if home == self.node else home  # (a restart forgot it)
@@ -327,6 +361,13 @@ class ClusterDefinitions:
         q = c.declare_queue(vhost, names[1], durable=record["durable"], auto_delete=record["auto_delete"],
                             arguments=_table(record["arguments"]))
         q.home = None if home == self.node else home
+
+    def _declared(self, vhost: VirtualHost, name: str, record: dict[str, Any]) -> None:
+        """A replicated queue: made here if it is not (its role is the replicas' to decide)."""
+        if vhost.queues.get(name) is None:
+            self.broker.commands.declare_queue(vhost, name, durable=record["durable"],
+                                               auto_delete=record["auto_delete"],
+                                               arguments=_table(record["arguments"]))
 
     def _apply_bindings(self, names: list[str], record: dict[str, Any] | None) -> None:
         if record is None:

@@ -21,6 +21,7 @@ from ..amqp.errors import ConnectionFault
 from ..broker.proposal import Change, Pending
 from .definitions import ClusterDefinitions
 from .membership import ClusterSettings, Keys, Members, NodeRecord
+from .replicas import Replicas
 
 log = logging.getLogger("hare.cluster")
 
@@ -53,6 +54,11 @@ class EtcdNode:
         # the broker's definitions, kept in etcd (None: membership only)
         self.defs = None if broker is None else ClusterDefinitions(
             self.keys.root, settings.node_name, broker, self.propose, self.submit)
+        # the replicated queues this node is a member of (None: membership only)
+        self.replicas = None if broker is None else Replicas(self, broker)
+        if self.defs is not None and self.replicas is not None:
+            self.defs.place, self.defs.on_replicated = self.replicas.place, self.replicas.queue_record
+        self._replica_roots = (self.keys.root + b"leaders/", self.keys.root + b"isr/")
         self._sync_key = self.keys.root + b"sync/" + settings.node_name.encode()
         self._token = 0  # the last token this node wrote
         self._seen = 0  # the last of its tokens the watch (or a read) applied
@@ -101,6 +107,8 @@ class EtcdNode:
         await self._retry("join the cluster", self._join, deadline)
         await self._retry("read the cluster's members", self._read_all, deadline)
         self._ready.set()
+        if self.replicas is not None:
+            await self.replicas.start()
         self._tasks = [asyncio.create_task(self._keep_lease(), name="hare-cluster-lease"),
                        asyncio.create_task(self._watch(), name="hare-cluster-watch")]
         alive = sorted(self.members.alive)
@@ -132,6 +140,7 @@ class EtcdNode:
         members = Members(self.keys)
         revision = found.header.revision
         entries: dict[bytes, tuple[bytes, int]] = {}
+        replicated: dict[bytes, tuple[bytes, int, int]] = {}
         seen = self._seen
         defs = self.defs
         for kv in found:
@@ -139,15 +148,19 @@ class EtcdNode:
             members.apply(key, kv.value, kv.mod_revision)
             if defs is not None and key.startswith(defs.root):
                 entries[key] = (kv.value, kv.mod_revision)
+            elif key.startswith(self._replica_roots):
+                replicated[key] = (kv.value, kv.create_revision, kv.mod_revision)
             elif key == self._sync_key:
                 seen = max(seen, _token(kv.value))
+        self.members = members  # (the definitions' replicated queues place members among them)
         if defs is not None:
             if not entries and not defs.revisions:
                 revision = max(revision, await self._seed(client, defs))
             else:
                 defs.snapshot(entries)
         members.revision = max(members.revision, revision)
-        self.members = members
+        if self.replicas is not None:
+            self.replicas.reset(replicated)
         self._saw(seen)
 
     async def _seed(self, client: Any, defs: ClusterDefinitions) -> int:
@@ -175,6 +188,8 @@ class EtcdNode:
         return revision
 
     async def stop(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.stop()
         for task in list(self._writers):
             task.cancel()
         for task in self._tasks:
@@ -250,6 +265,8 @@ class EtcdNode:
                     self.members.apply(key, value, event.kv.mod_revision)
                     if self.defs is not None and key.startswith(self.defs.root):
                         self.defs.apply(key, value, event.kv.mod_revision)
+                    elif self.replicas is not None and key.startswith(self._replica_roots):
+                        self.replicas.key_changed(key, value, event.kv.create_revision, event.kv.mod_revision)
                     elif key == self._sync_key and not deleted:
                         self._saw(_token(event.kv.value))
             except asyncio.CancelledError:
@@ -345,7 +362,10 @@ class EtcdNode:
     # -- operator commands ----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return self.members.status(self.settings.cluster_name)
+        status = self.members.status(self.settings.cluster_name)
+        if self.replicas is not None:
+            status["queues"] = self.replicas.status()
+        return status
 
     async def forget(self, name: str) -> None:
         """Remove a stopped node from the members (rabbitmqctl forget_cluster_node)."""

@@ -32,7 +32,7 @@ from ..broker.direct_reply import REPLY_QUEUE, ReplyConsumer
 from ..broker.message import Message
 from ..broker.queue import Queue
 from .ack_timeout import AckWatch
-from .publishing import CLOSING, MAX_MSG_SIZE, OPEN, Publish, Publishing
+from .publishing import CLOSING, MAX_MSG_SIZE, OPEN, Publish, Publishing, ReplicatedConfirms
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -60,7 +60,7 @@ class Channel(Publishing):
                  "heavy_waits", "nacks", "tx", "tx_publishes", "tx_acks",
                  "tx_taken", "max_size", "last_queue", "pub", "pub_props", "pub_size", "pub_body",
                  "pub_received", "reply", "reply_id", "ack_watch", "access", "commands",
-                 "unacked_bytes", "unacked_limit", "held")
+                 "unacked_bytes", "unacked_limit", "held", "replicated")
 
     def __init__(self, conn: Connection, number: int) -> None:
         self.conn = conn
@@ -85,6 +85,7 @@ class Channel(Publishing):
         self.heavy_upto = 0  # the last publish that went to a heavy log (MessageStore.after_sync)
         self.heavy_waits = 0  # those batches that wait for the heavy lane too
         self.nacks: list[int] = []
+        self.replicated: ReplicatedConfirms | None = None  # made at the first replicated publish
         self.tx = False
         # (message, names of the queues it was routed to at publish, mandatory): RabbitMQ routes a
         # transactional publish when it arrives and delivers it at commit

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..amqp import properties as props_codec
@@ -28,7 +29,7 @@ from ..broker.deadletter import cc_keys
 from ..broker.direct_reply import REPLY_QUEUE
 from ..broker.expiration import expiration_error
 from ..broker.message import Message
-from ..broker.queue import REJECTED_PUBLISH, THROTTLE, Queue
+from ..broker.queue import REJECTED_PUBLISH, REPLICATED, THROTTLE, Queue
 
 if TYPE_CHECKING:
     from ..auth.permissions import Access
@@ -72,6 +73,7 @@ class Publishing:
     heavy_upto: int
     heavy_waits: int
     nacks: list[int]
+    replicated: ReplicatedConfirms | None
     tx: bool
     tx_publishes: list[tuple[Message, list[str], bool]]
     tx_acks: list[Any]
@@ -229,6 +231,8 @@ class Publishing:
                         self.conn.throttle(q)
                     if r & REJECTED_PUBLISH:
                         rejected = True
+                    if r & REPLICATED and self.confirm:
+                        (self.replicated or self._replicated()).touched.add(q.replica.log)
         elif mandatory:
             self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes, msg)
         if self.confirm:
@@ -248,6 +252,15 @@ class Publishing:
         upto = self.publish_seq
         if upto == self.queued_upto:
             return
+        replicated = self.replicated
+        if replicated is not None and (replicated.touched or replicated.fifo):
+            store = self.conn.broker.store
+            sync = store if store is not None and (self.sync_upto > self.queued_upto or self.sync_waits) \
+                else None
+            heavy = self.heavy_upto > self.queued_upto or self.heavy_waits > 0
+            self.queued_upto = upto
+            replicated.add(upto, sync, heavy)
+            return
         if self.sync_upto > self.queued_upto or self.sync_waits:
             store = self.conn.broker.store
             assert store is not None
@@ -263,6 +276,23 @@ class Publishing:
             return
         self.queued_upto = upto
         self._send_confirms(upto)
+
+    def _replicated(self) -> ReplicatedConfirms:
+        self.replicated = ReplicatedConfirms(self)
+        return self.replicated
+
+    def replicated_confirms(self, upto: int, failed: bool) -> None:
+        """A batch that waited for replication (and the store) is through, in order."""
+        if self.state != OPEN:
+            return
+        if failed:
+            if self.nacks:
+                self.nacks = [t for t in self.nacks if t > upto]
+            lo = self.confirmed_upto
+            self.send(spec.BasicNack(delivery_tag=upto, multiple=upto > lo + 1, requeue=False))
+            self.confirmed_upto = upto
+        else:
+            self._send_confirms(upto)
 
     def _synced_confirms(self, upto: int, heavy: bool) -> None:
         self.sync_waits -= 1
@@ -361,3 +391,39 @@ class Publishing:
         self.tx_acks.clear()
         self._tx_restore()
         self.send(spec.TxRollbackOk())
+
+
+class ReplicatedConfirms:
+    """A channel's confirm batches once it has published to a replicated queue: each waits for
+    the store's sync (when it needs one) and for the followers of every replicated queue it
+    published to (``LeaderLog.barrier``); they are released in order, later batches behind."""
+
+    __slots__ = ("channel", "touched", "fifo")
+
+    def __init__(self, channel: Publishing) -> None:
+        self.channel = channel
+        self.touched: set[Any] = set()  # the LeaderLogs of the batch being published
+        self.fifo: deque[list[Any]] = deque()  # [upto, conditions left, failed]
+
+    def add(self, upto: int, store: Any, heavy: bool) -> None:
+        logs, self.touched = self.touched, set()
+        entry = [upto, 1 + len(logs), False]
+        self.fifo.append(entry)
+
+        def done() -> None:
+            self._done(entry, False)
+
+        if store is not None:
+            store.after_sync(done, lambda _exc: self._done(entry, True), heavy)
+        else:
+            done()
+        for log in logs:
+            log.barrier(done, lambda: self._done(entry, True))
+
+    def _done(self, entry: list[Any], failed: bool) -> None:
+        entry[1] -= 1
+        entry[2] = entry[2] or failed
+        fifo = self.fifo
+        while fifo and fifo[0][1] <= 0:
+            upto, _, failed_ = fifo.popleft()
+            self.channel.replicated_confirms(upto, failed_)

@@ -1,0 +1,660 @@
+"""This node's part of the replicated (quorum) queues it is a member of: the asyncio shell
+around `replication` (the frames, the state, the leader's log).
+
+etcd keys, per replicated queue (``<vhost>/<name>`` percent-encoded as in definitions):
+
+    leaders/<vhost>/<name>   {"node"}: bound to the leader's lease; its create revision is the
+                             queue's epoch (the fencing token of everything the leader writes)
+    isr/<vhost>/<name>       {"in_sync": [...]}: changed by the leader only, in a transaction
+                             guarded by its epoch; written at the queue's declare (every member)
+
+- **Election.** A member in the ISR campaigns when there is no leader: one transaction, "no
+  leader key, ISR as I read it", puts the leader key on its lease and takes the old leader out of
+  the ISR. The queue's first member (the declaring node) campaigns at once, the others after a
+  second while it is alive. Only an ISR member may lead: it has every confirmed message.
+- **Leading.** The queue's store on the leader is a `ReplicatedStore` over an in-memory store
+  (the replica file is the durable copy, as RabbitMQ 3.10's quorum queues keep messages in
+  memory); its `LeaderLog` streams changes to each connected follower and to this node's own
+  replica file, and releases a confirm when every ISR member (this node included) has synced it.
+- **Following.** A follower connects to the leader's node-to-node listener (``--cluster-bind``),
+  says HELLO, gets a snapshot and the changes, writes them to its replica file, syncs, acks.
+- **The ISR.** The leader takes a follower out when it has not acked the oldest change a
+  confirm waits for within ISR_LAG, or has been disconnected as long (written to etcd first,
+  then confirms go on without it), and puts it back when it has caught up.
+- **Fencing.** A leader whose lease may have expired (its last renewal older than the TTL less
+  a margin, monotonic clock) confirms nothing until it is renewed.
+
+Replica files: ``<data_dir>/replicas/<hash>.log``, the frames themselves; a snapshot (RESET ..
+END) is written to a new file that replaces the old one once synced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..store.paged import PagedQueueStore
+from .definitions import _part, _unpart
+from .replicated_store import ReplicatedStore
+from .replication import (
+    ACK,
+    END,
+    HELLO,
+    RESET,
+    FrameReader,
+    LeaderLog,
+    ReplicaState,
+    ReplicationError,
+    ack,
+    frame,
+    hello,
+    min_isr,
+)
+
+if TYPE_CHECKING:
+    from .etcd_node import EtcdNode
+
+log = logging.getLogger("hare.cluster")
+
+ISR_LAG = 2.0  # seconds a follower may lag (or be gone) before the leader takes it out of the ISR
+TICK = 0.2  # the manager's timer
+FENCE_MARGIN = 1.5  # seconds: stop confirming this long before the lease could expire
+PREFERRED_HEAD_START = 1.0  # seconds the first member has to campaign before the others
+MAX_OUTBOX = 200_000  # frames queued for one follower before it is cut off (it resyncs)
+
+
+class ReplicaFile:
+    """A replicated queue's frames on this node's disk (appended, synced on demand)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_suffix(".tmp")
+        self.fd: int | None = None
+        self.snapshot_fd: int | None = None  # a snapshot being written (to self.tmp)
+        self.dirty = False
+
+    def load(self) -> ReplicaState:
+        state = ReplicaState()
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return state
+        reader = FrameReader()
+        try:
+            for kind, payload in reader.feed(data):
+                state.apply(kind, payload)
+        except (ReplicationError, ValueError, IndexError) as exc:  # a torn tail: what was whole
+            log.warning("replica file %s: %s; kept what came before", self.path, exc)
+        if state.snapshotting:  # (a snapshot never ended in this file: it was not whole)
+            state._next = None
+        return state
+
+    def write(self, frames: list[bytes]) -> None:
+        """Append, switching files at a snapshot's RESET and END."""
+        for data in frames:
+            kind = data[4]
+            if kind == RESET:
+                if self.snapshot_fd is not None:
+                    os.close(self.snapshot_fd)
+                self.snapshot_fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = self.snapshot_fd if self.snapshot_fd is not None else self._fd()
+            os.write(fd, data)
+            self.dirty = True
+            if kind == END and self.snapshot_fd is not None:
+                os.fsync(self.snapshot_fd)
+                os.close(self.snapshot_fd)
+                self.snapshot_fd = None
+                os.replace(self.tmp, self.path)
+                _sync_dir(self.path.parent)
+                if self.fd is not None:
+                    os.close(self.fd)
+                self.fd = None
+
+    def _fd(self) -> int:
+        if self.fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not self.path.exists()
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            if fresh:
+                _sync_dir(self.path.parent)
+        return self.fd
+
+    def sync(self) -> None:
+        if self.dirty and self.fd is not None:
+            self.dirty = False
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        for fd in (self.fd, self.snapshot_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.fd = self.snapshot_fd = None
+
+    def remove(self) -> None:
+        self.close()
+        for path in (self.path, self.tmp):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class QueueReplica:
+    """One replicated queue on this node: its state, its file, its role."""
+
+    def __init__(self, manager: Replicas, vhost: str, name: str, members: list[str]) -> None:
+        self.manager = manager
+        self.vhost, self.name, self.members = vhost, name, members
+        digest = hashlib.sha1(f"{vhost}\0{name}".encode("utf-8", "surrogateescape")).hexdigest()
+        self.file = ReplicaFile(manager.directory / f"{digest}.log")
+        self.state = self.file.load()
+        self.log: LeaderLog | None = None
+        self.leading = False
+        self.epoch = 0
+        self.following: str | None = None  # the leader we follow
+        self.follow_task: asyncio.Task[None] | None = None
+        self.syncing = False
+        self.flush_scheduled = False
+        self.campaign_after = 0.0
+        self.gone_since: dict[str, float] = {}  # ISR followers not connected: since when
+        self.isr_writing = False
+        self.refusals = 0
+
+    @property
+    def leader_key(self) -> bytes:
+        return self.manager.key(b"leaders/", self.vhost, self.name)
+
+    @property
+    def isr_key(self) -> bytes:
+        return self.manager.key(b"isr/", self.vhost, self.name)
+
+    def refused_publish(self) -> None:
+        if not self.refusals:
+            log.warning("queue '%s' in vhost '%s' is led by node %s: publishes through this node are "
+                        "refused until nodes forward them (publish through the leader)", self.name,
+                        self.vhost, self.manager.leaders.get((self.vhost, self.name), "(none yet)"))
+        self.refusals += 1
+
+    def queue(self) -> Any:
+        vhost = self.manager.broker.vhosts.get(self.vhost)
+        return None if vhost is None else vhost.queues.get(self.name)
+
+    def status(self) -> dict[str, Any]:
+        key = (self.vhost, self.name)
+        return {"vhost": self.vhost, "name": self.name, "leader": self.manager.leaders.get(key),
+                "members": list(self.members), "in_sync": sorted(self.manager.isr.get(key, ([], 0))[0])}
+
+
+class Replicas:
+    """The replicated queues of this node; fed by the etcd watch (queue records, leader and ISR
+    keys), serving the node-to-node listener."""
+
+    def __init__(self, node: EtcdNode, broker: Any) -> None:
+        self.node = node
+        self.broker = broker
+        self.me = node.settings.node_name
+        root = node.keys.root
+        self.root = root
+        self.directory = (broker.data_dir or Path(".")) / "replicas"
+        self.replicas: dict[tuple[str, str], QueueReplica] = {}
+        self.records: dict[tuple[str, str], list[str]] = {}  # every replicated queue: its members
+        self.leaders: dict[tuple[str, str], str] = {}
+        self.epochs: dict[tuple[str, str], int] = {}
+        self.isr: dict[tuple[str, str], tuple[list[str], int]] = {}  # in_sync, mod revision
+        self.last_leader: dict[tuple[str, str], str] = {}  # who led before the key went
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.started = False
+        self.writers: dict[int, dict[str, asyncio.StreamWriter]] = {}  # id(replica) -> follower -> link
+
+    def key(self, kind: bytes, vhost: str, name: str) -> bytes:
+        return self.root + kind + _part(vhost) + b"/" + _part(name)
+
+    def _names(self, key: bytes, kind: bytes) -> tuple[str, str] | None:
+        rest = key[len(self.root + kind):].split(b"/")
+        if len(rest) != 2:
+            return None
+        return _unpart(rest[0]), _unpart(rest[1])
+
+    # -- fed by the watch ---------------------------------------------------------------------------
+
+    def queue_record(self, vhost: str, name: str, members: list[str] | None) -> None:
+        """A replicated queue's record (None: deleted), from the definitions."""
+        key = (vhost, name)
+        if members is None:
+            self.records.pop(key, None)
+            replica = self.replicas.pop(key, None)
+            if replica is not None:
+                self._stop(replica)
+                replica.file.remove()
+            return
+        self.records[key] = members
+        if self.me in members and key not in self.replicas:
+            self.replicas[key] = QueueReplica(self, vhost, name, members)
+            if self.started:
+                self._decide(self.replicas[key])
+
+    def key_changed(self, key: bytes, value: bytes | None, create_revision: int, mod_revision: int,
+                    decide: bool = True) -> None:
+        for kind in (b"leaders/", b"isr/"):
+            if key.startswith(self.root + kind):
+                names = self._names(key, kind)
+                if names is None:
+                    return
+                if kind == b"leaders/":
+                    if value is None:
+                        if names in self.leaders:
+                            self.last_leader[names] = self.leaders.pop(names)
+                        self.epochs.pop(names, None)
+                    else:
+                        self.leaders[names] = str(json.loads(value).get("node"))
+                        self.epochs[names] = create_revision
+                else:
+                    if value is None:
+                        self.isr.pop(names, None)
+                    else:
+                        self.isr[names] = (list(json.loads(value).get("in_sync", [])), mod_revision)
+                replica = self.replicas.get(names)
+                if replica is not None:
+                    if kind == b"isr/" and replica.log is not None and value is not None:
+                        replica.log.set_isr(self.isr[names][0])
+                    if self.started and decide:
+                        self._decide(replica)
+                return
+
+    def place(self, size: int) -> list[str]:
+        """The members of a new replicated queue: this node (it leads, as RabbitMQ's
+        client-local leader locator) and the alive nodes that are members of the fewest."""
+        alive = set(self.node.members.alive) | {self.me}
+        load = {n: 0 for n in alive}
+        for members in self.records.values():
+            for n in members:
+                if n in load:
+                    load[n] += 1
+        others = sorted(alive - {self.me}, key=lambda n: (load[n], n))
+        return [self.me, *others[:max(0, min(size, len(alive)) - 1)]]
+
+    def reset(self, entries: dict[bytes, tuple[bytes, int, int]]) -> None:
+        """Every leader and ISR key at one revision (a read after the watch broke)."""
+        self.leaders.clear()
+        self.epochs.clear()
+        self.isr.clear()
+        for key, (value, create_revision, mod_revision) in entries.items():
+            self.key_changed(key, value, create_revision, mod_revision, decide=False)
+        if self.started:
+            for replica in list(self.replicas.values()):
+                self._decide(replica)
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for (vhost, name), members in sorted(self.records.items()):
+            out.append({"vhost": vhost, "name": name, "leader": self.leaders.get((vhost, name)),
+                        "members": list(members),
+                        "in_sync": sorted(self.isr.get((vhost, name), ([], 0))[0])})
+        return out
+
+    # -- running -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        listener = self.node.settings.listener
+        if listener:
+            host, _, port = listener.rpartition(":")
+            self.server = await asyncio.start_server(self._follower_connected, host.strip("[]") or None,
+                                                     int(port), limit=1 << 20)
+        self.started = True
+        self.tasks.append(asyncio.get_running_loop().create_task(self._ticks(), name="hare-replicas"))
+        for replica in list(self.replicas.values()):
+            self._decide(replica)
+
+    async def stop(self) -> None:
+        self.started = False
+        for task in self.tasks:
+            task.cancel()
+        for replica in self.replicas.values():
+            self._stop(replica)
+            replica.file.close()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def _stop(self, replica: QueueReplica) -> None:
+        if replica.follow_task is not None:
+            replica.follow_task.cancel()
+            replica.follow_task = None
+        replica.following = None
+        if replica.leading:
+            self._demote(replica)
+
+    async def _ticks(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                for replica in list(self.replicas.values()):
+                    self._tick(replica)
+            except Exception:  # noqa: BLE001 - one queue's trouble is not the others'
+                log.exception("replicated queues: tick failed")
+
+    def _tick(self, replica: QueueReplica) -> None:
+        if replica.leading and replica.log is not None:
+            leader_log = replica.log
+            fenced = time.monotonic() > self.node.lease_deadline - FENCE_MARGIN
+            if fenced != leader_log.fenced:
+                leader_log.fenced = fenced
+                if fenced:
+                    log.warning("queue '%s': the lease may expire: confirms wait", replica.name)
+                else:
+                    leader_log.release()
+            self._manage_isr(replica)
+        else:
+            self._decide(replica)
+
+    # -- deciding the role ------------------------------------------------------------------------
+
+    def _decide(self, replica: QueueReplica) -> None:
+        key = (replica.vhost, replica.name)
+        q = replica.queue()
+        if q is not None and q.replica is not replica:
+            q.replica = replica  # a follower refuses publishes; its store holds nothing
+            if not replica.leading:
+                self._empty_store(q)
+        leader = self.leaders.get(key)
+        if leader == self.me:
+            if not replica.leading:
+                self._lead(replica, self.epochs.get(key, 0))
+            return
+        if replica.leading:
+            self._demote(replica)
+        if leader is not None:
+            if replica.following != leader:
+                self._follow(replica, leader)
+            return
+        # no leader: campaign if in the ISR
+        if replica.follow_task is not None:
+            replica.follow_task.cancel()
+            replica.follow_task = None
+            replica.following = None
+        in_sync, revision = self.isr.get(key, ([], 0))
+        if self.me not in in_sync:
+            return
+        now = time.monotonic()
+        first = replica.members[0] if replica.members else self.me
+        if first != self.me and first in self.node.members.alive and first in in_sync:
+            if not replica.campaign_after:
+                replica.campaign_after = now + PREFERRED_HEAD_START
+            if now < replica.campaign_after:
+                return
+        replica.campaign_after = 0.0
+        self._spawn(self._campaign(replica, in_sync, revision))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.append(task)
+        task.add_done_callback(lambda t: self.tasks.remove(t) if t in self.tasks else None)
+
+    async def _campaign(self, replica: QueueReplica, in_sync: list[str], revision: int) -> None:
+        node = self.node
+        lease = node._lease
+        if lease is None or node._client is None:
+            return
+        old = self.last_leader.get((replica.vhost, replica.name))
+        new_isr = [n for n in in_sync if n != old] if old and old != self.me else list(in_sync)
+        client = node._client
+        tx = client.transactions
+        try:
+            ok, _ = await client.transaction(
+                compare=[tx.version(replica.leader_key) == 0, tx.mod(replica.isr_key) == revision],
+                success=[tx.put(replica.leader_key, json.dumps({"node": self.me}).encode(), lease=lease.id),
+                         tx.put(replica.isr_key, json.dumps({"in_sync": new_isr}).encode())],
+                failure=[])
+        except Exception as exc:  # noqa: BLE001 - etcd unreachable: the next tick tries again
+            log.debug("campaign for '%s' failed: %s", replica.name, exc)
+            return
+        if ok:
+            log.info("queue '%s' in vhost '%s': this node leads it now (in sync: %s)", replica.name,
+                     replica.vhost, ", ".join(new_isr))
+
+    # -- leading ------------------------------------------------------------------------------------
+
+    def _lead(self, replica: QueueReplica, epoch: int) -> None:
+        q = replica.queue()
+        if q is None:
+            return
+        if replica.follow_task is not None:
+            replica.follow_task.cancel()
+            replica.follow_task = None
+        replica.following = None
+        key = (replica.vhost, replica.name)
+        in_sync = self.isr.get(key, ([self.me], 0))[0]
+        old = replica.state
+        leader_log = LeaderLog(ReplicaState(), epoch, self.me, replica.members, in_sync,
+                               min_isr(len(replica.members)), lambda: self._wake(replica))
+        previous = q.store if q.counter is None else q.counter.inner
+        store = ReplicatedStore(PagedQueueStore(None), leader_log)
+        store.expiry = previous.expiry
+        for position in sorted(old.live):
+            new_position = store.inner.next_pos
+            store.push(old.live[position])
+            if position in old.delivered:
+                store.redeliver.add(new_position)
+                leader_log.state.delivered.add(new_position)
+        leader_log.state.epoch = epoch
+        if q.counter is not None:
+            q.counter.inner = store
+        else:
+            q.store = store
+        if previous is not store:
+            with contextlib.suppress(Exception):
+                previous.destroy()
+        replica.state = leader_log.state
+        replica.log, replica.leading, replica.epoch = leader_log, True, epoch
+        leader_log.outbox[self.me] = leader_log.state.snapshot_frames(epoch)  # our own file, afresh
+        leader_log.acked[self.me] = 0
+        q.replica = replica
+        self._wake(replica)
+        q.dispatch()
+
+    @staticmethod
+    def _empty_store(q: Any) -> None:
+        previous = q.store if q.counter is None else q.counter.inner
+        fresh = PagedQueueStore(None)
+        fresh.expiry = previous.expiry
+        if q.counter is not None:
+            q.counter.inner = fresh
+        else:
+            q.store = fresh
+        with contextlib.suppress(Exception):
+            previous.destroy()
+
+    def _demote(self, replica: QueueReplica) -> None:
+        """We lead no more (another node does, or the queue is gone): keep the state, serve nothing."""
+        leader_log = replica.log
+        replica.leading = False
+        replica.log = None
+        q = replica.queue()
+        if q is not None and q.replica is replica:
+            if leader_log is not None:
+                replica.state = leader_log.state
+            self._empty_store(q)
+        if leader_log is not None:
+            leader_log.fail_all()  # what waited is not confirmed by this node: nacked
+        self.writers.pop(id(replica), None)
+
+    def _wake(self, replica: QueueReplica) -> None:
+        if not replica.flush_scheduled:
+            replica.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, replica)
+
+    def _flush(self, replica: QueueReplica) -> None:
+        replica.flush_scheduled = False
+        leader_log = replica.log
+        if leader_log is None:
+            return
+        leader_log.flush()
+        mine = leader_log.take(self.me)
+        if mine:
+            replica.file.write(mine)
+        for node, writer in list(self.writers.get(id(replica), {}).items()):
+            frames = leader_log.take(node)
+            if frames:
+                writer.writelines(frames)
+        if not replica.syncing and (replica.file.dirty or mine):
+            replica.syncing = True
+            upto = leader_log.state.seq
+            self._spawn(self._sync_own(replica, leader_log, upto))
+
+    async def _sync_own(self, replica: QueueReplica, leader_log: LeaderLog, upto: int) -> None:
+        try:
+            await asyncio.to_thread(replica.file.sync)
+            leader_log.follower_acked(self.me, upto)
+        except OSError as exc:
+            log.error("queue '%s': cannot sync its replica file: %s", replica.name, exc)
+        finally:
+            replica.syncing = False
+        if leader_log.state.seq > upto or leader_log.settled or leader_log.marked:
+            self._wake(replica)
+
+    async def _follower_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = FrameReader()
+        replica: QueueReplica | None = None
+        node = ""
+        try:
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    return
+                for kind, payload in frames.feed(data):
+                    if kind == HELLO and replica is None:
+                        hi = json.loads(payload)
+                        node = str(hi["node"])
+                        replica = self.replicas.get((hi["vhost"], hi["queue"]))
+                        if replica is None or replica.log is None:
+                            return  # not ours to lead (any more)
+                        replica.log.connect(node)
+                        replica.gone_since.pop(node, None)
+                        self.writers.setdefault(id(replica), {})[node] = writer
+                        self._wake(replica)
+                    elif kind == ACK and replica is not None and replica.log is not None:
+                        (seq,) = struct.unpack(">Q", payload)
+                        replica.log.follower_acked(node, seq)
+                    else:
+                        return
+                if replica is not None and replica.log is not None and \
+                        len(replica.log.outbox.get(node, ())) > MAX_OUTBOX:
+                    log.warning("queue '%s': follower %s is too far behind: cut off", replica.name, node)
+                    return
+        except (OSError, ReplicationError, ValueError, KeyError):
+            return
+        finally:
+            if replica is not None:
+                self.writers.get(id(replica), {}).pop(node, None)
+                if replica.log is not None:
+                    replica.log.disconnect(node)
+                    replica.gone_since.setdefault(node, time.monotonic())
+            writer.close()
+
+    def _manage_isr(self, replica: QueueReplica) -> None:
+        leader_log = replica.log
+        if leader_log is None or replica.isr_writing:
+            return
+        now = time.monotonic()
+        isr = set(leader_log.isr)
+        out = set()
+        for node in isr - {self.me}:
+            connected = node in leader_log.outbox
+            if not connected:
+                since = replica.gone_since.setdefault(node, now)
+                if now - since > ISR_LAG:
+                    out.add(node)
+            elif leader_log.lagging(node):
+                since = replica.gone_since.setdefault(node, now)
+                if now - since > ISR_LAG:
+                    out.add(node)
+            else:
+                replica.gone_since.pop(node, None)
+        back = {n for n in leader_log.outbox if n != self.me and n not in isr and leader_log.caught_up(n)}
+        if out or back:
+            new = sorted((isr - out) | back)
+            replica.isr_writing = True
+            self._spawn(self._write_isr(replica, leader_log, new))
+
+    async def _write_isr(self, replica: QueueReplica, leader_log: LeaderLog, in_sync: list[str]) -> None:
+        node = self.node
+        try:
+            client = node._client
+            if client is None:
+                return
+            tx = client.transactions
+            ok, _ = await client.transaction(
+                compare=[tx.create(replica.leader_key) == leader_log.epoch],
+                success=[tx.put(replica.isr_key, json.dumps({"in_sync": in_sync}).encode())], failure=[])
+            if ok:
+                log.info("queue '%s': in sync now: %s", replica.name, ", ".join(in_sync))
+                leader_log.set_isr(in_sync)
+        except Exception as exc:  # noqa: BLE001 - etcd unreachable: the next tick tries again
+            log.debug("queue '%s': cannot write the ISR: %s", replica.name, exc)
+        finally:
+            replica.isr_writing = False
+
+    # -- following ----------------------------------------------------------------------------------
+
+    def _follow(self, replica: QueueReplica, leader: str) -> None:
+        if replica.follow_task is not None:
+            replica.follow_task.cancel()
+        replica.following = leader
+        replica.follow_task = asyncio.get_running_loop().create_task(
+            self._follow_loop(replica, leader), name=f"hare-follow-{replica.name}")
+
+    async def _follow_loop(self, replica: QueueReplica, leader: str) -> None:
+        while replica.following == leader:
+            record = self.node.members.alive.get(leader) or self.node.members.nodes.get(leader)
+            address = record.cluster if record is not None else None
+            if address:
+                try:
+                    await self._follow_once(replica, leader, address)
+                except asyncio.CancelledError:
+                    raise
+                except (OSError, ReplicationError, ValueError) as exc:
+                    log.debug("queue '%s': link to leader %s: %s", replica.name, leader, exc)
+            await asyncio.sleep(0.3)
+
+    async def _follow_once(self, replica: QueueReplica, leader: str, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), limit=1 << 20)
+        try:
+            epoch = self.epochs.get((replica.vhost, replica.name), 0)
+            writer.write(hello(replica.vhost, replica.name, self.me, epoch))
+            frames = FrameReader()
+            state = replica.state
+            while replica.following == leader:
+                data = await reader.read(1 << 20)
+                if not data:
+                    return
+                raw = []
+                for kind, payload in frames.feed(data):
+                    state.apply(kind, payload)
+                    raw.append(frame(kind, payload))
+                replica.file.write(raw)
+                await asyncio.to_thread(replica.file.sync)
+                if not state.snapshotting:
+                    writer.write(ack(state.seq))
+        finally:
+            writer.close()
+
+
+__all__ = ["Replicas", "QueueReplica", "ReplicaFile", "ISR_LAG"]

@@ -1,0 +1,161 @@
+"""A replicated quorum queue on three real nodes and a real etcd: its leader is killed with
+kill -9 and nothing it confirmed is lost; confirms wait for a majority of its members; a
+returning node catches up; `cluster_status` shows its leader, members and in-sync set."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+from conftest import ClusterNode
+from support import hare_only
+
+pytestmark = [hare_only, pytest.mark.timeout(180)]
+
+ALL = ("hare-a", "hare-b", "hare-c")
+QUORUM = {"x-queue-type": "quorum"}
+
+
+def _three(cluster_node: Callable[..., ClusterNode]) -> dict[str, ClusterNode]:
+    nodes = {name: cluster_node(name).start() for name in ALL}
+    for node in nodes.values():
+        node.wait_until(lambda seen: seen == dict.fromkeys(ALL, True))
+    return nodes
+
+
+def _channel(node: ClusterNode) -> tuple[pika.BlockingConnection, Any]:
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    return conn, conn.channel()
+
+
+def _queue_status(node: ClusterNode, name: str) -> dict[str, Any] | None:
+    try:
+        queues = node.status()["queues"]
+    except (AssertionError, ValueError):
+        return None
+    return next((q for q in queues if q["name"] == name), None)
+
+
+def _wait_status(node: ClusterNode, name: str, what: Callable[[dict[str, Any]], bool],
+                 timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = _queue_status(node, name)
+        if status is not None and what(status):
+            return status
+        assert time.monotonic() < deadline, f"{node.name}: {status}\n{node.log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+def _drain(node: ClusterNode, queue: str) -> list[tuple[int, bool]]:
+    conn, ch = _channel(node)
+    got = []
+    while (m := ch.basic_get(queue, auto_ack=True))[0] is not None:
+        got.append((int(m[2]), bool(m[0].redelivered)))
+    conn.close()
+    return got
+
+
+def test_a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed(
+        cluster_node: Callable[..., ClusterNode]) -> None:
+    nodes = _three(cluster_node)
+    a = nodes["hare-a"]
+    conn, ch = _channel(a)
+    ch.queue_declare(queue="orders", durable=True, arguments=QUORUM)
+    status = _wait_status(nodes["hare-c"], "orders", lambda s: s["leader"] == "hare-a")
+    assert status == {"vhost": "/", "name": "orders", "leader": "hare-a", "members": list(ALL),
+                      "in_sync": list(ALL)}
+    ch.confirm_delivery()
+    for i in range(500):  # each one confirmed: every member has synced it
+        ch.basic_publish("", "orders", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    held = [ch.basic_get("orders", auto_ack=False) for _ in range(50)]
+    assert [int(m[2]) for m in held] == list(range(50))
+    ch.basic_ack(held[24][0].delivery_tag, multiple=True)  # 0-24 acked, 25-49 delivered, unacked
+    time.sleep(0.5)  # (the acks reach the followers)
+    a.kill()
+    began = time.monotonic()
+    status = _wait_status(nodes["hare-b"], "orders", lambda s: s["leader"] in ("hare-b", "hare-c"))
+    failover = time.monotonic() - began
+    assert failover < 15, failover
+    assert "hare-a" not in status["in_sync"]
+    leader = nodes[status["leader"]]
+    got = _drain(leader, "orders")
+    assert [n for n, _ in got] == list(range(25, 500))  # all there, in order, none acked back
+    assert [n for n, redelivered in got if redelivered] == list(range(25, 50))
+    # the killed node comes back, follows the new leader and is in sync again
+    a.start()
+    _wait_status(leader, "orders", lambda s: "hare-a" in s["in_sync"] and s["leader"] == leader.name)
+    conn, ch = _channel(leader)
+    ch.confirm_delivery()
+    ch.basic_publish("", "orders", b"500", pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    assert _drain(leader, "orders") == [(500, False)]
+
+
+def test_confirms_wait_for_a_majority_of_the_members(cluster_node: Callable[..., ClusterNode]) -> None:
+    nodes = _three(cluster_node)
+    a, b, c = (nodes[n] for n in ALL)
+    conn, ch = _channel(a)
+    ch.queue_declare(queue="jobs", durable=True, arguments=QUORUM)
+    _wait_status(a, "jobs", lambda s: s["leader"] == "hare-a")
+    ch.confirm_delivery()
+    ch.basic_publish("", "jobs", b"warm-up")
+    assert b.proc is not None and c.proc is not None
+    os.kill(b.proc.pid, signal.SIGSTOP)
+    os.kill(c.proc.pid, signal.SIGSTOP)
+    confirmed: list[float] = []
+
+    def publish() -> None:
+        ch.basic_publish("", "jobs", b"needs a majority", pika.BasicProperties(delivery_mode=2))
+        confirmed.append(time.monotonic())
+
+    thread = threading.Thread(target=publish)
+    try:
+        thread.start()
+        time.sleep(4)  # longer than the ISR lag: the leader alone is not a majority
+        assert not confirmed
+        os.kill(b.proc.pid, signal.SIGCONT)  # one follower back: two of three
+        thread.join(timeout=20)
+        assert confirmed
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+        os.kill(c.proc.pid, signal.SIGCONT)
+    conn.close()
+    got = []
+    conn, ch = _channel(a)
+    while (m := ch.basic_get("jobs", auto_ack=True))[0] is not None:
+        got.append(m[2])
+    conn.close()
+    assert got == [b"warm-up", b"needs a majority"]
+
+
+def test_one_follower_down_confirms_go_on_and_a_follower_refuses_publishes(
+        cluster_node: Callable[..., ClusterNode]) -> None:
+    nodes = _three(cluster_node)
+    a, b, c = (nodes[n] for n in ALL)
+    conn, ch = _channel(a)
+    ch.queue_declare(queue="events", durable=True, arguments=QUORUM)
+    _wait_status(a, "events", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
+    c.kill()
+    ch.confirm_delivery()
+    began = time.monotonic()
+    for i in range(20):
+        ch.basic_publish("", "events", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    assert time.monotonic() - began < 10  # the dead follower leaves the ISR; a and b are a majority
+    status = _wait_status(a, "events", lambda s: s["in_sync"] == ["hare-a", "hare-b"])
+    assert status["leader"] == "hare-a"
+    conn.close()
+    # until nodes forward publishes, a follower refuses them (a nack; never a silent copy)
+    conn, ch = _channel(b)
+    ch.confirm_delivery()
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", "events", b"through a follower")
+    conn.close()
+    assert [n for n, _ in _drain(a, "events")] == list(range(20))
