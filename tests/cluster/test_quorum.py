@@ -78,7 +78,8 @@ def test_a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed(
     held = [ch.basic_get("orders", auto_ack=False) for _ in range(50)]
     assert [int(m[2]) for m in held] == list(range(50))
     ch.basic_ack(held[24][0].delivery_tag, multiple=True)  # 0-24 acked, 25-49 delivered, unacked
-    time.sleep(0.5)  # (the acks reach the followers)
+    # a confirmed publish after the ack: the followers have synced everything before it, the ack too
+    ch.basic_publish("", "orders", b"500", pika.BasicProperties(delivery_mode=2))
     a.kill()
     began = time.monotonic()
     status = _wait_status(nodes["hare-b"], "orders", lambda s: s["leader"] in ("hare-b", "hare-c"))
@@ -87,16 +88,16 @@ def test_a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed(
     assert "hare-a" not in status["in_sync"]
     leader = nodes[status["leader"]]
     got = _drain(leader, "orders")
-    assert [n for n, _ in got] == list(range(25, 500))  # all there, in order, none acked back
+    assert [n for n, _ in got] == list(range(25, 501))  # all there, in order, none acked back
     assert [n for n, redelivered in got if redelivered] == list(range(25, 50))
     # the killed node comes back, follows the new leader and is in sync again
     a.start()
     _wait_status(leader, "orders", lambda s: "hare-a" in s["in_sync"] and s["leader"] == leader.name)
     conn, ch = _channel(leader)
     ch.confirm_delivery()
-    ch.basic_publish("", "orders", b"500", pika.BasicProperties(delivery_mode=2))
+    ch.basic_publish("", "orders", b"501", pika.BasicProperties(delivery_mode=2))
     conn.close()
-    assert _drain(leader, "orders") == [(500, False)]
+    assert _drain(leader, "orders") == [(501, False)]
 
 
 def test_confirms_wait_for_a_majority_of_the_members(cluster_node: Callable[..., ClusterNode]) -> None:
@@ -159,3 +160,27 @@ def test_one_follower_down_confirms_go_on_and_a_follower_refuses_publishes(
         ch.basic_publish("", "events", b"through a follower")
     conn.close()
     assert [n for n, _ in _drain(a, "events")] == list(range(20))
+
+
+def test_members_follow_the_initial_group_size_and_others_hold_nothing(
+        cluster_node: Callable[..., ClusterNode]) -> None:
+    nodes = _three(cluster_node)
+    a, c = nodes["hare-a"], nodes["hare-c"]
+    conn, ch = _channel(a)
+    ch.queue_declare(queue="pair", durable=True,
+                     arguments={**QUORUM, "x-quorum-initial-group-size": 2})
+    status = _wait_status(c, "pair", lambda s: s["leader"] == "hare-a")
+    assert status["members"] == ["hare-a", "hare-b"] and status["in_sync"] == ["hare-a", "hare-b"]
+    ch.confirm_delivery()
+    ch.basic_publish("", "pair", b"kept by a and b")
+    conn.close()
+    conn, ch = _channel(c)  # not a member: knows the queue, holds none of it, refuses publishes
+    assert ch.queue_declare(queue="pair", passive=True).method.message_count == 0
+    ch.confirm_delivery()
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", "pair", b"through a non-member")
+    conn.close()
+    conn, ch = _channel(a)
+    method, _, body = ch.basic_get("pair", auto_ack=True)
+    assert body == b"kept by a and b" and ch.basic_get("pair")[0] is None
+    conn.close()

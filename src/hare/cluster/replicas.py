@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,8 @@ TICK = 0.2  # the manager's timer
 FENCE_MARGIN = 1.5  # seconds: stop confirming this long before the lease could expire
 PREFERRED_HEAD_START = 1.0  # seconds the first member has to campaign before the others
 MAX_OUTBOX = 200_000  # frames queued for one follower before it is cut off (it resyncs)
+MAX_LINK_BUFFER = 64 << 20  # bytes buffered for one follower's socket before it is cut off
+COMPACT_BYTES = 64 << 20  # a replica file this big, and 4x what is live, is rewritten
 
 
 class ReplicaFile:
@@ -80,6 +83,8 @@ class ReplicaFile:
         self.fd: int | None = None
         self.snapshot_fd: int | None = None  # a snapshot being written (to self.tmp)
         self.dirty = False
+        self.size = 0  # bytes in the current file (since its last snapshot)
+        self.lock = threading.Lock()  # one writer at a time (a follower's last write, a new leader's)
 
     def load(self) -> ReplicaState:
         state = ReplicaState()
@@ -87,6 +92,7 @@ class ReplicaFile:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return state
+        self.size = len(data)
         reader = FrameReader()
         try:
             for kind, payload in reader.feed(data):
@@ -104,10 +110,13 @@ class ReplicaFile:
             if kind == RESET:
                 if self.snapshot_fd is not None:
                     os.close(self.snapshot_fd)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.snapshot_fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                self.size = 0
             fd = self.snapshot_fd if self.snapshot_fd is not None else self._fd()
             os.write(fd, data)
             self.dirty = True
+            self.size += len(data)
             if kind == END and self.snapshot_fd is not None:
                 os.fsync(self.snapshot_fd)
                 os.close(self.snapshot_fd)
@@ -126,6 +135,21 @@ class ReplicaFile:
             if fresh:
                 _sync_dir(self.path.parent)
         return self.fd
+
+    def wants_compaction(self, state: ReplicaState) -> bool:
+        if self.size < COMPACT_BYTES or state.snapshotting:
+            return False
+        live = sum(len(m.body) + len(m.properties_raw) + 32 for m in state.live.values())
+        return self.size > 4 * live
+
+    def write_and_sync(self, frames: list[bytes], state: ReplicaState | None = None) -> None:
+        """(In a thread.) ``frames``, then a snapshot of ``state`` if the file is due for
+        compaction, then a sync."""
+        with self.lock:
+            self.write(frames)
+            if state is not None and self.wants_compaction(state):
+                self.write(state.snapshot_frames(state.epoch))
+            self.sync()
 
     def sync(self) -> None:
         if self.dirty and self.fd is not None:
@@ -169,6 +193,7 @@ class QueueReplica:
         self.following: str | None = None  # the leader we follow
         self.follow_task: asyncio.Task[None] | None = None
         self.syncing = False
+        self.unwritten: list[bytes] = []  # frames for this node's own file (leading)
         self.flush_scheduled = False
         self.campaign_after = 0.0
         self.gone_since: dict[str, float] = {}  # ISR followers not connected: since when
@@ -198,6 +223,20 @@ class QueueReplica:
         key = (self.vhost, self.name)
         return {"vhost": self.vhost, "name": self.name, "leader": self.manager.leaders.get(key),
                 "members": list(self.members), "in_sync": sorted(self.manager.isr.get(key, ([], 0))[0])}
+
+
+class Elsewhere:
+    """A replicated queue this node is not a member of: it knows it (and routes to it), holds
+    none of its messages, and refuses publishes until nodes forward them."""
+
+    leading = False
+    log = None
+
+    def __init__(self, manager: Replicas, vhost: str, name: str, members: list[str]) -> None:
+        self.manager, self.vhost, self.name, self.members = manager, vhost, name, members
+        self.refusals = 0
+
+    refused_publish = QueueReplica.refused_publish
 
 
 class Replicas:
@@ -248,6 +287,11 @@ class Replicas:
             self.replicas[key] = QueueReplica(self, vhost, name, members)
             if self.started:
                 self._decide(self.replicas[key])
+        elif self.me not in members:
+            q = self.broker.vhosts[vhost].queues.get(name) if vhost in self.broker.vhosts else None
+            if q is not None and not isinstance(q.replica, Elsewhere):
+                q.replica = Elsewhere(self, vhost, name, members)
+                self._empty_store(q)
 
     def key_changed(self, key: bytes, value: bytes | None, create_revision: int, mod_revision: int,
                     decide: bool = True) -> None:
@@ -508,25 +552,35 @@ class Replicas:
         leader_log.flush()
         mine = leader_log.take(self.me)
         if mine:
-            replica.file.write(mine)
+            replica.unwritten.extend(mine)
         for node, writer in list(self.writers.get(id(replica), {}).items()):
             frames = leader_log.take(node)
             if frames:
                 writer.writelines(frames)
-        if not replica.syncing and (replica.file.dirty or mine):
+                if writer.transport.get_write_buffer_size() > MAX_LINK_BUFFER:
+                    log.warning("queue '%s': follower %s reads too slowly: cut off (it resyncs)",
+                                replica.name, node)
+                    writer.close()
+        if not replica.unwritten and replica.file.wants_compaction(leader_log.state):
+            replica.unwritten.extend(leader_log.state.snapshot_frames(leader_log.epoch))
+        if not replica.syncing and replica.unwritten:
             replica.syncing = True
             upto = leader_log.state.seq
-            self._spawn(self._sync_own(replica, leader_log, upto))
+            frames, replica.unwritten = replica.unwritten, []
+            self._spawn(self._sync_own(replica, leader_log, upto, frames))
 
-    async def _sync_own(self, replica: QueueReplica, leader_log: LeaderLog, upto: int) -> None:
+    async def _sync_own(self, replica: QueueReplica, leader_log: LeaderLog, upto: int,
+                        frames: list[bytes]) -> None:
+        """This node's own copy, written and synced in a thread (a group commit): then the
+        leader counts itself as having synced up to ``upto``."""
         try:
-            await asyncio.to_thread(replica.file.sync)
+            await asyncio.to_thread(replica.file.write_and_sync, frames)
             leader_log.follower_acked(self.me, upto)
         except OSError as exc:
             log.error("queue '%s': cannot sync its replica file: %s", replica.name, exc)
         finally:
             replica.syncing = False
-        if leader_log.state.seq > upto or leader_log.settled or leader_log.marked:
+        if replica.unwritten or leader_log.settled or leader_log.marked:
             self._wake(replica)
 
     async def _follower_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -649,8 +703,7 @@ class Replicas:
                 for kind, payload in frames.feed(data):
                     state.apply(kind, payload)
                     raw.append(frame(kind, payload))
-                replica.file.write(raw)
-                await asyncio.to_thread(replica.file.sync)
+                await asyncio.to_thread(replica.file.write_and_sync, raw, state)
                 if not state.snapshotting:
                     writer.write(ack(state.seq))
         finally:
