@@ -1,0 +1,115 @@
+"""The replication's frames and state machines without sockets (cluster/replication.py)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hare.broker.message import Message
+from hare.cluster.replication import (
+    ACK,
+    FrameReader,
+    LeaderLog,
+    ReplicaState,
+    ack,
+    frame,
+    min_isr,
+)
+
+
+def _msg(body: bytes, rk: str = "q") -> Message:
+    return Message("", rk, b"\x10\x00\x02", body)  # delivery-mode 2
+
+
+def _leader(isr: tuple[str, ...] = ("a", "b", "c")) -> LeaderLog:
+    return LeaderLog(ReplicaState(), 7, "a", ["a", "b", "c"], isr, min_isr(3))
+
+
+def _replay(frames: list[bytes], state: ReplicaState | None = None) -> ReplicaState:
+    state = state or ReplicaState()
+    reader = FrameReader()
+    for kind, payload in reader.feed(b"".join(frames)):
+        state.apply(kind, payload)
+    return state
+
+
+def test_a_follower_ends_with_the_leaders_state() -> None:
+    log = _leader()
+    log.connect("b")
+    for i in range(5):
+        log.enqueued(i, _msg(str(i).encode()))
+    log.delivered(1)
+    log.delivered(2)
+    log.settle(0)
+    log.settle(2)
+    log.flush()
+    follower = _replay(log.take("b"))
+    assert sorted(follower.live) == [1, 3, 4] == sorted(log.state.live)
+    assert follower.delivered == {1} == log.state.delivered
+    assert follower.seq == log.state.seq and follower.epoch == 7
+    assert [m.body for m in follower.live.values()] == [b"1", b"3", b"4"]
+    assert follower.live[3].routing_key == "q" and follower.live[3].persistent
+    # a follower connecting later gets the same state from a snapshot
+    log.connect("c")
+    late = _replay(log.take("c"))
+    assert (sorted(late.live), late.delivered, late.seq) == ([1, 3, 4], {1}, log.state.seq)
+
+
+def test_a_snapshot_replaces_the_state_only_when_whole() -> None:
+    old = ReplicaState()
+    old.live[9] = _msg(b"old")
+    log = _leader()
+    log.enqueued(0, _msg(b"new"))
+    log.connect("b")
+    frames = log.take("b")
+    _replay(frames[:-1], old)  # cut off before END: the last whole state stands
+    assert [m.body for m in old.live.values()] == [b"old"] and old.snapshotting
+    _replay(frames, old)
+    assert [m.body for m in old.live.values()] == [b"new"] and not old.snapshotting
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=20), st.integers(1, 50))
+def test_frames_split_anywhere_are_read_whole(bodies: list[bytes], cut: int) -> None:
+    data = b"".join(frame(ACK, body) for body in bodies)
+    reader = FrameReader()
+    got = []
+    for i in range(0, len(data), cut):
+        got.extend(reader.feed(data[i:i + cut]))
+    assert got == [(ACK, body) for body in bodies]
+
+
+def test_a_confirm_waits_for_every_in_sync_member_and_a_majority() -> None:
+    log = _leader()
+    done: list[str] = []
+    log.connect("b")
+    log.connect("c")
+    log.enqueued(0, _msg(b"x"))
+    log.barrier(lambda: done.append("ok"), lambda: done.append("failed"))
+    seq = log.state.seq
+    log.follower_acked("a", seq)  # the leader's own sync
+    log.follower_acked("b", seq)
+    assert done == []  # c is in sync and has not synced it
+    log.set_isr(["a", "b"])  # c left the ISR: a and b are a majority of three
+    assert done == ["ok"]
+    log.enqueued(1, _msg(b"y"))
+    log.barrier(lambda: done.append("ok2"), lambda: done.append("failed2"))
+    log.set_isr(["a"])  # the leader alone is not a majority: never confirm on its copy alone
+    log.follower_acked("a", log.state.seq)
+    assert done == ["ok"]
+    log.fenced = True
+    log.set_isr(["a", "b"])
+    log.follower_acked("b", log.state.seq)
+    assert done == ["ok"]  # a leader whose lease may have expired confirms nothing
+    log.fenced = False
+    log.release()
+    assert done == ["ok", "ok2"]
+    log.enqueued(2, _msg(b"z"))
+    log.barrier(lambda: done.append("ok3"), lambda: done.append("failed3"))
+    log.fail_all()  # it leads no more
+    assert done[-1] == "failed3"
+
+
+def test_ack_frame_is_a_sequence_number() -> None:
+    (kind, payload), = FrameReader().feed(ack(42))
+    assert kind == ACK and int.from_bytes(payload, "big") == 42
