@@ -34,6 +34,7 @@ class BenchOptions:
     prefetch: int = 1000  # 0 = no-ack consumers
     persistent: bool = False
     queue: str = ""
+    queue_type: str = "classic"  # "quorum": a replicated queue in a cluster (always durable)
 
 
 @dataclass
@@ -42,9 +43,11 @@ class Counters:
     consumed: int = 0
 
 
-async def _declare(url: str, queue: str, durable: bool) -> None:
+async def _declare(url: str, queue: str, durable: bool, queue_type: str = "classic") -> None:
     c = await BenchClient.connect(url)
-    c.send(1, spec.QueueDeclare(queue=queue, durable=durable))
+    arguments = {} if queue_type == "classic" else {"x-queue-type": queue_type}
+    c.send(1, spec.QueueDeclare(queue=queue, durable=durable or queue_type != "classic",
+                                arguments=arguments))
     await c.expect(spec.QueueDeclareOk)
     c.send(1, spec.QueuePurge(queue=queue))
     await c.expect(spec.QueuePurgeOk)
@@ -166,7 +169,7 @@ def _safe_url(url: str) -> str:
 async def run(o: BenchOptions) -> dict[str, float]:
     o.queue = o.queue or f"bench-{uuid.uuid4().hex[:8]}"
     try:
-        await asyncio.wait_for(_declare(o.url, o.queue, o.persistent), CONNECT_TIMEOUT)
+        await asyncio.wait_for(_declare(o.url, o.queue, o.persistent, o.queue_type), CONNECT_TIMEOUT)
     except OSError as exc:  # ConnectionRefusedError, socket.gaierror, TimeoutError, closed by broker
         raise CannotConnect(f"cannot connect to {_safe_url(o.url)}: {_reason(exc)}") from None
     counters = Counters()
@@ -233,13 +236,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confirm", type=int, default=0, help="max unconfirmed per publisher")
     p.add_argument("--prefetch", type=int, default=1000, help="0 for no-ack consumers")
     p.add_argument("--persistent", action="store_true")
+    p.add_argument("--queue-type", choices=["classic", "quorum"], default="classic",
+                   help="quorum: a replicated queue (in a cluster: confirms wait for its followers)")
 
 
 def main(args: argparse.Namespace) -> int:
     o = BenchOptions(url=args.url, scenario=args.scenario, publishers=args.publishers,
                      consumers=args.consumers, size=args.size, duration=args.duration,
                      count=args.count, confirm=args.confirm, prefetch=args.prefetch,
-                     persistent=args.persistent)
+                     persistent=args.persistent, queue_type=args.queue_type)
     try:
         result = asyncio.run(run(o))
     except CannotConnect as exc:
