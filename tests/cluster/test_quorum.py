@@ -184,3 +184,55 @@ def test_members_follow_the_initial_group_size_and_others_hold_nothing(
     method, _, body = ch.basic_get("pair", auto_ack=True)
     assert body == b"kept by a and b" and ch.basic_get("pair")[0] is None
     conn.close()
+
+
+def test_a_leader_frozen_past_its_lease_neither_confirms_nor_delivers_when_it_wakes(
+        cluster_node: Callable[..., ClusterNode]) -> None:
+    nodes = _three(cluster_node)
+    a, b = nodes["hare-a"], nodes["hare-b"]
+    conn, ch = _channel(a)
+    ch.queue_declare(queue="frozen", durable=True, arguments=QUORUM)
+    _wait_status(b, "frozen", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
+    ch.confirm_delivery()
+    for i in range(3):
+        ch.basic_publish("", "frozen", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    # a consumer on a with a prefetch of one holds message 0; 1 and 2 wait behind it
+    consumer, cch = _channel(a)
+    cch.basic_qos(prefetch_count=1)
+    got: list[tuple[int, bytes]] = []
+    cch.basic_consume(queue="frozen",
+                      on_message_callback=lambda c, m, p, body: got.append((m.delivery_tag, body)))
+    while not got:
+        consumer.process_data_events(time_limit=0.1)
+    assert [body for _, body in got] == [b"0"]
+    assert a.proc is not None
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        status = _wait_status(b, "frozen", lambda s: s["leader"] in ("hare-b", "hare-c"), timeout=15)
+        cch.basic_ack(got[0][0])  # read by a the moment it wakes: its prefetch opens
+        outcome: list[str] = []
+
+        def late_publish() -> None:  # reaches a the moment it wakes, as its old leader
+            try:
+                ch.basic_publish("", "frozen", b"late", pika.BasicProperties(delivery_mode=2))
+                outcome.append("confirmed")
+            except pika.exceptions.NackError:
+                outcome.append("nacked")
+            except pika.exceptions.AMQPError as exc:
+                outcome.append(f"error {exc!r}")
+
+        thread = threading.Thread(target=late_publish)
+        thread.start()
+        time.sleep(0.5)
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    thread.join(timeout=20)
+    assert outcome and outcome[0] != "confirmed", outcome
+    consumer.process_data_events(time_limit=2)
+    assert [body for _, body in got] == [b"0"]  # a delivered nothing more after waking
+    consumer.close()
+    leader = nodes[status["leader"]]
+    # the ack a took after its lease was gone is not the cluster's: 0 comes back, redelivered
+    assert _drain(leader, "frozen") == [(0, True), (1, False), (2, False)]
+    if conn.is_open:
+        conn.close()

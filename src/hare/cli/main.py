@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from .. import __version__
 from ..bench import run as bench_run
 from ..broker.broker import Broker
-from ..cluster.etcd_node import ClusterError, EtcdNode
+from ..cluster.etcd_node import ClusterError, EtcdNode, instance_id
 from ..cluster.membership import ClusterSettings, NodeRecord, check_node_name, parse_endpoints
 from ..server.collector import CollectorTuning
 from ..server.listeners import format_address
@@ -147,8 +147,9 @@ async def _join(opts: ServeOptions, server: Server) -> EtcdNode | None:
     if settings is None:
         return None
     try:
-        node = EtcdNode(settings, NodeRecord(settings.node_name, _advertised(server), settings.listener),
-                        broker=server.broker)
+        instance = instance_id(opts.data_dir) if opts.data_dir is not None else ""
+        node = EtcdNode(settings, NodeRecord(settings.node_name, _advertised(server), settings.listener,
+                                             instance), broker=server.broker)
         server.broker.commands.cluster = node.defs  # from now on, changes go through etcd
         await node.start(timeout=max(1, opts.discovery_retry_limit) * opts.discovery_retry_interval / 1000)
     except ClusterError as exc:

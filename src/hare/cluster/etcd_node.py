@@ -13,8 +13,11 @@ guards on the first.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 from ..amqp.errors import ConnectionFault
@@ -126,6 +129,14 @@ class EtcdNode:
         ok, _ = await client.transaction(
             compare=[tx.version(alive) == 0],
             success=[tx.put(alive, value, lease=lease.id), tx.put(me, value)], failure=[])
+        if not ok and self.record.instance:
+            # our own name: this data directory's previous run (killed before its lease expired;
+            # the directory's lock says it is not running) gives it back
+            held = await client.get(alive)
+            if held is not None and _instance(held.value) == self.record.instance:
+                ok, _ = await client.transaction(
+                    compare=[tx.mod(alive) == held.mod_revision],
+                    success=[tx.put(alive, value, lease=lease.id), tx.put(me, value)], failure=[])
         if not ok:
             await lease.revoke()
             raise ClusterError(f"node name '{self.settings.node_name}' is in use by a running node of "
@@ -386,6 +397,24 @@ class EtcdNode:
             raise ClusterError(f"Error:\n{{:not_a_cluster_node, \"The node selected is not in the "
                                f"cluster.\"}}: {name}")
         self.members.apply(self.keys.node(name), None, self.members.revision)
+
+
+def instance_id(data_dir: Path | str) -> str:
+    """The identity of a data directory (made at its first clustered start)."""
+    path = Path(data_dir) / "cluster-instance"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = uuid.uuid4().hex
+        path.write_text(value + "\n")
+        return value
+
+
+def _instance(value: bytes) -> str:
+    try:
+        return str(json.loads(value).get("instance", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _token(value: bytes) -> int:

@@ -71,10 +71,13 @@ class NodeRecord:
     name: str
     amqp: list[str] = field(default_factory=list)  # host:port of each AMQP listener
     cluster: str | None = None  # the node-to-node listener
+    # the node's data directory's identity: a node restarted on it (after kill -9, before its
+    # old lease expired) takes its own name back; another directory with that name is refused
+    instance: str = ""
 
     def encode(self) -> bytes:
-        return json.dumps({"name": self.name, "amqp": self.amqp, "cluster": self.cluster},
-                          separators=(",", ":")).encode()
+        return json.dumps({"name": self.name, "amqp": self.amqp, "cluster": self.cluster,
+                           "instance": self.instance}, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, name: str, value: bytes) -> NodeRecord:
@@ -82,7 +85,7 @@ class NodeRecord:
             d = json.loads(value)
             amqp = [str(a) for a in d.get("amqp", [])]
             cluster = d.get("cluster")
-            return cls(name, amqp, None if cluster is None else str(cluster))
+            return cls(name, amqp, None if cluster is None else str(cluster), str(d.get("instance", "")))
         except (ValueError, AttributeError, TypeError):  # a key written by something else
             return cls(name)
 

@@ -21,8 +21,11 @@ etcd keys, per replicated queue (``<vhost>/<name>`` percent-encoded as in defini
 - **The ISR.** The leader takes a follower out when it has not acked the oldest change a
   confirm waits for within ISR_LAG, or has been disconnected as long (written to etcd first,
   then confirms go on without it), and puts it back when it has caught up.
-- **Fencing.** A leader whose lease may have expired (its last renewal older than the TTL less
-  a margin, monotonic clock) confirms nothing until it is renewed.
+- **Fencing.** Leader keys are bound to a lease of their own, shorter than the membership's
+  (LEADER_TTL, so a failover takes about 2 s). A leader whose leader lease may have expired (its
+  last renewal sent longer ago than the TTL less a margin, monotonic clock) confirms and delivers
+  nothing until it is renewed; when it has expired, the node leads nothing (its keys are gone)
+  and takes a new lease.
 
 Replica files: ``<data_dir>/replicas/<hash>.log``, the frames themselves; a snapshot (RESET ..
 END) is written to a new file that replaces the old one once synced.
@@ -67,7 +70,9 @@ log = logging.getLogger("hare.cluster")
 
 ISR_LAG = 2.0  # seconds a follower may lag (or be gone) before the leader takes it out of the ISR
 TICK = 0.2  # the manager's timer
-FENCE_MARGIN = 1.5  # seconds: stop confirming this long before the lease could expire
+LEADER_TTL = 2  # seconds: the lease of this node's leader keys (etcd's shortest is about 2 s)
+LEADER_RENEW = 0.4  # seconds between its renewals
+FENCE_MARGIN = 0.6  # seconds: stop confirming and delivering this long before it could expire
 PREFERRED_HEAD_START = 1.0  # seconds the first member has to campaign before the others
 MAX_OUTBOX = 200_000  # frames queued for one follower before it is cut off (it resyncs)
 MAX_LINK_BUFFER = 64 << 20  # bytes buffered for one follower's socket before it is cut off
@@ -198,6 +203,7 @@ class QueueReplica:
         self.campaign_after = 0.0
         self.gone_since: dict[str, float] = {}  # ISR followers not connected: since when
         self.isr_writing = False
+        self.fenced = False  # (as last seen by the tick)
         self.refusals = 0
 
     @property
@@ -260,6 +266,8 @@ class Replicas:
         self.tasks: list[asyncio.Task[None]] = []
         self.started = False
         self.writers: dict[int, dict[str, asyncio.StreamWriter]] = {}  # id(replica) -> follower -> link
+        self.lease: Any = None  # the lease of our leader keys
+        self.deadline = 0.0  # monotonic time before which that lease is surely alive
 
     def key(self, kind: bytes, vhost: str, name: str) -> bytes:
         return self.root + kind + _part(vhost) + b"/" + _part(name)
@@ -362,7 +370,9 @@ class Replicas:
             self.server = await asyncio.start_server(self._follower_connected, host.strip("[]") or None,
                                                      int(port), limit=1 << 20)
         self.started = True
-        self.tasks.append(asyncio.get_running_loop().create_task(self._ticks(), name="hare-replicas"))
+        loop = asyncio.get_running_loop()
+        self.tasks.append(loop.create_task(self._ticks(), name="hare-replicas"))
+        self.tasks.append(loop.create_task(self._keep_lease(), name="hare-replicas-lease"))
         for replica in list(self.replicas.values()):
             self._decide(replica)
 
@@ -376,6 +386,43 @@ class Replicas:
         if self.server is not None:
             self.server.close()
             self.server = None
+        lease, self.lease = self.lease, None
+        if lease is not None:  # our leader keys go at once: the others elect now
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(lease.revoke(), 2)
+
+    async def _keep_lease(self) -> None:
+        """The leader keys' lease: taken at start, renewed every LEADER_RENEW; one that expired
+        (etcd unreachable, or this process frozen) is replaced (the keys on it are gone)."""
+        node = self.node
+        while True:
+            sent = time.monotonic()
+            try:
+                client = node._client or node._connect()
+                if self.lease is None:
+                    self.lease = await client.lease(LEADER_TTL)
+                    self.deadline = sent + LEADER_TTL
+                else:
+                    reply = await asyncio.wait_for(self.lease.refresh(), LEADER_TTL)
+                    if reply.TTL <= 0:
+                        log.warning("the leader lease expired: this node leads no queue now")
+                        self.lease = None
+                        self.deadline = 0.0
+                        for replica in list(self.replicas.values()):
+                            if replica.leading:
+                                self._demote(replica)
+                        continue
+                    self.deadline = sent + reply.TTL
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - etcd unreachable: fenced until renewed
+                log.debug("cannot renew the leader lease: %s", exc)
+                if self.lease is not None:
+                    self.lease = node._aetcd.Lease(self.lease.id, LEADER_TTL, node._client or node._connect())
+            await asyncio.sleep(LEADER_RENEW)
+
+    def fenced(self) -> bool:
+        return time.monotonic() > self.deadline - FENCE_MARGIN
 
     def _stop(self, replica: QueueReplica) -> None:
         if replica.follow_task is not None:
@@ -397,13 +444,17 @@ class Replicas:
     def _tick(self, replica: QueueReplica) -> None:
         if replica.leading and replica.log is not None:
             leader_log = replica.log
-            fenced = time.monotonic() > self.node.lease_deadline - FENCE_MARGIN
-            if fenced != leader_log.fenced:
-                leader_log.fenced = fenced
+            fenced = self.fenced()
+            if fenced != replica.fenced:
+                replica.fenced = fenced
                 if fenced:
-                    log.warning("queue '%s': the lease may expire: confirms wait", replica.name)
+                    log.warning("queue '%s': the leader lease may expire: confirms and deliveries wait",
+                                replica.name)
                 else:
                     leader_log.release()
+                    q = replica.queue()
+                    if q is not None:
+                        q.dispatch()
             self._manage_isr(replica)
         else:
             self._decide(replica)
@@ -453,8 +504,8 @@ class Replicas:
 
     async def _campaign(self, replica: QueueReplica, in_sync: list[str], revision: int) -> None:
         node = self.node
-        lease = node._lease
-        if lease is None or node._client is None:
+        lease = self.lease
+        if lease is None or node._client is None or self.fenced():
             return
         old = self.last_leader.get((replica.vhost, replica.name))
         new_isr = [n for n in in_sync if n != old] if old and old != self.me else list(in_sync)
@@ -487,7 +538,7 @@ class Replicas:
         in_sync = self.isr.get(key, ([self.me], 0))[0]
         old = replica.state
         leader_log = LeaderLog(ReplicaState(), epoch, self.me, replica.members, in_sync,
-                               min_isr(len(replica.members)), lambda: self._wake(replica))
+                               min_isr(len(replica.members)), lambda: self._wake(replica), self.fenced)
         previous = q.store if q.counter is None else q.counter.inner
         store = ReplicatedStore(PagedQueueStore(None), leader_log)
         store.expiry = previous.expiry

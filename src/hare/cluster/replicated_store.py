@@ -48,6 +48,8 @@ class ReplicatedStore:
         self.log.enqueued(position, msg)
 
     def pop(self) -> tuple[Message, int, bool, int] | None:
+        if self.log.lease_lost():  # a leader that may have lost its lease delivers nothing
+            return None
         entry = self.inner.pop()
         if entry is None:
             return None

@@ -185,7 +185,8 @@ class LeaderLog:
     when a change is replicated enough to confirm."""
 
     def __init__(self, state: ReplicaState, epoch: int, me: str, members: list[str], in_sync: Iterable[str],
-                 min_isr: int, wake: Callable[[], None] = lambda: None) -> None:
+                 min_isr: int, wake: Callable[[], None] = lambda: None,
+                 lease_lost: Callable[[], bool] = lambda: False) -> None:
         self.state = state
         self.epoch = epoch
         self.me = me
@@ -199,7 +200,8 @@ class LeaderLog:
         self.marked: list[int] = []  # positions delivered since the last frame
         # (seq, callback, on_fail): confirms waiting for their changes to be replicated
         self.waiters: deque[tuple[int, Callable[[], None], Callable[[], None]]] = deque()
-        self.fenced = False  # our lease may have expired: confirm nothing
+        self.fenced = False  # set by the shell: confirm nothing
+        self.lease_lost = lease_lost  # our lease may have expired: confirm (and deliver) nothing
 
     # -- changes ----------------------------------------------------------------------------------
 
@@ -294,7 +296,7 @@ class LeaderLog:
     # -- confirms ----------------------------------------------------------------------------------
 
     def replicated(self, seq: int) -> bool:
-        if self.fenced or len(self.isr) < self.min_isr:
+        if self.fenced or len(self.isr) < self.min_isr or self.lease_lost():
             return False
         acked = self.acked
         return all(acked.get(n, 0) >= seq for n in self.isr)  # (this node acks its own sync)
