@@ -47,8 +47,8 @@ def test_a_follower_ends_with_the_leaders_state() -> None:
     assert sorted(follower.live) == [1, 3, 4] == sorted(log.state.live)
     assert follower.delivered == {1} == log.state.delivered
     assert follower.seq == log.state.seq and follower.epoch == 7
-    assert [m.body for m in follower.live.values()] == [b"1", b"3", b"4"]
-    assert follower.live[3].routing_key == "q" and follower.live[3].persistent
+    assert [follower.message(p).body for p in follower.live] == [b"1", b"3", b"4"]
+    assert follower.message(3).routing_key == "q" and follower.message(3).persistent
     # a follower connecting later gets the same state from a snapshot
     log.connect("c")
     late = _replay(log.take("c"))
@@ -63,9 +63,9 @@ def test_a_snapshot_replaces_the_state_only_when_whole() -> None:
     log.connect("b")
     frames = log.take("b")
     _replay(frames[:-1], old)  # cut off before END: the last whole state stands
-    assert [m.body for m in old.live.values()] == [b"old"] and old.snapshotting
+    assert [old.message(p).body for p in old.live] == [b"old"] and old.snapshotting
     _replay(frames, old)
-    assert [m.body for m in old.live.values()] == [b"new"] and not old.snapshotting
+    assert [old.message(p).body for p in old.live] == [b"new"] and not old.snapshotting
 
 
 @settings(max_examples=50, deadline=None)

@@ -476,5 +476,8 @@ class QuorumQueue(Queue):
         return Queue.publish(self, msg) | REPLICATED
 
 
+QUEUE_TYPES = frozenset((Queue, QuorumQueue))  # (routing tells a queue from an exchange by its type)
+
+
 def queue_class(arguments: dict[str, Any] | None) -> type[Queue]:
     return QuorumQueue if arguments and arguments.get("x-queue-type") == "quorum" else Queue

@@ -75,6 +75,7 @@ LEADER_RENEW = 0.4  # seconds between its renewals
 FENCE_MARGIN = 0.6  # seconds: stop confirming and delivering this long before it could expire
 PREFERRED_HEAD_START = 1.0  # seconds the first member has to campaign before the others
 MAX_OUTBOX = 200_000  # frames queued for one follower before it is cut off (it resyncs)
+LINK_READ = 16 << 20  # bytes a follower reads at once (a batch: one write, one sync)
 MAX_LINK_BUFFER = 64 << 20  # bytes buffered for one follower's socket before it is cut off
 COMPACT_BYTES = 64 << 20  # a replica file this big, and 4x what is live, is rewritten
 
@@ -109,9 +110,16 @@ class ReplicaFile:
         return state
 
     def write(self, frames: list[bytes]) -> None:
-        """Append, switching files at a snapshot's RESET and END."""
+        """Append (one write for each run of frames), switching files at a snapshot's RESET and END."""
+        run: list[bytes] = []
         for data in frames:
             kind = data[4]
+            if kind != RESET and kind != END:
+                run.append(data)
+                continue
+            if run:
+                self._append(run)
+                run = []
             if kind == RESET:
                 if self.snapshot_fd is not None:
                     os.close(self.snapshot_fd)
@@ -131,6 +139,17 @@ class ReplicaFile:
                 if self.fd is not None:
                     os.close(self.fd)
                 self.fd = None
+        if run:
+            self._append(run)
+
+    def _append(self, frames: list[bytes]) -> None:
+        fd = self.snapshot_fd if self.snapshot_fd is not None else self._fd()
+        data = b"".join(frames)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        self.dirty = True
+        self.size += len(data)
 
     def _fd(self) -> int:
         if self.fd is None:
@@ -144,22 +163,18 @@ class ReplicaFile:
     def wants_compaction(self, state: ReplicaState) -> bool:
         if self.size < COMPACT_BYTES or state.snapshotting:
             return False
-        live = sum(len(m.body) + len(m.properties_raw) + 32 for m in state.live.values())
-        return self.size > 4 * live
+        return self.size > 4 * state.bytes
 
-    def write_and_sync(self, frames: list[bytes], state: ReplicaState | None = None) -> None:
-        """(In a thread.) ``frames``, then a snapshot of ``state`` if the file is due for
-        compaction, then a sync."""
+    def write_and_sync(self, frames: list[bytes]) -> None:
+        """(In a thread.) ``frames``, then a sync."""
         with self.lock:
             self.write(frames)
-            if state is not None and self.wants_compaction(state):
-                self.write(state.snapshot_frames(state.epoch))
             self.sync()
 
     def sync(self) -> None:
         if self.dirty and self.fd is not None:
             self.dirty = False
-            os.fsync(self.fd)
+            os.fdatasync(self.fd)  # (the file only grows: its size is what metadata it needs)
 
     def close(self) -> None:
         for fd in (self.fd, self.snapshot_fd):
@@ -544,7 +559,7 @@ class Replicas:
         store.expiry = previous.expiry
         for position in sorted(old.live):
             new_position = store.inner.next_pos
-            store.push(old.live[position])
+            store.push(old.message(position))
             if position in old.delivered:
                 store.redeliver.add(new_position)
                 leader_log.state.delivered.add(new_position)
@@ -607,7 +622,7 @@ class Replicas:
         for node, writer in list(self.writers.get(id(replica), {}).items()):
             frames = leader_log.take(node)
             if frames:
-                writer.writelines(frames)
+                writer.write(b"".join(frames))
                 if writer.transport.get_write_buffer_size() > MAX_LINK_BUFFER:
                     log.warning("queue '%s': follower %s reads too slowly: cut off (it resyncs)",
                                 replica.name, node)
@@ -739,25 +754,53 @@ class Replicas:
             await asyncio.sleep(0.3)
 
     async def _follow_once(self, replica: QueueReplica, leader: str, address: str) -> None:
+        """Follow one connection's worth. Reading and applying go on while the frames read
+        before are written and synced in a thread; each sync is acked when done."""
         host, _, port = address.rpartition(":")
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), limit=1 << 20)
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), limit=LINK_READ)
+        syncing: asyncio.Task[None] | None = None
+        unsynced: list[bytes] = []
+        upto = 0  # the seq the frames in `unsynced` bring us to (0: mid-snapshot, nothing to ack)
+        file = replica.file
+
+        async def sync() -> None:
+            nonlocal unsynced, upto
+            while unsynced:
+                frames_, seq = unsynced, upto
+                unsynced = []
+                await asyncio.to_thread(file.write_and_sync, frames_)
+                if seq:
+                    writer.write(ack(seq))
+
         try:
             epoch = self.epochs.get((replica.vhost, replica.name), 0)
             writer.write(hello(replica.vhost, replica.name, self.me, epoch))
             frames = FrameReader()
             state = replica.state
             while replica.following == leader:
-                data = await reader.read(1 << 20)
+                data = await reader.read(LINK_READ)
                 if not data:
                     return
-                raw = []
-                for kind, payload in frames.feed(data):
+                got = frames.feed(data)
+                snapshot = False
+                for kind, payload in got:
                     state.apply(kind, payload)
-                    raw.append(frame(kind, payload))
-                await asyncio.to_thread(replica.file.write_and_sync, raw, state)
-                if not state.snapshotting:
-                    writer.write(ack(state.seq))
+                    snapshot = snapshot or kind == RESET or kind == END
+                # the frames as they came, in one piece (a snapshot's switch of files: frame by frame)
+                if snapshot:
+                    unsynced.extend(frame(kind, payload) for kind, payload in got)
+                else:
+                    unsynced.append(frames.whole)
+                if file.wants_compaction(state):
+                    unsynced.extend(state.snapshot_frames(state.epoch))
+                upto = 0 if state.snapshotting else state.seq
+                if syncing is None or syncing.done():
+                    if syncing is not None:
+                        syncing.result()  # (a failed write ends this link: we connect again)
+                    syncing = asyncio.get_running_loop().create_task(sync())
         finally:
+            if syncing is not None and not syncing.done():
+                syncing.cancel()
             writer.close()
 
 

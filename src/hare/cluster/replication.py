@@ -69,8 +69,15 @@ def _message(msg: Message) -> bytes:
                      struct.pack(">I", len(body)), body))
 
 
+_ENQ_HEAD = struct.Struct(">IBQQBH")
+_I = struct.Struct(">I")
+
+
 def enq(seq: int, position: int, delivered: bool, msg: Message) -> bytes:
-    return frame(ENQ, _QQB.pack(seq, position, delivered) + _message(msg))
+    route, props, body = msg.route_bytes, msg.properties_raw, msg.body
+    size = 28 + len(route) + len(props) + len(body)  # kind, seq, position, flag, the three lengths
+    return b"".join((_ENQ_HEAD.pack(size, ENQ, seq, position, delivered, len(route)), route,
+                     _I.pack(len(props)), props, _I.pack(len(body)), body))
 
 
 def _positions(kind: int, seq: int, positions: Iterable[int]) -> bytes:
@@ -78,7 +85,7 @@ def _positions(kind: int, seq: int, positions: Iterable[int]) -> bytes:
     return frame(kind, _Q.pack(seq) + struct.pack(f">{len(positions)}Q", *positions))
 
 
-def decode_message(payload: bytes | memoryview, pos: int) -> Message:
+def decode_message(payload: bytes, pos: int) -> Message:
     (n,) = struct.unpack_from(">H", payload, pos)
     route = bytes(payload[pos + 2:pos + 2 + n])
     pos += 2 + n
@@ -95,37 +102,47 @@ def decode_message(payload: bytes | memoryview, pos: int) -> Message:
     return Message(exchange, routing_key, props, body, route)
 
 
+def _size(kept: Message | bytes) -> int:
+    return len(kept) if isinstance(kept, bytes) else len(kept.body) + len(kept.properties_raw) + 32
+
+
 class FrameReader:
-    """Bytes in, ``(kind, payload)`` out."""
+    """Bytes in, ``(kind, payload)`` out (each payload one copy of its octets)."""
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        self.buf = b""
+        self.whole = b""
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self.buf
-        buf += data
+        buf = self.buf + data if self.buf else data
         out = []
         pos = 0
-        while len(buf) - pos >= 5:
-            size, kind = _LEN.unpack_from(buf, pos)
+        n = len(buf)
+        unpack = _LEN.unpack_from
+        while n - pos >= 5:
+            size, kind = unpack(buf, pos)
             if size < 1 or size > MAX_FRAME:
                 raise ReplicationError(f"a frame of {size} octets")
-            if len(buf) - pos - 4 < size:
+            end = pos + 4 + size
+            if end > n:
                 break
-            out.append((kind, bytes(buf[pos + 5:pos + 4 + size])))
-            pos += 4 + size
-        del buf[:pos]
+            out.append((kind, buf[pos + 5:end]))
+            pos = end
+        self.buf = buf[pos:] if pos < n else b""
+        self.whole = buf[:pos] if pos < n else buf  # the octets of the frames returned
         return out
 
 
 class ReplicaState:
     """A replicated queue's live messages by position, and which were delivered: what a
-    follower keeps (and a new leader starts from)."""
+    follower keeps (and a new leader starts from). A follower keeps each message as the octets
+    it got (decoded only if it comes to lead: ``message``); a leader, as its Message."""
 
     def __init__(self) -> None:
         self.epoch = 0
         self.seq = 0
-        self.live: dict[int, Message] = {}
+        self.live: dict[int, Message | bytes] = {}
+        self.bytes = 0  # about the octets of the live messages (kept as they change)
         self.delivered: set[int] = set()
         self._next: ReplicaState | None = None  # a snapshot being received
 
@@ -138,7 +155,8 @@ class ReplicaState:
         if kind == ENQ:
             seq, position, delivered = _QQB.unpack_from(payload, 0)
             target = self._next if self._next is not None else self
-            target.live[position] = decode_message(payload, _QQB.size)
+            kept = target.live[position] = payload[_QQB.size:]
+            target.bytes += len(kept)
             if delivered:
                 target.delivered.add(position)
             target.seq = max(target.seq, seq)
@@ -148,7 +166,7 @@ class ReplicaState:
                 raise ReplicationError("END without RESET")
             fresh, self._next = self._next, None
             self.epoch, self.seq = fresh.epoch, fresh.seq
-            self.live, self.delivered = fresh.live, fresh.delivered
+            self.live, self.delivered, self.bytes = fresh.live, fresh.delivered, fresh.bytes
             return
         if self._next is not None:
             raise ReplicationError("a change inside a snapshot")
@@ -157,8 +175,7 @@ class ReplicaState:
         positions = struct.unpack_from(f">{count}Q", payload, 8)
         if kind in (SETTLE, PURGE):
             for p in positions:
-                self.live.pop(p, None)
-                self.delivered.discard(p)
+                self.forget(p)
         elif kind == DELIVERED:
             self.delivered.update(p for p in positions if p in self.live)
         else:
@@ -169,12 +186,32 @@ class ReplicaState:
     def snapshotting(self) -> bool:
         return self._next is not None
 
+    def message(self, position: int) -> Message:
+        kept = self.live[position]
+        return decode_message(kept, 0) if isinstance(kept, bytes) else kept
+
+    def keep(self, position: int, msg: Message) -> None:
+        self.live[position] = msg
+        self.bytes += _size(msg)
+
+    def forget(self, position: int) -> bool:
+        kept = self.live.pop(position, None)
+        if kept is None:
+            return False
+        self.delivered.discard(position)
+        self.bytes -= _size(kept)
+        return True
+
     def snapshot_frames(self, epoch: int) -> list[bytes]:
         """The frames that give a follower this whole state."""
         seq = self.seq
         out = [frame(RESET, _QQ.pack(epoch, seq))]
         delivered = self.delivered
-        out.extend(enq(seq, p, p in delivered, m) for p, m in self.live.items())
+        for p, m in self.live.items():
+            if isinstance(m, bytes):
+                out.append(frame(ENQ, _QQB.pack(seq, p, p in delivered) + m))
+            else:
+                out.append(enq(seq, p, p in delivered, m))
         out.append(frame(END, _Q.pack(seq)))
         return out
 
@@ -200,10 +237,16 @@ class LeaderLog:
         self.marked: list[int] = []  # positions delivered since the last frame
         # (seq, callback, on_fail): confirms waiting for their changes to be replicated
         self.waiters: deque[tuple[int, Callable[[], None], Callable[[], None]]] = deque()
+        self.woken = False  # wake() was called and the shell has not flushed yet
         self.fenced = False  # set by the shell: confirm nothing
         self.lease_lost = lease_lost  # our lease may have expired: confirm (and deliver) nothing
 
     # -- changes ----------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if not self.woken:
+            self.woken = True
+            self.wake()
 
     def _send(self, data: bytes) -> None:
         for frames in self.outbox.values():
@@ -223,37 +266,39 @@ class LeaderLog:
     def enqueued(self, position: int, msg: Message) -> None:
         self._flush_marks()
         state = self.state
-        state.seq += 1
-        state.live[position] = msg
+        seq = state.seq = state.seq + 1
+        state.keep(position, msg)
         if self.outbox:
-            self._send(enq(state.seq, position, False, msg))
-            self.wake()
+            data = enq(seq, position, False, msg)
+            for frames in self.outbox.values():
+                frames.append(data)
+            if not self.woken:
+                self.woken = True
+                self.wake()
 
     def delivered(self, position: int) -> None:
         if position not in self.state.delivered:
             self.state.delivered.add(position)
             self.marked.append(position)
-            self.wake()
+            self._wake()
 
     def settle(self, position: int) -> None:
-        state = self.state
-        if state.live.pop(position, None) is not None:
-            state.delivered.discard(position)
+        if self.state.forget(position):
             self.settled.append(position)
-            self.wake()
+            self._wake()
 
     def purged(self, positions: list[int]) -> None:
         self._flush_marks()
         state = self.state
         for p in positions:
-            state.live.pop(p, None)
-            state.delivered.discard(p)
+            state.forget(p)
         state.seq += 1
         self._send(_positions(PURGE, state.seq, positions))
-        self.wake()
+        self._wake()
 
     def flush(self) -> None:
-        """End of a turn: the batched marks go out."""
+        """End of a turn (the shell flushes): the batched marks go out."""
+        self.woken = False
         self._flush_marks()
 
     # -- followers ---------------------------------------------------------------------------------
@@ -263,7 +308,7 @@ class LeaderLog:
         self._flush_marks()
         self.outbox[node] = self.state.snapshot_frames(self.epoch)
         self.acked.setdefault(node, 0)
-        self.wake()
+        self._wake()
 
     def disconnect(self, node: str) -> None:
         self.outbox.pop(node, None)
@@ -310,7 +355,7 @@ class LeaderLog:
             callback()
         else:
             self.waiters.append((seq, callback, on_fail))
-            self.wake()
+            self._wake()
 
     def release(self) -> None:
         waiters = self.waiters
