@@ -113,3 +113,14 @@ def test_a_confirm_waits_for_every_in_sync_member_and_a_majority() -> None:
 def test_ack_frame_is_a_sequence_number() -> None:
     (kind, payload), = FrameReader().feed(ack(42))
     assert kind == ACK and int.from_bytes(payload, "big") == 42
+
+
+def test_a_forwarded_publish_frame_round_trips() -> None:
+    from hare.cluster.forwarding import F_PUBLISH, parse_publish, publish_frame
+
+    msg = Message("amq.topic", "eu.fr", b"\x90\x00\x02\x00\x00\x00\x00", b"\x00body\xff")
+    (kind, payload), = FrameReader().feed(publish_frame(9, 1, "v\udcff", "queue-é", msg))
+    seq, hops, vhost, queue, got = parse_publish(payload)
+    assert (kind, seq, hops, vhost, queue) == (F_PUBLISH, 9, 1, "v\udcff", "queue-é")
+    assert (got.exchange, got.routing_key, got.properties_raw, got.body) == (
+        "amq.topic", "eu.fr", msg.properties_raw, msg.body)

@@ -461,8 +461,9 @@ def _priority(consumer: Consumer) -> int:
 class QuorumQueue(Queue):
     """``x-queue-type: quorum``. On a single node, a queue with quorum rules (arguments, delivery
     limit); in a cluster, replicated (``replica``): its leader takes publishes and answers
-    REPLICATED with them, so the publisher's confirm waits for the in-sync followers; a
-    follower refuses publishes until messages are forwarded to the leader."""
+    REPLICATED with them, so the publisher's confirm waits for the in-sync followers
+    (``replica.confirm_source``); on any other node a publish is forwarded to the leader
+    (cluster/forwarding.py), and answers REPLICATED too: the confirm comes back from there."""
 
     __slots__ = ()
 
@@ -471,12 +472,13 @@ class QuorumQueue(Queue):
         if replica is None:
             return Queue.publish(self, msg)
         if not replica.leading:
-            replica.refused_publish()
-            return REJECTED_PUBLISH
+            return replica.forward(self, msg)
         return Queue.publish(self, msg) | REPLICATED
 
 
-QUEUE_TYPES = frozenset((Queue, QuorumQueue))  # (routing tells a queue from an exchange by its type)
+
+# (routing tells a queue from an exchange by its type)
+QUEUE_TYPES = frozenset((Queue, QuorumQueue))
 
 
 def queue_class(arguments: dict[str, Any] | None) -> type[Queue]:

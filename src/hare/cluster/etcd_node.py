@@ -96,7 +96,9 @@ class EtcdNode:
         while True:
             try:
                 return await op(self._client or self._connect())
-            except self._aetcd.ClientError as exc:
+            except (asyncio.CancelledError, ClusterError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the client's errors, and grpc's under them
                 if time.monotonic() >= deadline:
                     host, port = self.settings.endpoints[self._endpoint % len(self.settings.endpoints)]
                     raise ClusterError(f"cannot {what}: etcd at {host}:{port}: {exc}") from None

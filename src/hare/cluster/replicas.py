@@ -45,8 +45,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..broker.queue import REJECTED_PUBLISH
 from ..store.paged import PagedQueueStore
 from .definitions import _part, _unpart
+from .forwarding import F_HELLO, Forwarding
 from .replicated_store import ReplicatedStore
 from .replication import (
     ACK,
@@ -219,6 +221,7 @@ class QueueReplica:
         self.gone_since: dict[str, float] = {}  # ISR followers not connected: since when
         self.isr_writing = False
         self.fenced = False  # (as last seen by the tick)
+        self.forwarded_via: Any = None  # the link the last publish went by (following)
         self.refusals = 0
 
     @property
@@ -229,12 +232,27 @@ class QueueReplica:
     def isr_key(self) -> bytes:
         return self.manager.key(b"isr/", self.vhost, self.name)
 
-    def refused_publish(self) -> None:
-        if not self.refusals:
-            log.warning("queue '%s' in vhost '%s' is led by node %s: publishes through this node are "
-                        "refused until nodes forward them (publish through the leader)", self.name,
-                        self.vhost, self.manager.leaders.get((self.vhost, self.name), "(none yet)"))
-        self.refusals += 1
+    @property
+    def confirm_source(self) -> Any:
+        """What a publisher's confirm waits for: our followers (leading), or the link the last
+        publish was forwarded by."""
+        return self.log if self.leading else self.forwarded_via
+
+    def target(self) -> str | None:
+        return self.manager.leaders.get((self.vhost, self.name))
+
+    def forward(self, q: Any, msg: Any) -> int:
+        """A publish to this queue through this node, which does not lead it: to the leader."""
+        target = self.target()
+        r, link = self.manager.forwarding.forward(target, self.vhost, q, msg)
+        if link is not None:
+            self.forwarded_via = link
+        if r & REJECTED_PUBLISH:
+            if not self.refusals:
+                log.warning("queue '%s' in vhost '%s': a publish through this node is refused: no node "
+                            "to forward it to (%s)", self.name, self.vhost, target or "no leader yet")
+            self.refusals += 1
+        return r
 
     def queue(self) -> Any:
         vhost = self.manager.broker.vhosts.get(self.vhost)
@@ -248,7 +266,7 @@ class QueueReplica:
 
 class Elsewhere:
     """A replicated queue this node is not a member of: it knows it (and routes to it), holds
-    none of its messages, and refuses publishes until nodes forward them."""
+    none of its messages, and forwards publishes to its leader."""
 
     leading = False
     log = None
@@ -256,8 +274,11 @@ class Elsewhere:
     def __init__(self, manager: Replicas, vhost: str, name: str, members: list[str]) -> None:
         self.manager, self.vhost, self.name, self.members = manager, vhost, name, members
         self.refusals = 0
+        self.forwarded_via: Any = None
 
-    refused_publish = QueueReplica.refused_publish
+    confirm_source = QueueReplica.confirm_source
+    target = QueueReplica.target
+    forward = QueueReplica.forward
 
 
 class Replicas:
@@ -281,6 +302,7 @@ class Replicas:
         self.tasks: list[asyncio.Task[None]] = []
         self.started = False
         self.writers: dict[int, dict[str, asyncio.StreamWriter]] = {}  # id(replica) -> follower -> link
+        self.forwarding = Forwarding(self)
         self.lease: Any = None  # the lease of our leader keys
         self.deadline = 0.0  # monotonic time before which that lease is surely alive
 
@@ -401,6 +423,7 @@ class Replicas:
         if self.server is not None:
             self.server.close()
             self.server = None
+        self.forwarding.stop()
         lease, self.lease = self.lease, None
         if lease is not None:  # our leader keys go at once: the others elect now
             with contextlib.suppress(Exception):
@@ -658,7 +681,11 @@ class Replicas:
                 data = await reader.read(1 << 16)
                 if not data:
                     return
-                for kind, payload in frames.feed(data):
+                got = frames.feed(data)
+                if got and got[0][0] == F_HELLO and replica is None:
+                    await self.forwarding.serve(reader, writer, frames, got[1:])
+                    return
+                for kind, payload in got:
                     if kind == HELLO and replica is None:
                         hi = json.loads(payload)
                         node = str(hi["node"])

@@ -232,7 +232,7 @@ class Publishing:
                     if r & REJECTED_PUBLISH:
                         rejected = True
                     if r & REPLICATED and self.confirm:
-                        (self.replicated or self._replicated()).touched.add(q.replica.log)
+                        (self.replicated or self._replicated()).touched.add(q.replica.confirm_source)
         elif mandatory:
             self._send_content(_pack_return_head(60, 50, 312) + b"\x08NO_ROUTE" + msg.route_bytes, msg)
         if self.confirm:
@@ -395,8 +395,9 @@ class Publishing:
 
 class ReplicatedConfirms:
     """A channel's confirm batches once it has published to a replicated queue: each waits for
-    the store's sync (when it needs one) and for the followers of every replicated queue it
-    published to (``LeaderLog.barrier``); they are released in order, later batches behind."""
+    the store's sync (when it needs one), for the followers of every replicated queue it
+    published to (``LeaderLog.barrier``) and for the nodes it forwarded to (``OutLink.barrier``);
+    they are released in order, later batches behind."""
 
     __slots__ = ("channel", "touched", "fifo")
 
@@ -405,9 +406,9 @@ class ReplicatedConfirms:
         self.touched: set[Any] = set()  # the LeaderLogs of the batch being published
         self.fifo: deque[list[Any]] = deque()  # [upto, conditions left, failed]
 
-    def add(self, upto: int, store: Any, heavy: bool) -> None:
+    def add(self, upto: int, store: Any, heavy: bool, failed: bool = False) -> None:
         logs, self.touched = self.touched, set()
-        entry = [upto, 1 + len(logs), False]
+        entry = [upto, 1 + len(logs), failed]
         self.fifo.append(entry)
 
         def done() -> None:
