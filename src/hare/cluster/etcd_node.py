@@ -22,6 +22,7 @@ from typing import Any
 
 from ..amqp.errors import ConnectionFault
 from ..broker.proposal import Change, Pending
+from .aio import stopping
 from .definitions import ClusterDefinitions
 from .membership import ClusterSettings, Keys, Members, NodeRecord
 from .replicas import Replicas
@@ -96,9 +97,11 @@ class EtcdNode:
         while True:
             try:
                 return await op(self._client or self._connect())
-            except (asyncio.CancelledError, ClusterError):
+            except ClusterError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the client's errors, and grpc's under them
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - the client's and grpc's
+                if stopping():
+                    raise
                 if time.monotonic() >= deadline:
                     host, port = self.settings.endpoints[self._endpoint % len(self.settings.endpoints)]
                     raise ClusterError(f"cannot {what}: etcd at {host}:{port}: {exc}") from None
@@ -256,7 +259,9 @@ class EtcdNode:
                 failing = False
             except ClusterError as exc:
                 log.error("%s", exc)
-            except Exception as exc:  # noqa: BLE001 - etcd unreachable: keep trying
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - etcd unreachable: keep trying
+                if stopping():
+                    raise
                 if not failing:
                     log.warning("cannot renew the lease: %s", exc)
                 failing = True
@@ -282,15 +287,16 @@ class EtcdNode:
                         self.replicas.key_changed(key, value, event.kv.create_revision, event.kv.mod_revision)
                     elif key == self._sync_key and not deleted:
                         self._saw(_token(event.kv.value))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - etcd unreachable or compacted: read again
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - unreachable, compacted
+                if stopping():
+                    raise
                 log.debug("cluster: watch ended: %s", exc)
             await asyncio.sleep(1.0)
             try:
                 await self._read_all(self._client or self._connect())
-            except Exception:  # noqa: BLE001 - try again later
-                pass
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - try again later
+                if stopping():
+                    raise
 
     # -- writing the definitions' changes --------------------------------------------------------------
 
@@ -341,7 +347,7 @@ class EtcdNode:
                                        f"within {WRITE_TIMEOUT:g} s") from None
         except asyncio.CancelledError:
             pending.finish(error=ConnectionFault(541, "the node is stopping"))
-            raise
+            raise  # (_retry and the waits let through only this task's own cancellation)
         except Exception as exc:  # noqa: BLE001 - etcd unreachable: the command fails
             pending.finish(error=ConnectionFault(541, f"cannot write to the cluster's metadata store: {exc}"))
         finally:

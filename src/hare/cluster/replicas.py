@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..broker.queue import REJECTED_PUBLISH
 from ..store.paged import PagedQueueStore
+from .aio import stopping
 from .definitions import _part, _unpart
 from .forwarding import F_HELLO, Forwarding
 from .replicated_store import ReplicatedStore
@@ -451,9 +452,9 @@ class Replicas:
                                 self._demote(replica)
                         continue
                     self.deadline = sent + reply.TTL
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - etcd unreachable: fenced until renewed
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - fenced until renewed
+                if stopping():
+                    raise
                 log.debug("cannot renew the leader lease: %s", exc)
                 if self.lease is not None:
                     self.lease = node._aetcd.Lease(self.lease.id, LEADER_TTL, node._client or node._connect())
