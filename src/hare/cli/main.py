@@ -109,8 +109,13 @@ async def serve(opts: ServeOptions) -> None:
                     "of any length up to a trusted CA (docs/security.md)", opts.net.depth)
     broker = Broker(opts.broker, data_dir=opts.data_dir)
     server = Server(broker, listeners=listeners)
-    await server.start()
+    # a cluster node takes no client before it has joined: its definitions and its replicated
+    # queues' roles come from the cluster (a publish to a quorum queue before would stay local)
+    clustered = cluster_settings(opts) is not None
+    await server.start(serving=not clustered)
     cluster = await _join(opts, server)
+    if clustered:
+        await server.start_serving()
     collector = CollectorTuning(asyncio.get_running_loop())  # (this process is the broker's alone)
     log.info("hare %s ready: %s (data in %s)", __version__, ", ".join(
         f"{'amqps' if listener.tls else 'amqp'}://{format_address(*addrs[0][:2])}"

@@ -341,12 +341,20 @@ class Server:
         self.memory: MemoryMonitor | None = None  # the memory alarm (server/memory.py)
         self.background_scheduled = False  # a slice of the broker's big jobs is due
         self.heavy_turn = False  # a heavy connection's read was handled in this loop turn
+        self._serving = True
+
+    async def start_serving(self) -> None:
+        for server in self._servers:
+            await server.start_serving()
 
     def end_heavy_turn(self) -> None:
         self.heavy_turn = False
 
-    async def start(self) -> None:
+    async def start(self, serving: bool = True) -> None:
+        """Bind the listeners and start the broker's machinery; ``serving`` False: accept no
+        connection before ``start_serving`` (a cluster node joins first)."""
         self.loop = asyncio.get_running_loop()
+        self._serving = serving
         if self.broker.store is not None and self.storage is None:
             self.storage = StoreDriver(self.broker, self.broker.store, self.loop)
         self.broker.timers.on_change = self._schedule_timers
@@ -376,7 +384,8 @@ class Server:
         try:
             for sock in socks:
                 self._servers.append(await self.loop.create_server(
-                    lambda: self._protocol(listener), sock=sock, backlog=1024))
+                    lambda: self._protocol(listener), sock=sock, backlog=1024,
+                    start_serving=self._serving))
         except BaseException:
             for sock in socks:
                 sock.close()
