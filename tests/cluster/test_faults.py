@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pika
 import pika.exceptions
