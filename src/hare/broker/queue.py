@@ -475,6 +475,29 @@ class QuorumQueue(Queue):
             return replica.forward(self, msg)
         return Queue.publish(self, msg) | REPLICATED
 
+    # on a node that does not lead it, consumers are fed by the leader (cluster/forwarding.py)
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        Queue.add_consumer(self, consumer)
+        replica = self.replica
+        if replica is not None and not replica.leading:
+            replica.consumers_changed(self)
+
+    def remove_consumer(self, consumer: Consumer) -> bool:
+        removed = Queue.remove_consumer(self, consumer)
+        replica = self.replica
+        if replica is not None and not replica.leading:
+            replica.consumers_changed(self)
+        return removed
+
+    def reject(self, seq: int, msg: Message) -> None:
+        replica = self.replica
+        store = self.store if self.counter is None else self.counter.inner
+        if replica is not None and not replica.leading and hasattr(store, "remote"):
+            store.settle(seq, 2)  # the leader dead-letters it (forwarding.REJECTED)
+            return
+        Queue.reject(self, seq, msg)
+
 
 
 # (routing tells a queue from an exchange by its type)

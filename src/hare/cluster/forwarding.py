@@ -1,6 +1,6 @@
-"""Publishing through any node: a message for a queue held by another node (a quorum queue's
-leader, a classic queue's home) goes there over the node-to-node link, and its publisher's
-confirm comes back from there.
+"""Publishing and consuming through any node: a message for a quorum queue led by another node
+goes there over the node-to-node link, and its publisher's confirm comes back from there; a
+consumer on a node that does not lead the queue is fed from the leader over the same link.
 
 One link per pair of nodes, from the node the publisher is connected to (A) to the node that
 holds the queue (B), on B's node-to-node listener. Frames (as `replication`'s):
@@ -8,6 +8,19 @@ holds the queue (B), on B's node-to-node listener. Frames (as `replication`'s):
     F_HELLO      A -> B   JSON {"node"}
     F_PUBLISH    A -> B   >QB link sequence number, hops; >H vhost, >H queue; the message
     F_CONFIRMED  B -> A   >QB every publish up to this number is confirmed (or, failed: 1, nacked)
+    F_CONSUME    A -> B   >QI feed id, credit; >H vhost, >H queue: feed A's consumers of it
+    F_CANCEL     A -> B   >Q feed id: A's consumers are gone (what they hold stays theirs)
+    F_SETTLE     A -> B   >QB feed id, how (0 ack, 1 requeue, 2 reject); >Q queue seq numbers
+    F_DELIVER    B -> A   >QQB feed id, queue seq, redelivered; the message
+    F_CANCELLED  B -> A   >Q feed id: B feeds it no more (the queue is gone, or B leads it no more)
+
+**Consumers.** A node with consumers of a quorum queue it does not lead subscribes one *feed* at
+the leader: there a consumer like any other (prefetch CREDIT) whose deliveries go over the link
+into the queue's store on A, from which A's own consumers are served as from a local queue
+(prefetch, priorities, redelivered flags); their acks, rejects and requeues of the last time go
+back to the leader. A requeue on A keeps the message on A for A's other consumers. When the feed
+ends (A's consumers gone, the link broken, the leader changed) the leader requeues what the
+feed held and had not settled; A subscribes again at the current leader while it has consumers.
 
 B hands each message to the queue as a local publish would, and confirms a batch (one read) as
 its own channels do: once the store has synced it (a persistent message in a durable queue) and
@@ -27,9 +40,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..broker.consumer import Consumer
 from ..broker.message import Message
 from ..broker.queue import REJECTED_PUBLISH, REPLICATED, THROTTLE
 from ..session.publishing import ReplicatedConfirms
+from .replicated_store import fresh_store
 from .replication import FrameReader, ReplicationError, decode_message, frame
 
 if TYPE_CHECKING:
@@ -37,7 +52,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hare.cluster")
 
-F_HELLO, F_PUBLISH, F_CONFIRMED = 20, 21, 22
+F_HELLO, F_PUBLISH, F_CONFIRMED, F_CONSUME, F_CANCEL, F_SETTLE, F_DELIVER, F_CANCELLED = range(20, 28)
+ACKED, REQUEUED, REJECTED = 0, 1, 2
+CREDIT = 2000  # messages a feed may hold unsettled
 MAX_HOPS = 2
 OUT_HIGH = 16 << 20  # octets queued on a link past which its publishers are slowed down
 _QB = struct.Struct(">QB")
@@ -55,15 +72,33 @@ def publish_frame(seq: int, hops: int, vhost: str, queue: str, msg: Message) -> 
                                       props, struct.pack(">I", len(body)), body)))
 
 
-def parse_publish(payload: bytes) -> tuple[int, int, str, str, Message]:
-    seq, hops = _QB.unpack_from(payload, 0)
-    pos = _QB.size
+def _names(payload: bytes, pos: int) -> tuple[str, str, int]:
     names = []
     for _ in range(2):
         (n,) = struct.unpack_from(">H", payload, pos)
         names.append(payload[pos + 2:pos + 2 + n].decode("utf-8", "surrogateescape"))
         pos += 2 + n
-    return seq, hops, names[0], names[1], decode_message(payload, pos)
+    return names[0], names[1], pos
+
+
+def parse_publish(payload: bytes) -> tuple[int, int, str, str, Message]:
+    seq, hops = _QB.unpack_from(payload, 0)
+    vhost, queue, pos = _names(payload, _QB.size)
+    return seq, hops, vhost, queue, decode_message(payload, pos)
+
+
+_QQB = struct.Struct(">QQB")
+
+
+def deliver_frame(feed: int, seq: int, redelivered: bool, msg: Message) -> bytes:
+    route, props, body = msg.route_bytes, msg.properties_raw, msg.body
+    return frame(F_DELIVER, b"".join((_QQB.pack(feed, seq, redelivered), struct.pack(">H", len(route)),
+                                      route, struct.pack(">I", len(props)), props,
+                                      struct.pack(">I", len(body)), body)))
+
+
+def settle_frame(feed: int, how: int, seqs: list[int]) -> bytes:
+    return frame(F_SETTLE, _QB.pack(feed, how) + struct.pack(f">{len(seqs)}Q", *seqs))
 
 
 class OutLink:
@@ -82,10 +117,9 @@ class OutLink:
         self.task: asyncio.Task[None] | None = None
         self.flush_scheduled = False
         self.throttled: set[Any] = set()  # queues whose publishers we slowed down
+        self.feeds: dict[int, Feed] = {}  # the feeds of our consumers, by id
 
-    def forward(self, vhost: str, queue: Any, msg: Message, hops: int) -> int:
-        self.seq += 1
-        data = publish_frame(self.seq, hops, vhost, queue.name, msg)
+    def send(self, data: bytes) -> None:
         self.outbox.append(data)
         self.out_bytes += len(data)
         if not self.flush_scheduled:
@@ -93,6 +127,10 @@ class OutLink:
             asyncio.get_running_loop().call_soon(self.flush)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run(), name=f"hare-forward-{self.node}")
+
+    def forward(self, vhost: str, queue: Any, msg: Message, hops: int) -> int:
+        self.seq += 1
+        self.send(publish_frame(self.seq, hops, vhost, queue.name, msg))
         if self.out_bytes > OUT_HIGH:
             self.throttled.add(queue)
             return REPLICATED | THROTTLE
@@ -130,12 +168,15 @@ class OutLink:
                 callback()
 
     def _broken(self) -> None:
-        """The link is gone: what it had not confirmed fails; it starts afresh."""
+        """The link is gone: what it had not confirmed fails, its feeds end; it starts afresh."""
         waiters, self.waiters = self.waiters, deque()
         self.outbox, self.out_bytes = [], 0
         self.confirmed = self.seq
         for _seq, _callback, on_fail in waiters:
             on_fail()
+        feeds, self.feeds = self.feeds, {}
+        for feed in feeds.values():
+            feed.ended()
 
     async def _run(self) -> None:
         try:
@@ -153,10 +194,23 @@ class OutLink:
                 if not data:
                     raise OSError("closed by the other node")
                 for kind, payload in frames.feed(data):
-                    if kind != F_CONFIRMED:
+                    if kind == F_CONFIRMED:
+                        upto, failed = _QB.unpack(payload)
+                        self._confirmed(upto, bool(failed))
+                    elif kind == F_DELIVER:
+                        feed_id, seq, redelivered = _QQB.unpack_from(payload, 0)
+                        feed = self.feeds.get(feed_id)
+                        if feed is not None:
+                            feed.delivered(seq, bool(redelivered), decode_message(payload, _QQB.size))
+                        else:  # (a feed we ended: the leader takes it back)
+                            self.send(settle_frame(feed_id, REQUEUED, [seq]))
+                    elif kind == F_CANCELLED:
+                        (feed_id,) = struct.unpack(">Q", payload)
+                        feed = self.feeds.pop(feed_id, None)
+                        if feed is not None:
+                            feed.ended()
+                    else:
                         raise ReplicationError(f"unexpected frame {kind} on a forwarding link")
-                    upto, failed = _QB.unpack(payload)
-                    self._confirmed(upto, bool(failed))
         except asyncio.CancelledError:
             self._broken()
             raise
@@ -178,6 +232,93 @@ class InLink:
         self.writer = writer
         self.state = 1  # (what ReplicatedConfirms' channel has: OPEN)
         self.confirms = ReplicatedConfirms(self)  # type: ignore[arg-type]
+        self.feeds: dict[int, Consumer] = {}  # the other node's feeds: consumers of our queues
+        self.inflight: dict[tuple[int, int], tuple[Any, Message]] = {}  # (feed, seq) -> (queue, msg)
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+
+    # -- the DeliveryTarget of the feeds' consumers (broker/consumer.py) -------------------------
+
+    @property
+    def deliverable(self) -> bool:
+        return not self.writer.is_closing() and self.writer.transport.get_write_buffer_size() < OUT_HIGH
+
+    def deliver(self, consumer: Consumer, msg: Message, seq: int, redelivered: bool) -> None:
+        feed_id = consumer.arguments["feed"]
+        consumer.unacked += 1
+        self.inflight[(feed_id, seq)] = (consumer.queue, msg)
+        self.out.append(deliver_frame(feed_id, seq, redelivered, msg))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def consumer_cancelled(self, consumer: Consumer) -> None:
+        feed_id = consumer.arguments["feed"]
+        if self.feeds.pop(feed_id, None) is not None:
+            self.out.append(frame(F_CANCELLED, struct.pack(">Q", feed_id)))
+            self._flush()
+
+    def deliver_reply(self, msg: Message) -> None:  # (no direct reply-to over a feed)
+        return
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.out and not self.writer.is_closing():
+            self.writer.write(b"".join(self.out))
+        self.out = []
+
+    def _consume(self, payload: bytes) -> None:
+        feed_id, credit = struct.unpack_from(">QI", payload, 0)
+        vhost_name, queue_name, _ = _names(payload, 12)
+        vhost = self.forwarding.replicas.broker.vhosts.get(vhost_name)
+        q = None if vhost is None else vhost.queues.get(queue_name)
+        if q is None or q.replica is None or not q.replica.leading:
+            self.out.append(frame(F_CANCELLED, struct.pack(">Q", feed_id)))
+            self._flush()
+            return
+        consumer = Consumer(f"amq.feed-{feed_id}", q, self, prefetch=credit, arguments={"feed": feed_id})
+        self.feeds[feed_id] = consumer
+        q.add_consumer(consumer)
+        q.dispatch()
+
+    def _cancel(self, feed_id: int) -> None:
+        consumer = self.feeds.pop(feed_id, None)
+        if consumer is not None:
+            consumer.queue.remove_consumer(consumer)
+
+    def _settle(self, payload: bytes) -> None:
+        feed_id, how = _QB.unpack_from(payload, 0)
+        count = (len(payload) - _QB.size) // 8
+        consumer = self.feeds.get(feed_id)
+        touched = set()
+        for seq in struct.unpack_from(f">{count}Q", payload, _QB.size):
+            entry = self.inflight.pop((feed_id, seq), None)
+            if entry is None:
+                continue
+            q, msg = entry
+            if consumer is not None and consumer.unacked:
+                consumer.unacked -= 1
+            if how == ACKED:
+                q.ack(seq, msg)
+            elif how == REJECTED:
+                q.reject(seq, msg)
+            else:
+                q.requeue(seq, msg)
+            touched.add(q)
+        for q in touched:
+            q.dispatch()
+
+    def closed(self) -> None:
+        """The link is gone: the feeds end, and what they held goes back to its queues."""
+        for feed_id in list(self.feeds):
+            self._cancel(feed_id)
+        inflight, self.inflight = self.inflight, {}
+        touched = set()
+        for (_feed, seq), (q, msg) in sorted(inflight.items(), key=lambda item: item[0][1]):
+            q.requeue(seq, msg)
+            touched.add(q)
+        for q in touched:
+            q.dispatch()
 
     def replicated_confirms(self, upto: int, failed: bool) -> None:
         if not self.writer.is_closing():
@@ -190,7 +331,15 @@ class InLink:
         touched = self.confirms.touched
         for kind, payload in frames:
             if kind != F_PUBLISH:
-                raise ReplicationError(f"unexpected frame {kind} on a forwarding link")
+                if kind == F_SETTLE:
+                    self._settle(payload)
+                elif kind == F_CONSUME:
+                    self._consume(payload)
+                elif kind == F_CANCEL:
+                    self._cancel(struct.unpack(">Q", payload)[0])
+                else:
+                    raise ReplicationError(f"unexpected frame {kind} on a forwarding link")
+                continue
             seq, hops, vhost_name, queue_name, msg = parse_publish(payload)
             upto = seq
             vhost = broker.vhosts.get(vhost_name)
@@ -214,6 +363,142 @@ class InLink:
             self.confirms.add(upto, broker.store if sync else None, heavy, failed)
 
 
+class FeedStore:
+    """The store of a quorum queue on a node that does not lead it, once it has had consumers:
+    what the leader delivered to its feeds. ``remote`` maps a message's position here to its
+    feed and its seq at the leader (how it is settled there); positions only grow, so a late
+    ack of a message of an ended feed is recognised and dropped (the leader took it back)."""
+
+    def __init__(self, previous: Any) -> None:
+        self.inner = fresh_store(previous)  # (positions go on from the store it replaces)
+        self.remote: dict[int, tuple[Feed, int]] = {}
+        self.delivered_here: set[int] = set()  # popped by our consumers, not yet settled
+        self.redelivered: set[int] = set()
+
+    @property
+    def ready_bytes(self) -> int:
+        return self.inner.ready_bytes
+
+    @property
+    def expiry(self) -> Any:
+        return self.inner.expiry
+
+    @expiry.setter
+    def expiry(self, fn: Any) -> None:
+        self.inner.expiry = fn
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def arrived(self, feed: Feed, msg: Message, seq: int, redelivered: bool) -> None:
+        position = self.inner.next_pos
+        self.inner.push(msg)
+        self.remote[position] = (feed, seq)
+        if redelivered:
+            self.redelivered.add(position)
+
+    def push(self, msg: Message, expires_at: int = 0) -> None:
+        self.inner.push(msg, expires_at)  # (not reached: a publish here is forwarded)
+
+    def pop(self) -> tuple[Message, int, bool, int] | None:
+        entry = self.inner.pop()
+        if entry is None:
+            return None
+        msg, seq, redelivered, exp = entry
+        position = seq >> 1
+        self.delivered_here.add(position)
+        if position in self.redelivered:
+            self.redelivered.discard(position)
+            redelivered = True
+        return msg, seq, redelivered, exp
+
+    def head_expiry(self) -> int:
+        return self.inner.head_expiry()
+
+    def drop_head(self) -> bool:
+        return False  # (limits are the leader's)
+
+    def requeue(self, seq: int, msg: Message, expires_at: int = 0) -> None:
+        position = seq >> 1
+        self.delivered_here.discard(position)
+        entry = self.remote.get(position)
+        if entry is not None and (not entry[0].active or not entry[0].q.consumer_count):
+            self.settle(seq, REQUEUED)  # no consumer of ours is left for it: back to the leader
+            return
+        self.inner.requeue(seq, msg, expires_at)  # kept here, for our other consumers
+
+    def settle(self, seq: int, how: int) -> None:
+        position = seq >> 1
+        self.delivered_here.discard(position)
+        entry = self.remote.pop(position, None)
+        if entry is not None:
+            entry[0].settle(how, entry[1])
+
+    def ack(self, seq: int, msg: Message) -> None:
+        self.settle(seq, ACKED)
+
+    def purge(self) -> int:
+        return 0  # (a purge is the leader's; not forwarded yet)
+
+    def drop(self, feed: Feed, requeue: bool) -> None:
+        """``feed`` ended: its messages not given to our consumers leave (taken back by the
+        leader, or given back: ``requeue``); its others are dropped from ``remote``."""
+        ready = [p for p, (f, _seq) in self.remote.items() if f is feed and p not in self.delivered_here]
+        if ready and len(ready) == len(self.inner):
+            self.inner.purge()
+        elif ready:  # (messages of another feed wait too: keep the store, drop these by hand)
+            kept = [(m, s, r, e) for m, s, r, e in iter(self.inner.pop, None) if (s >> 1) not in ready]
+            for m, s, _r, e in kept:
+                self.inner.requeue(s, m, e)
+        if requeue and ready:
+            feed.settle_many(REQUEUED, [self.remote[p][1] for p in ready])
+        for p in [p for p, (f, _seq) in self.remote.items() if f is feed and (p in ready or not requeue)]:
+            del self.remote[p]
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def destroy(self) -> None:
+        self.inner.destroy()
+
+
+class Feed:
+    """One subscription of this node's consumers of a queue at its leader."""
+
+    def __init__(self, link: OutLink, feed_id: int, q: Any, store: FeedStore) -> None:
+        self.link, self.id, self.q, self.store = link, feed_id, q, store
+        self.pending: dict[int, list[int]] = {}
+        self.flush_scheduled = False
+        self.active = True
+
+    def delivered(self, seq: int, redelivered: bool, msg: Message) -> None:
+        self.store.arrived(self, msg, seq, redelivered)
+        self.q.dispatch()
+
+    def settle(self, how: int, seq: int) -> None:
+        self.pending.setdefault(how, []).append(seq)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def settle_many(self, how: int, seqs: list[int]) -> None:
+        for seq in seqs:
+            self.settle(how, seq)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        pending, self.pending = self.pending, {}
+        for how, seqs in pending.items():
+            if self.link.writer is not None or self.link.task is not None:
+                self.link.send(settle_frame(self.id, how, seqs))
+
+    def ended(self) -> None:
+        """The leader feeds us no more (it took back what it had not got settled)."""
+        self.active = False
+        self.store.drop(self, requeue=False)
+        self.link.forwarding.feed_ended(self)
+
+
 class Forwarding:
     """This node's forwarding links, out to each other node and in from them."""
 
@@ -222,6 +507,61 @@ class Forwarding:
         self.me = replicas.me
         self.links: dict[str, OutLink] = {}
         self.hops = 0  # how many times the message being published here was forwarded already
+        self.feeds: dict[int, Feed] = {}  # by id(queue): the feed of our consumers of it
+        self.next_feed = 0
+
+    # -- consumers through this node --------------------------------------------------------------
+
+    def consumers_changed(self, replica: Any, q: Any) -> None:
+        """``q`` (led elsewhere) got its first consumer, or lost its last."""
+        feed = self.feeds.get(id(q))
+        if q.consumer_count and feed is None:
+            self.subscribe(replica, q)
+        elif not q.consumer_count and feed is not None:
+            self.unsubscribe(feed)
+
+    def subscribe(self, replica: Any, q: Any) -> None:
+        target = replica.target()
+        if target is None or target == self.me:
+            return  # (no leader yet: the next tick tries again)
+        store = q.store if q.counter is None else q.counter.inner
+        if not isinstance(store, FeedStore):
+            store = FeedStore(store)
+            if q.counter is not None:
+                q.counter.inner = store
+            else:
+                q.store = store
+        link = self.link(target)
+        self.next_feed += 1
+        feed = Feed(link, self.next_feed, q, store)
+        link.feeds[feed.id] = feed
+        self.feeds[id(q)] = feed
+        link.send(frame(F_CONSUME, struct.pack(">QI", feed.id, CREDIT) + _name(q.vhost_name) + _name(q.name)))
+
+    def unsubscribe(self, feed: Feed) -> None:
+        self.feeds.pop(id(feed.q), None)
+        feed.link.feeds.pop(feed.id, None)
+        feed.store.drop(feed, requeue=True)
+        feed.flush()
+        feed.link.send(frame(F_CANCEL, struct.pack(">Q", feed.id)))
+        feed.active = False
+
+    def feed_ended(self, feed: Feed) -> None:
+        if self.feeds.get(id(feed.q)) is feed:
+            del self.feeds[id(feed.q)]
+
+    def ensure(self, replica: Any) -> None:
+        """(The replicas' tick.) Our consumers of a queue we do not lead are fed by its leader."""
+        q = replica.queue()
+        if q is None or replica.leading:
+            return
+        feed = self.feeds.get(id(q))
+        target = replica.target()
+        if feed is not None and feed.link.node != target:
+            self.unsubscribe(feed)  # the leader changed
+            feed = None
+        if feed is None and q.consumer_count:
+            self.subscribe(replica, q)
 
     def forward(self, target: str | None, vhost: str, q: Any, msg: Message) -> tuple[int, OutLink | None]:
         """Send ``msg`` for ``q`` to ``target``; (what Queue.publish answers, the link)."""
@@ -249,13 +589,16 @@ class Forwarding:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     frames: FrameReader, rest: list[tuple[int, bytes]]) -> None:
         inlink = InLink(self, writer)
-        if rest:
-            inlink.handle(rest)
-        while True:
-            data = await reader.read(1 << 20)
-            if not data:
-                return
-            inlink.handle(frames.feed(data))
+        try:
+            if rest:
+                inlink.handle(rest)
+            while True:
+                data = await reader.read(1 << 20)
+                if not data:
+                    return
+                inlink.handle(frames.feed(data))
+        finally:
+            inlink.closed()
 
 
 __all__ = ["Forwarding", "OutLink", "InLink", "F_HELLO", "F_PUBLISH", "F_CONFIRMED", "MAX_HOPS"]

@@ -46,11 +46,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..broker.queue import REJECTED_PUBLISH
-from ..store.paged import PagedQueueStore
 from .aio import stopping
 from .definitions import _part, _unpart
 from .forwarding import F_HELLO, Forwarding
-from .replicated_store import ReplicatedStore
+from .replicated_store import ReplicatedStore, fresh_store
 from .replication import (
     ACK,
     END,
@@ -242,6 +241,9 @@ class QueueReplica:
     def target(self) -> str | None:
         return self.manager.leaders.get((self.vhost, self.name))
 
+    def consumers_changed(self, q: Any) -> None:
+        self.manager.forwarding.consumers_changed(self, q)
+
     def forward(self, q: Any, msg: Any) -> int:
         """A publish to this queue through this node, which does not lead it: to the leader."""
         target = self.target()
@@ -280,6 +282,11 @@ class Elsewhere:
     confirm_source = QueueReplica.confirm_source
     target = QueueReplica.target
     forward = QueueReplica.forward
+    consumers_changed = QueueReplica.consumers_changed
+
+    def queue(self) -> Any:
+        vhost = self.manager.broker.vhosts.get(self.vhost)
+        return None if vhost is None else vhost.queues.get(self.name)
 
 
 class Replicas:
@@ -299,6 +306,7 @@ class Replicas:
         self.epochs: dict[tuple[str, str], int] = {}
         self.isr: dict[tuple[str, str], tuple[list[str], int]] = {}  # in_sync, mod revision
         self.last_leader: dict[tuple[str, str], str] = {}  # who led before the key went
+        self.elsewhere: dict[tuple[str, str], Elsewhere] = {}  # replicated queues we are not in
         self.server: asyncio.AbstractServer | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.started = False
@@ -323,6 +331,7 @@ class Replicas:
         key = (vhost, name)
         if members is None:
             self.records.pop(key, None)
+            self.elsewhere.pop(key, None)
             replica = self.replicas.pop(key, None)
             if replica is not None:
                 self._stop(replica)
@@ -336,7 +345,7 @@ class Replicas:
         elif self.me not in members:
             q = self.broker.vhosts[vhost].queues.get(name) if vhost in self.broker.vhosts else None
             if q is not None and not isinstance(q.replica, Elsewhere):
-                q.replica = Elsewhere(self, vhost, name, members)
+                q.replica = self.elsewhere[key] = Elsewhere(self, vhost, name, members)
                 self._empty_store(q)
 
     def key_changed(self, key: bytes, value: bytes | None, create_revision: int, mod_revision: int,
@@ -477,6 +486,9 @@ class Replicas:
             try:
                 for replica in list(self.replicas.values()):
                     self._tick(replica)
+                    self.forwarding.ensure(replica)
+                for other in list(self.elsewhere.values()):
+                    self.forwarding.ensure(other)
             except Exception:  # noqa: BLE001 - one queue's trouble is not the others'
                 log.exception("replicated queues: tick failed")
 
@@ -578,9 +590,11 @@ class Replicas:
         old = replica.state
         leader_log = LeaderLog(ReplicaState(), epoch, self.me, replica.members, in_sync,
                                min_isr(len(replica.members)), lambda: self._wake(replica), self.fenced)
+        feed = self.forwarding.feeds.get(id(q))
+        if feed is not None:  # our consumers were fed by the last leader: now we lead
+            self.forwarding.unsubscribe(feed)
         previous = q.store if q.counter is None else q.counter.inner
-        store = ReplicatedStore(PagedQueueStore(None), leader_log)
-        store.expiry = previous.expiry
+        store = ReplicatedStore(fresh_store(previous), leader_log)
         for position in sorted(old.live):
             new_position = store.inner.next_pos
             store.push(old.message(position))
@@ -606,8 +620,7 @@ class Replicas:
     @staticmethod
     def _empty_store(q: Any) -> None:
         previous = q.store if q.counter is None else q.counter.inner
-        fresh = PagedQueueStore(None)
-        fresh.expiry = previous.expiry
+        fresh = fresh_store(previous)
         if q.counter is not None:
             q.counter.inner = fresh
         else:
@@ -625,6 +638,10 @@ class Replicas:
             if leader_log is not None:
                 replica.state = leader_log.state
             self._empty_store(q)
+            for consumer in q.consumers():  # other nodes' feeds: they go to the new leader
+                if "feed" in consumer.arguments and hasattr(consumer.target, "feeds"):
+                    q.remove_consumer(consumer)
+                    consumer.target.consumer_cancelled(consumer)
         if leader_log is not None:
             leader_log.fail_all()  # what waited is not confirmed by this node: nacked
         self.writers.pop(id(replica), None)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..store.paged import PagedQueueStore
+
 if TYPE_CHECKING:
     from ..broker.message import Message
-    from ..store.paged import PagedQueueStore
     from .replication import LeaderLog
 
 
@@ -99,4 +100,18 @@ class ReplicatedStore:
         self.inner.destroy()
 
 
-__all__ = ["ReplicatedStore"]
+def fresh_store(previous: Any) -> PagedQueueStore:
+    """An empty in-memory store to take the place of ``previous`` on a queue: its positions go
+    on from the previous store's, so a delivery a channel still holds from before (its seq) can
+    never name a message of the new store."""
+    store = PagedQueueStore(None)
+    inner = previous
+    while inner is not None and not hasattr(inner, "next_pos"):
+        inner = getattr(inner, "inner", None)
+    if inner is not None:
+        store.next_pos = inner.next_pos
+    store.expiry = previous.expiry
+    return store
+
+
+__all__ = ["ReplicatedStore", "fresh_store"]
