@@ -35,6 +35,7 @@ class BenchOptions:
     persistent: bool = False
     queue: str = ""
     queue_type: str = "classic"  # "quorum": a replicated queue in a cluster (always durable)
+    consume_url: str = ""  # consumers connect here (another node of a cluster); default: url
 
 
 @dataclass
@@ -113,7 +114,7 @@ async def publisher(o: BenchOptions, counters: Counters, stop: asyncio.Event, li
 
 
 async def consumer(o: BenchOptions, counters: Counters, stop: asyncio.Event) -> None:
-    c = await BenchClient.connect(o.url)
+    c = await BenchClient.connect(o.consume_url or o.url)
     no_ack = o.prefetch == 0
     if not no_ack:
         c.send(1, spec.BasicQos(prefetch_count=o.prefetch))
@@ -238,13 +239,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--persistent", action="store_true")
     p.add_argument("--queue-type", choices=["classic", "quorum"], default="classic",
                    help="quorum: a replicated queue (in a cluster: confirms wait for its followers)")
+    p.add_argument("--consume-url", default="",
+                   help="consumers connect here (e.g. another node of a cluster); default: --url")
 
 
 def main(args: argparse.Namespace) -> int:
     o = BenchOptions(url=args.url, scenario=args.scenario, publishers=args.publishers,
                      consumers=args.consumers, size=args.size, duration=args.duration,
                      count=args.count, confirm=args.confirm, prefetch=args.prefetch,
-                     persistent=args.persistent, queue_type=args.queue_type)
+                     persistent=args.persistent, queue_type=args.queue_type,
+                     consume_url=args.consume_url)
     try:
         result = asyncio.run(run(o))
     except CannotConnect as exc:
