@@ -500,9 +500,5 @@ class QuorumQueue(Queue):
 
 
 
-# (routing tells a queue from an exchange by its type)
-QUEUE_TYPES = frozenset((Queue, QuorumQueue))
-
-
 def queue_class(arguments: dict[str, Any] | None) -> type[Queue]:
     return QuorumQueue if arguments and arguments.get("x-queue-type") == "quorum" else Queue

@@ -31,7 +31,7 @@ from .exchanges import EXCHANGE_TYPES, Exchange
 from .exchanges.default import DefaultExchange
 from .message import Message
 from .policies import Policy, for_exchange, for_queue, make_policy
-from .queue import QUEUE_TYPES, Queue, queue_class
+from .queue import Queue, QuorumQueue, queue_class
 from .queue_settings import queue_settings
 from .timers import Timers
 
@@ -520,7 +520,7 @@ class VirtualHost:
             return list(found)
         out: list[Any] = []  # the common case inline: one key, straight to one queue
         ex.route(msg, msg.routing_key, out)
-        if len(out) == 1 and type(out[0]) in QUEUE_TYPES:
+        if len(out) == 1 and (type(out[0]) is Queue or type(out[0]) is QuorumQueue):
             return out
         return self._route_key(ex, msg, msg.routing_key, out)
 
@@ -529,7 +529,7 @@ class VirtualHost:
         if out is None:
             out = []
             ex.route(msg, routing_key, out)
-            if len(out) == 1 and type(out[0]) in QUEUE_TYPES:
+            if len(out) == 1 and (type(out[0]) is Queue or type(out[0]) is QuorumQueue):
                 return out
         if not out and ex.alternate_exchange is None:
             return out
