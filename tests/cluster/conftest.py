@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 from etcd_server import Etcd
 from hare_node import HareNode, free_port
@@ -58,6 +59,25 @@ class ClusterNode(HareNode):
                 return seen
             assert time.monotonic() < deadline, f"{self.name} sees {seen}\n{self.log.read_text()}"
             time.sleep(0.1)
+
+
+ALL = ("hare-a", "hare-b", "hare-c")  # the three nodes of most cluster tests
+
+
+def start_all(cluster_node: Callable[..., ClusterNode]) -> dict[str, ClusterNode]:
+    """Start ALL and wait until each sees them all alive."""
+    nodes = {name: cluster_node(name).start() for name in ALL}
+    for node in nodes.values():
+        node.wait_until(lambda seen: seen == dict.fromkeys(ALL, True))
+    return nodes
+
+
+def amqp_channel(node: ClusterNode, user: str = "guest", password: str = "guest",
+                 vhost: str = "/") -> tuple[pika.BlockingConnection, Any]:
+    """A pika connection to ``node`` and a channel on it."""
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", node.port, vhost, pika.PlainCredentials(user, password)))
+    return conn, conn.channel()
 
 
 @pytest.fixture

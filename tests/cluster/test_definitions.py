@@ -14,32 +14,19 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from conftest import ClusterNode
+from conftest import ALL, ClusterNode, amqp_channel, start_all
 from hare_node import HareNode
 from support import hare_only
 
 pytestmark = [hare_only, pytest.mark.timeout(120)]
 
-ALL = ("hare-a", "hare-b", "hare-c")
-
-
 def _three(cluster_node: Callable[..., ClusterNode]) -> list[ClusterNode]:
-    nodes = [cluster_node(name).start() for name in ALL]
-    for node in nodes:
-        node.wait_until(lambda seen: seen == dict.fromkeys(ALL, True))
-    return nodes
-
-
-def _channel(node: ClusterNode, user: str = "guest", password: str = "guest",
-             vhost: str = "/") -> tuple[pika.BlockingConnection, Any]:
-    conn = pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", node.port, vhost, pika.PlainCredentials(user, password)))
-    return conn, conn.channel()
+    return list(start_all(cluster_node).values())
 
 
 def _passive_queue(node: ClusterNode, name: str) -> int | None:
     """The queue's message count through ``node`` (None: 404)."""
-    conn, ch = _channel(node)
+    conn, ch = amqp_channel(node)
     try:
         return int(ch.queue_declare(queue=name, passive=True).method.message_count)
     except pika.exceptions.ChannelClosedByBroker as exc:
@@ -51,7 +38,7 @@ def _passive_queue(node: ClusterNode, name: str) -> int | None:
 
 
 def _passive_exchange(node: ClusterNode, name: str) -> bool:
-    conn, ch = _channel(node)
+    conn, ch = amqp_channel(node)
     try:
         ch.exchange_declare(exchange=name, passive=True)
         return True
@@ -65,7 +52,7 @@ def _passive_exchange(node: ClusterNode, name: str) -> bool:
 
 def test_what_one_node_declares_every_node_has_at_once(cluster_node: Callable[..., ClusterNode]) -> None:
     a, b, c = _three(cluster_node)
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.exchange_declare(exchange="orders", exchange_type="topic", durable=True)
     ch.queue_declare(queue="eu-orders", durable=True, arguments={"x-max-length": 1000})
     ch.queue_bind(queue="eu-orders", exchange="orders", routing_key="eu.#")
@@ -75,7 +62,7 @@ def test_what_one_node_declares_every_node_has_at_once(cluster_node: Callable[..
         assert _passive_exchange(node, "orders")
         assert _passive_queue(node, "eu-orders") == 0
     # the binding routes on c: a publish through c to the topic lands in c's share of the queue
-    conn, ch = _channel(c)
+    conn, ch = amqp_channel(c)
     ch.confirm_delivery()
     ch.basic_publish(exchange="orders", routing_key="eu.fr.paris", body=b"order 1", mandatory=True)
     method, _, body = ch.basic_get("eu-orders", auto_ack=True)
@@ -87,7 +74,7 @@ def test_what_one_node_declares_every_node_has_at_once(cluster_node: Callable[..
     assert "inequivalent arg 'x-max-length'" in refused.value.reply_text
     conn.close()
     # deleted through b: gone everywhere
-    conn, ch = _channel(b)
+    conn, ch = amqp_channel(b)
     ch.queue_delete(queue="eu-orders")
     ch.exchange_delete(exchange="orders")
     conn.close()
@@ -101,7 +88,7 @@ def test_two_nodes_declaring_the_same_queue_differently_at_once_one_wins(
     nodes = _three(cluster_node)
     for round_ in range(5):
         name = f"race-{round_}"
-        chans = [_channel(node) for node in nodes[:2]]
+        chans = [amqp_channel(node) for node in nodes[:2]]
         start = threading.Barrier(2)
         results: dict[int, object] = {}
 
@@ -138,7 +125,7 @@ def test_users_vhosts_and_permissions_made_on_one_node_work_on_the_others(
     b.ctl("set_user_tags", "alice", "monitoring")
     users = json.loads(c.ctl("list_users", "--formatter", "json").stdout)
     assert {"user": "alice", "tags": ["monitoring"]} in users
-    conn, ch = _channel(c, "alice", "s3cret", "shop")  # logs in on the third node
+    conn, ch = amqp_channel(c, "alice", "s3cret", "shop")  # logs in on the third node
     ch.queue_declare(queue="carts")
     conn.close()
     assert "shop" in c.ctl("list_vhosts").stdout
@@ -147,7 +134,7 @@ def test_users_vhosts_and_permissions_made_on_one_node_work_on_the_others(
     assert again.returncode != 0 and "already exists" in again.stderr + again.stdout
     c.ctl("delete_user", "alice")
     with pytest.raises(pika.exceptions.ProbableAuthenticationError):
-        _channel(a, "alice", "s3cret", "shop")
+        amqp_channel(a, "alice", "s3cret", "shop")
     b.ctl("delete_vhost", "shop")
     for node in (a, c):
         assert "shop" not in node.ctl("list_vhosts").stdout
@@ -156,14 +143,14 @@ def test_users_vhosts_and_permissions_made_on_one_node_work_on_the_others(
 def test_a_node_that_was_down_catches_up_and_its_transient_queues_are_gone(
         cluster_node: Callable[..., ClusterNode]) -> None:
     a, b, _c = _three(cluster_node)
-    conn, ch = _channel(b)
+    conn, ch = amqp_channel(b)
     ch.queue_declare(queue="b-durable", durable=True)
     ch.queue_declare(queue="b-transient", durable=False)
     ch.queue_declare(queue="to-delete", durable=True)
     conn.close()
     assert _passive_queue(a, "b-transient") == 0
     b.stop()
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.queue_delete(queue="to-delete")
     ch.exchange_declare(exchange="made-while-b-was-down", exchange_type="fanout", durable=True)
     conn.close()
@@ -183,7 +170,7 @@ def test_a_node_that_was_down_catches_up_and_its_transient_queues_are_gone(
 def test_the_first_node_seeds_the_cluster_and_a_joining_node_takes_its_definitions(
         cluster_node: Callable[..., ClusterNode], tmp_path: Path) -> None:
     a = cluster_node("hare-a").start()
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.queue_declare(queue="from-a", durable=True)
     conn.close()
     a.ctl("add_user", "bob", "pw")
@@ -200,15 +187,15 @@ def test_the_first_node_seeds_the_cluster_and_a_joining_node_takes_its_definitio
     assert _passive_queue(b, "b-alone") is None
     assert _passive_queue(a, "b-alone") is None
     assert "bob" in b.ctl("list_users").stdout
-    conn, _ch = _channel(b, "bob", "pw")
+    conn, _ch = amqp_channel(b, "bob", "pw")
     conn.close()
 
 
 def test_a_bind_through_another_node_right_after_the_declare_finds_the_queue(
         cluster_node: Callable[..., ClusterNode]) -> None:
     a, b, _c = _three(cluster_node)
-    conn_a, ch_a = _channel(a)
-    conn_b, ch_b = _channel(b)
+    conn_a, ch_a = amqp_channel(a)
+    conn_b, ch_b = amqp_channel(b)
     for i in range(20):  # b is asked the moment a has answered: b catches up before a 404
         ch_a.queue_declare(queue=f"q{i}", durable=True)
         ch_a.exchange_declare(exchange=f"x{i}", exchange_type="direct")
@@ -226,7 +213,7 @@ def test_policies_exclusive_and_auto_delete_queues_across_nodes(
     a.ctl("set_policy", "cap", "^capped", '{"max-length": 2}', "--apply-to", "queues")
     policies = json.loads(c.ctl("list_policies", "--formatter", "json").stdout)
     assert [p["name"] for p in policies] == ["cap"]
-    conn, ch = _channel(b)
+    conn, ch = amqp_channel(b)
     ch.queue_declare(queue="capped-1")
     for i in range(5):
         ch.basic_publish(exchange="", routing_key="capped-1", body=str(i).encode())
@@ -234,7 +221,7 @@ def test_policies_exclusive_and_auto_delete_queues_across_nodes(
     assert count == 2  # the policy a set holds on b
     # an exclusive queue is its connection's node's alone
     ch.queue_declare(queue="mine", exclusive=True)
-    other, other_ch = _channel(b)
+    other, other_ch = amqp_channel(b)
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as locked:
         other_ch.queue_declare(queue="mine", passive=True)
     assert locked.value.reply_code == 405  # on its node: another connection's
@@ -257,7 +244,7 @@ def test_policies_exclusive_and_auto_delete_queues_across_nodes(
 def test_a_declare_while_etcd_is_down_is_answered_when_it_is_back(
         cluster_node: Callable[..., ClusterNode], etcd: Any) -> None:
     a, b, _c = _three(cluster_node)
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     etcd.stop()
     answered: list[float] = []
 
@@ -295,7 +282,7 @@ def test_definitions_imported_through_one_node_are_the_clusters(
     path = tmp_path / "defs.json"
     path.write_text(json.dumps(definitions))
     a.ctl("import_definitions", str(path))
-    conn, ch = _channel(b, "carol", "pw", "imported")
+    conn, ch = amqp_channel(b, "carol", "pw", "imported")
     ch.confirm_delivery()
     ch.basic_publish(exchange="events", routing_key="", body=b"e")
     for i in range(5):  # the bindings route on b

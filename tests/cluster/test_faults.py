@@ -18,12 +18,11 @@ from collections.abc import Callable
 import pika
 import pika.exceptions
 import pytest
-from conftest import ClusterNode
+from conftest import ALL, ClusterNode, start_all
 from support import hare_only
 
 pytestmark = [hare_only, pytest.mark.timeout(300)]
 
-ALL = ("hare-a", "hare-b", "hare-c")
 SEED = 10
 
 
@@ -120,9 +119,7 @@ def _new_leader(nodes: dict[str, ClusterNode], old: str, timeout: float = 30) ->
 def test_confirmed_messages_survive_kills_a_freeze_and_a_whole_cluster_restart(
         cluster_node: Callable[..., ClusterNode]) -> None:
     rng = random.Random(SEED)
-    nodes = {name: cluster_node(name).start() for name in ALL}
-    for node in nodes.values():
-        node.wait_until(lambda seen: seen == dict.fromkeys(ALL, True))
+    nodes = start_all(cluster_node)
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", nodes["hare-a"].port))
     conn.channel().queue_declare(queue="faults", durable=True, arguments={"x-queue-type": "quorum"})
     conn.close()

@@ -12,19 +12,13 @@ from collections.abc import Callable
 
 import pika
 import pytest
-from conftest import ClusterNode
+from conftest import ALL, ClusterNode, start_all
 from support import hare_only
 
 pytestmark = [hare_only, pytest.mark.timeout(120)]
 
-ALL = ("hare-a", "hare-b", "hare-c")
-
-
 def _three(cluster_node: Callable[..., ClusterNode]) -> list[ClusterNode]:
-    nodes = [cluster_node(name).start() for name in ALL]
-    for node in nodes:
-        node.wait_until(lambda seen: seen == dict.fromkeys(ALL, True))
-    return nodes
+    return list(start_all(cluster_node).values())
 
 
 def test_three_nodes_see_each_other_with_their_amqp_addresses(

@@ -14,25 +14,12 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from conftest import ClusterNode
+from conftest import ALL, ClusterNode, amqp_channel, start_all
 from support import hare_only
 
 pytestmark = [hare_only, pytest.mark.timeout(180)]
 
-ALL = ("hare-a", "hare-b", "hare-c")
 QUORUM = {"x-queue-type": "quorum"}
-
-
-def _three(cluster_node: Callable[..., ClusterNode]) -> dict[str, ClusterNode]:
-    nodes = {name: cluster_node(name).start() for name in ALL}
-    for node in nodes.values():
-        node.wait_until(lambda seen: seen == dict.fromkeys(ALL, True))
-    return nodes
-
-
-def _channel(node: ClusterNode) -> tuple[pika.BlockingConnection, Any]:
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
-    return conn, conn.channel()
 
 
 def _queue_status(node: ClusterNode, name: str) -> dict[str, Any] | None:
@@ -55,7 +42,7 @@ def _wait_status(node: ClusterNode, name: str, what: Callable[[dict[str, Any]], 
 
 
 def _drain(node: ClusterNode, queue: str) -> list[tuple[int, bool]]:
-    conn, ch = _channel(node)
+    conn, ch = amqp_channel(node)
     got = []
     while (m := ch.basic_get(queue, auto_ack=True))[0] is not None:
         got.append((int(m[2]), bool(m[0].redelivered)))
@@ -65,9 +52,9 @@ def _drain(node: ClusterNode, queue: str) -> list[tuple[int, bool]]:
 
 def test_a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed(
         cluster_node: Callable[..., ClusterNode]) -> None:
-    nodes = _three(cluster_node)
+    nodes = start_all(cluster_node)
     a = nodes["hare-a"]
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.queue_declare(queue="orders", durable=True, arguments=QUORUM)
     status = _wait_status(nodes["hare-c"], "orders", lambda s: s["leader"] == "hare-a")
     assert status == {"vhost": "/", "name": "orders", "leader": "hare-a", "members": list(ALL),
@@ -93,7 +80,7 @@ def test_a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed(
     # the killed node comes back, follows the new leader and is in sync again
     a.start()
     _wait_status(leader, "orders", lambda s: "hare-a" in s["in_sync"] and s["leader"] == leader.name)
-    conn, ch = _channel(leader)
+    conn, ch = amqp_channel(leader)
     ch.confirm_delivery()
     ch.basic_publish("", "orders", b"501", pika.BasicProperties(delivery_mode=2))
     conn.close()
@@ -101,9 +88,9 @@ def test_a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed(
 
 
 def test_confirms_wait_for_a_majority_of_the_members(cluster_node: Callable[..., ClusterNode]) -> None:
-    nodes = _three(cluster_node)
+    nodes = start_all(cluster_node)
     a, b, c = (nodes[n] for n in ALL)
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.queue_declare(queue="jobs", durable=True, arguments=QUORUM)
     _wait_status(a, "jobs", lambda s: s["leader"] == "hare-a")
     ch.confirm_delivery()
@@ -130,7 +117,7 @@ def test_confirms_wait_for_a_majority_of_the_members(cluster_node: Callable[...,
         os.kill(c.proc.pid, signal.SIGCONT)
     conn.close()
     got = []
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     while (m := ch.basic_get("jobs", auto_ack=True))[0] is not None:
         got.append(m[2])
     conn.close()
@@ -139,9 +126,9 @@ def test_confirms_wait_for_a_majority_of_the_members(cluster_node: Callable[...,
 
 def test_one_follower_down_confirms_go_on_and_a_follower_forwards_publishes(
         cluster_node: Callable[..., ClusterNode]) -> None:
-    nodes = _three(cluster_node)
+    nodes = start_all(cluster_node)
     a, b, c = (nodes[n] for n in ALL)
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.queue_declare(queue="events", durable=True, arguments=QUORUM)
     _wait_status(a, "events", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
     c.kill()
@@ -154,7 +141,7 @@ def test_one_follower_down_confirms_go_on_and_a_follower_forwards_publishes(
     assert status["leader"] == "hare-a"
     conn.close()
     # a follower forwards a publish to the leader; its confirm comes back from there
-    conn, ch = _channel(b)
+    conn, ch = amqp_channel(b)
     ch.confirm_delivery()
     for i in range(20, 40):
         ch.basic_publish("", "events", str(i).encode(), pika.BasicProperties(delivery_mode=2))
@@ -164,9 +151,9 @@ def test_one_follower_down_confirms_go_on_and_a_follower_forwards_publishes(
 
 def test_members_follow_the_initial_group_size_and_others_hold_nothing(
         cluster_node: Callable[..., ClusterNode]) -> None:
-    nodes = _three(cluster_node)
+    nodes = start_all(cluster_node)
     a, c = nodes["hare-a"], nodes["hare-c"]
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.queue_declare(queue="pair", durable=True,
                      arguments={**QUORUM, "x-quorum-initial-group-size": 2})
     status = _wait_status(c, "pair", lambda s: s["leader"] == "hare-a")
@@ -174,12 +161,12 @@ def test_members_follow_the_initial_group_size_and_others_hold_nothing(
     ch.confirm_delivery()
     ch.basic_publish("", "pair", b"kept by a and b")
     conn.close()
-    conn, ch = _channel(c)  # not a member: knows the queue, holds none of it, forwards publishes
+    conn, ch = amqp_channel(c)  # not a member: knows the queue, holds none of it, forwards publishes
     assert ch.queue_declare(queue="pair", passive=True).method.message_count == 0
     ch.confirm_delivery()
     ch.basic_publish("", "pair", b"through a non-member")
     conn.close()
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     got = [ch.basic_get("pair", auto_ack=True)[2] for _ in range(2)]
     assert got == [b"kept by a and b", b"through a non-member"] and ch.basic_get("pair")[0] is None
     conn.close()
@@ -187,16 +174,16 @@ def test_members_follow_the_initial_group_size_and_others_hold_nothing(
 
 def test_a_leader_frozen_past_its_lease_neither_confirms_nor_delivers_when_it_wakes(
         cluster_node: Callable[..., ClusterNode]) -> None:
-    nodes = _three(cluster_node)
+    nodes = start_all(cluster_node)
     a, b = nodes["hare-a"], nodes["hare-b"]
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.queue_declare(queue="frozen", durable=True, arguments=QUORUM)
     _wait_status(b, "frozen", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
     ch.confirm_delivery()
     for i in range(3):
         ch.basic_publish("", "frozen", str(i).encode(), pika.BasicProperties(delivery_mode=2))
     # a consumer on a with a prefetch of one holds message 0; 1 and 2 wait behind it
-    consumer, cch = _channel(a)
+    consumer, cch = amqp_channel(a)
     cch.basic_qos(prefetch_count=1)
     got: list[tuple[int, bytes]] = []
     redelivered: list[bool] = []
@@ -247,9 +234,9 @@ def test_a_leader_frozen_past_its_lease_neither_confirms_nor_delivers_when_it_wa
 
 
 def test_consumers_through_any_node_are_fed_by_the_leader(cluster_node: Callable[..., ClusterNode]) -> None:
-    nodes = _three(cluster_node)
+    nodes = start_all(cluster_node)
     a, b, c = (nodes[n] for n in ALL)
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.queue_declare(queue="work", durable=True, arguments=QUORUM)
     _wait_status(c, "work", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
     ch.confirm_delivery()
@@ -257,7 +244,7 @@ def test_consumers_through_any_node_are_fed_by_the_leader(cluster_node: Callable
         ch.basic_publish("", "work", str(i).encode(), pika.BasicProperties(delivery_mode=2))
     conn.close()
     # a consumer on a follower: fed by the leader, in order, acks go back there
-    consumer, cch = _channel(b)
+    consumer, cch = amqp_channel(b)
     cch.basic_qos(prefetch_count=10)
     got: list[int] = []
 
@@ -275,13 +262,13 @@ def test_consumers_through_any_node_are_fed_by_the_leader(cluster_node: Callable
     assert got[:100] == list(range(100))
     consumer.close()  # what it held, acked or not, is settled at the leader: 100 comes next
     time.sleep(0.5)
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     method, _, body = ch.basic_get("work", auto_ack=False)
     assert int(body) == 100
     ch.basic_nack(method.delivery_tag, requeue=True)
     conn.close()
     # the rest through the third node, with automatic acks
-    consumer, cch = _channel(c)
+    consumer, cch = amqp_channel(c)
     rest: list[int] = []
     cch.basic_consume(queue="work", auto_ack=True,
                       on_message_callback=lambda *args: rest.append(int(args[3])))
@@ -297,16 +284,16 @@ def test_consumers_through_any_node_are_fed_by_the_leader(cluster_node: Callable
 
 def test_a_consumer_through_a_follower_goes_on_when_the_leader_is_killed(
         cluster_node: Callable[..., ClusterNode]) -> None:
-    nodes = _three(cluster_node)
+    nodes = start_all(cluster_node)
     a, c = nodes["hare-a"], nodes["hare-c"]
-    conn, ch = _channel(a)
+    conn, ch = amqp_channel(a)
     ch.queue_declare(queue="steady", durable=True, arguments=QUORUM)
     _wait_status(c, "steady", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
     ch.confirm_delivery()
     for i in range(200):
         ch.basic_publish("", "steady", str(i).encode(), pika.BasicProperties(delivery_mode=2))
     conn.close()
-    consumer, cch = _channel(c)
+    consumer, cch = amqp_channel(c)
     cch.basic_qos(prefetch_count=5)
     got: list[int] = []
 

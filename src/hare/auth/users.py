@@ -8,10 +8,13 @@ A user without a password hash cannot log in with a password (only with EXTERNAL
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from .permissions import Permission, TopicPermission
 
@@ -74,3 +77,28 @@ class UserStore:
         if user is None or not check_password(user.password_hash, password, user.hashing):
             return None
         return user
+
+
+def user_record(user: User) -> dict[str, Any]:
+    """A user's whole record (as kept in the definitions store)."""
+    return {"name": user.name, "password_hash": base64.b64encode(user.password_hash).decode(),
+            "hashing_algorithm": user.hashing, "tags": list(user.tags), "limits": dict(user.limits),
+            "permissions": {v: p.as_json() for v, p in user.permissions.items()},
+            "topic_permissions": {v: [tp.as_json() for tp in t.values()]
+                                  for v, t in user.topic_permissions.items()}}
+
+
+def user_from_record(record: dict[str, Any], loopback_only: bool) -> User:
+    try:
+        password_hash = base64.b64decode(record.get("password_hash", ""), validate=True)
+    except (binascii.Error, ValueError):
+        password_hash = b""
+    user = User(record["name"], password_hash, list(record.get("tags", [])),
+                record.get("hashing_algorithm", SHA256), loopback_only=loopback_only)
+    user.limits = dict(record.get("limits", {}))
+    for v, p in record.get("permissions", {}).items():
+        user.permissions[v] = Permission(p["configure"], p["write"], p["read"])
+    for v, tps in record.get("topic_permissions", {}).items():
+        user.topic_permissions[v] = {tp["exchange"]: TopicPermission(tp["exchange"], tp["write"], tp["read"])
+                                     for tp in tps}
+    return user

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..auth.users import UserStore
+from ..auth.users import UserStore, user_from_record
 from ..store import delayed as delayed_store
 from ..store.definitions import Definitions
 from ..store.lock import DataDirLock
 from ..store.message_store import MessageStore, sync_directory
 from .background import Background
-from .commands import Commands, user_from_record
+from .commands import Commands
 from .definitions_file import load_definitions_file
 from .timers import Timers
 from .vhost import VirtualHost

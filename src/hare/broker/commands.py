@@ -6,9 +6,11 @@ its input, checks the caller's permissions (an AMQP channel passes its ``Access`
 ``hare ctl``, a definitions file, later the HTTP API — passes none and may do anything), applies
 the change to the model (``VirtualHost``, ``UserStore``: in memory only), persists it and then
 announces it to ``listeners`` (``events.Event``). The AMQP channel, the control socket and the
-definitions loader all call it, so a rule lives in one place; the cluster will replicate these
-commands. It is the only caller of the definitions store's writers
-(tests/test_metadata_writer.py checks it).
+definitions loader all call it, so a rule lives in one place. It is the only caller of the
+definitions store's writers (tests/test_metadata_writer.py checks it). Its parts: the user
+commands (``user_commands.py``), what a command refuses (``command_errors.py``), and in a cluster
+the proposing of each change instead of making it (``proposal.py``; docs/clustering.md). The
+definitions file's import and export are in ``definitions_file.py``.
 
 The deletions the broker makes by itself come here too, with their reason and no permission
 check (RabbitMQ deletes them internally): an auto-delete queue whose last consumer went
@@ -22,22 +24,25 @@ on which resource, and where in the method's other checks it comes.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..amqp.errors import ChannelError, ConnectionFault, access_refused, precondition_failed
-from ..auth.permissions import CONFIGURE, READ, WRITE, Access, PatternError, Permission, TopicPermission
-from ..auth.users import HASHES, KNOWN_TAGS, SHA256, USER_LIMITS, User, hash_password
+from ..amqp.errors import ConnectionFault, access_refused, precondition_failed
+from ..auth.permissions import CONFIGURE, READ, WRITE, Access
+from ..auth.users import (
+    KNOWN_TAGS,
+    User,
+    user_from_record,
+    user_record,
+)
 from . import events
+from .command_errors import CommandError, _limits, _no_such_user, _no_such_vhost
 from .events import Event
 from .exchanges import EXCHANGE_TYPES
-from .policies import erl, make_policy
-from .proposal import Change, Pending, Proposed
+from .policies import make_policy
+from .proposal import Change, Pending, Proposed, Proposing
+from .user_commands import UserCommands
 from .vhost import Binding, VirtualHost, server_queue_name
 
 if TYPE_CHECKING:
@@ -51,61 +56,7 @@ VHOST_LIMITS = ("max-connections", "max-queues")
 log = logging.getLogger("hare.commands")
 
 
-class CommandError(Exception):
-    """An operator command that cannot be done; ``kind`` is one of "not_found", "exists",
-    "invalid" (the control socket maps them to rabbitmqctl's exit codes)."""
-
-    def __init__(self, kind: str, text: str) -> None:
-        super().__init__(text)
-        self.kind = kind
-
-
-def _no_such_user(name: str) -> CommandError:
-    return CommandError("not_found", f"User \"{name}\" does not exist")
-
-
-def _no_such_vhost(name: str) -> CommandError:
-    return CommandError("not_found", f"Virtual host '{name}' does not exist")
-
-
-def _user_change(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A command that changes users (their records: password, tags, limits, permissions). In a
-    cluster it runs on a copy of the users: the records it would save are proposed (guarded by
-    the revision this node applied), and the model changes when the cluster applies them."""
-
-    @functools.wraps(method)
-    def run(self: Commands, name: str, *args: Any, **kwargs: Any) -> Any:
-        if not self.clustered:
-            return method(self, name, *args, **kwargs)
-        replay = self._take_replay()
-        if replay is not None and replay.committed:
-            return self.broker.users.users.get(name)
-        users = self.broker.users
-        real = users.users
-        users.users = {n: user_from_record(user_record(u), u.loopback_only) for n, u in real.items()}
-        self._collected = {}
-        try:
-            method(self, name, *args, **kwargs)
-        finally:
-            users.users, collected, self._collected = real, self._collected, None
-        cluster = self.cluster
-        if all(record == (None if real.get(n) is None else user_record(real[n]))
-               for n, record in collected.items()):
-            return real.get(name)  # it changes nothing (an import of what is there)
-        change = Change()
-        for user_name, record in collected.items():
-            if record is None:
-                change.delete(cluster.key(b"users", user_name))
-            else:
-                key, value = cluster.user_entry(record)
-                change.put(key, value)
-            cluster.guard_unchanged(change, cluster.key(b"users", user_name))
-        raise Proposed(cluster.propose(change))
-
-    return run
-
-
-class Commands:
+class Commands(UserCommands, Proposing):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         # called with each Event after the change is applied and persisted (events.py)
@@ -116,52 +67,7 @@ class Commands:
         self.cluster: Any = None
         self.replay: Pending | None = None  # the change of the command now running again
         self._local = 0
-        self._collected: dict[str, dict[str, Any] | None] | None = None  # (_user_change)
-
-    @property
-    def clustered(self) -> bool:
-        """Changes go through the cluster (not: applying what it agreed to)."""
-        return self.cluster is not None and not self._local
-
-    @contextmanager
-    def local(self) -> Iterator[None]:
-        """Change the model itself (the cluster applies a change it agreed to)."""
-        self._local += 1
-        try:
-            yield
-        finally:
-            self._local -= 1
-
-    def _take_replay(self) -> Pending | None:
-        """The change of the command running again (raising what made it fail, if anything)."""
-        replay, self.replay = self.replay, None
-        if replay is not None and replay.error is not None:
-            raise replay.error
-        return replay
-
-    def _propose(self, change: Change) -> None:
-        """Raise ``Proposed``; return only when this is the command running again after the
-        cluster applied its change (a guard that failed: the command proposes afresh)."""
-        replay = self._take_replay()
-        if replay is not None and replay.committed and replay.change.ops == change.ops:
-            return
-        raise Proposed(self.cluster.propose(change))
-
-    def _found(self, lookup: Callable[[], Any]) -> Any:
-        """``lookup()``; in a cluster, a 404 first catches up with the cluster (``_barrier``)."""
-        try:
-            return lookup()
-        except ChannelError as exc:
-            if exc.code != 404 or not self.clustered:
-                raise
-            self._barrier()
-            return lookup()
-
-    def _barrier(self) -> None:
-        """Before answering "not found" in a cluster: catch up with what the cluster has (a
-        client told by another node that it declared something finds it here)."""
-        if self.clustered:
-            self._propose(Change())
+        self._collected: dict[str, dict[str, Any] | None] | None = None  # (proposal.user_change)
 
     @property
     def _defs(self) -> Any:
@@ -591,149 +497,18 @@ class Commands:
             raise _no_such_user(name)
         return user
 
+    def _forget_user(self, name: str) -> None:
+        if self._defs is not None:
+            self._defs.remove_user(name)
+
     def _save_user(self, user: User) -> None:
-        if self._collected is not None:  # (_user_change: proposed to the cluster)
+        if self._collected is not None:  # (proposal.user_change: proposed to the cluster)
             self._collected[user.name] = user_record(user)
             return
         if self._defs is not None:
             self._defs.put_user(user.name, user_record(user))
 
-    @_user_change
-    def add_user(self, name: str, password: str | None, tags: list[str] | None = None) -> User:
-        if not name:
-            raise CommandError("invalid", "User name cannot be empty")
-        if name in self.broker.users.users:
-            raise CommandError("exists", f"User \"{name}\" already exists")
-        user = User(name, hash_password(password) if password else b"", list(tags or []),
-                    loopback_only=name in self.broker.config.loopback_users)
-        self.broker.users.users[name] = user
-        self._save_user(user)
-        self._announce("user.created", "", name, tags=list(user.tags))
-        return user
-
-    @_user_change
-    def put_user(self, name: str, password_hash: bytes, hashing: str, tags: list[str],
-                 limits: dict[str, Any] | None = None) -> User:
-        """A user as a definitions file gives it (a hash, not a password); replaces one of that
-        name, keeping its permissions."""
-        if hashing not in HASHES:
-            raise CommandError("invalid", f"unsupported hashing algorithm '{hashing}'")
-        existing = self.broker.users.users.get(name)
-        user = User(name, password_hash, list(tags), hashing,
-                    loopback_only=name in self.broker.config.loopback_users)
-        if existing is not None:
-            user.permissions, user.topic_permissions = existing.permissions, existing.topic_permissions
-        user.limits = _limits(limits or {}, USER_LIMITS, "user-limits")
-        self.broker.users.users[name] = user
-        self._save_user(user)
-        self._refresh_access(user)
-        self._announce("user.created" if existing is None else "user.changed", "", name, tags=list(user.tags))
-        return user
-
-    @_user_change
-    def delete_user(self, name: str) -> None:
-        self.user(name)
-        del self.broker.users.users[name]
-        if self._collected is not None:
-            self._collected[name] = None
-            return
-        if self._defs is not None:
-            self._defs.remove_user(name)
-        self._announce("user.deleted", "", name)
-        for conn in list(self.broker.connections):
-            if conn.username == name:
-                conn.close(320, f"user '{name}' is deleted")
-
-    @_user_change
-    def change_password(self, name: str, password: str) -> None:
-        user = self.user(name)
-        user.password_hash = hash_password(password) if password else b""
-        user.hashing = SHA256
-        self._save_user(user)
-        self._announce("user.password.changed", "", name)
-
-    @_user_change
-    def clear_password(self, name: str) -> None:
-        user = self.user(name)
-        user.password_hash = b""
-        self._save_user(user)
-        self._announce("user.password.cleared", "", name)
-
-    @_user_change
-    def set_user_tags(self, name: str, tags: list[str]) -> None:
-        user = self.user(name)
-        user.tags = list(dict.fromkeys(tags))
-        self._save_user(user)
-        self._announce("user.tags.set", "", name, tags=list(user.tags))
-
-    @_user_change
-    def set_user_limits(self, name: str, limits: dict[str, Any]) -> None:
-        user = self.user(name)
-        user.limits = _limits(limits, USER_LIMITS, "user-limits")
-        self._save_user(user)
-        self._announce("user.limits.set", "", name, limits=dict(user.limits))
-
-    # -- permissions -------------------------------------------------------------------------------
-
-    @_user_change
-    def set_permissions(self, user_name: str, vhost: str, configure: str, write: str, read: str) -> None:
-        user = self.user(user_name)
-        self.vhost(vhost)
-        try:
-            user.permissions[vhost] = Permission(configure, write, read)
-        except PatternError as exc:
-            raise CommandError("invalid", str(exc)) from None
-        self._save_user(user)
-        self._refresh_access(user)
-        self._announce("permission.created", vhost, user_name, configure=configure, write=write, read=read)
-
-    @_user_change
-    def clear_permissions(self, user_name: str, vhost: str) -> None:
-        user = self.user(user_name)
-        self.vhost(vhost)
-        user.permissions.pop(vhost, None)
-        self._save_user(user)
-        self._refresh_access(user)
-        self._announce("permission.deleted", vhost, user_name)
-
-    @_user_change
-    def set_topic_permissions(self, user_name: str, vhost: str, exchange: str, write: str,
-                              read: str) -> None:
-        user = self.user(user_name)
-        self.vhost(vhost)
-        try:
-            tp = TopicPermission(exchange, write, read)
-        except PatternError as exc:
-            raise CommandError("invalid", str(exc)) from None
-        user.topic_permissions.setdefault(vhost, {})[exchange] = tp
-        self._save_user(user)
-        self._refresh_access(user)
-        self._announce("topic.permission.created", vhost, user_name, exchange=exchange, write=write,
-                       read=read)
-
-    @_user_change
-    def clear_topic_permissions(self, user_name: str, vhost: str, exchange: str | None = None) -> None:
-        user = self.user(user_name)
-        self.vhost(vhost)
-        topics = user.topic_permissions.get(vhost, {})
-        if exchange is None:
-            topics.clear()
-        else:
-            topics.pop(exchange, None)
-        if not topics:
-            user.topic_permissions.pop(vhost, None)
-        self._save_user(user)
-        self._refresh_access(user)
-        self._announce("topic.permission.deleted", vhost, user_name, exchange=exchange)
-
     # -- operator commands: the rest of rabbitmqctl's (hare ctl, definitions files) ------------------
-
-    def authenticate_user(self, name: str, password: str) -> User:
-        """``rabbitmqctl authenticate_user``: the user if the password is its, else "invalid"."""
-        user = self.broker.users.authenticate(name, password)
-        if user is None:
-            raise CommandError("invalid", f"user '{name}' - invalid credentials")
-        return user
 
     def clear_vhost_limits(self, name: str) -> None:
         vhost = self.vhost(name)
@@ -748,96 +523,11 @@ class Commands:
             self._defs.set_vhost_limits(name, {})
         self._announce("vhost.limits.cleared", name, name)
 
-    @_user_change
-    def clear_user_limits(self, name: str, limit: str) -> None:
-        """One limit by name, or ``all`` of them (an unknown name clears nothing, as RabbitMQ)."""
-        user = self.user(name)
-        if limit == "all":
-            user.limits = {}
-        else:
-            user.limits.pop(limit, None)
-        self._save_user(user)
-        self._announce("user.limits.cleared", "", name, limit=limit)
-
-    def list_users(self) -> list[dict[str, Any]]:
-        return [{"user": u.name, "tags": list(u.tags)} for u in self._users()]
-
     def list_vhosts(self) -> list[dict[str, Any]]:
         return [{"name": v.name, "tracing": False} for v in self._vhosts()]
 
-    def list_permissions(self, vhost: str) -> list[dict[str, str]]:
-        self.vhost(vhost)
-        return [{"user": u.name, **u.permissions[vhost].as_json()} for u in self._users()
-                if vhost in u.permissions]
-
-    def list_user_permissions(self, name: str) -> list[dict[str, str]]:
-        return [{"vhost": v, **p.as_json()} for v, p in sorted(self.user(name).permissions.items())]
-
-    def list_topic_permissions(self, vhost: str) -> list[dict[str, str]]:
-        self.vhost(vhost)
-        return [{"user": u.name, **tp.as_json()} for u in self._users()
-                for tp in u.topic_permissions.get(vhost, {}).values()]
-
-    def list_user_topic_permissions(self, name: str) -> list[dict[str, str]]:
-        return [{"vhost": v, **tp.as_json()} for v, tps in sorted(self.user(name).topic_permissions.items())
-                for tp in tps.values()]
-
-    def _users(self) -> list[User]:
-        return sorted(self.broker.users.users.values(), key=lambda u: u.name)
-
     def _vhosts(self) -> list[VirtualHost]:
         return sorted(self.broker.vhosts.values(), key=lambda v: v.name)
-
-    def export_definitions(self) -> dict[str, Any]:
-        """Everything, in the format of ``rabbitmqctl export_definitions`` (RabbitMQ 3.10 imports
-        it back): queues that are not exclusive, exchanges but the default and ``amq.*`` ones,
-        their bindings, policies, vhost limits (as RabbitMQ: in ``parameters`` and in ``vhosts``)."""
-        version = self.broker.config.product_version
-        users, permissions, topic_permissions = [], [], []
-        for u in self._users():
-            users.append({"name": u.name, "password_hash": base64.b64encode(u.password_hash).decode(),
-                          "hashing_algorithm": u.hashing, "tags": list(u.tags), "limits": dict(u.limits)})
-            for v, p in sorted(u.permissions.items()):
-                permissions.append({"user": u.name, "vhost": v, **p.as_json()})
-            for v, tps in sorted(u.topic_permissions.items()):
-                topic_permissions.extend({"user": u.name, "vhost": v, **tp.as_json()} for tp in tps.values())
-        vhosts, parameters, policies, queues, exchanges, bindings = [], [], [], [], [], []
-        for vhost in self._vhosts():
-            v = vhost.name
-            vhosts.append({"name": v, "limits": [[k, n] for k, n in sorted(vhost.limits.items())],
-                           "metadata": {"description": "", "tags": []}})
-            if vhost.limits:
-                parameters.append({"vhost": v, "component": "vhost-limits", "name": "limits",
-                                   "value": dict(sorted(vhost.limits.items()))})
-            policies.extend(p.as_json() for p in vhost.policies())
-            kept = {q.name for q in vhost.queues.values() if not q.exclusive}
-            for q in vhost.queues.values():
-                if q.name in kept:
-                    qtype = q.arguments.get("x-queue-type")
-                    queues.append({"name": q.name, "vhost": v, "durable": q.durable,
-                                   "auto_delete": q.auto_delete, "arguments": dict(q.arguments),
-                                   "type": qtype if isinstance(qtype, str) else "classic"})
-            for ex in vhost.exchanges.values():
-                if not ex.name:
-                    continue
-                if not ex.name.startswith("amq."):
-                    x = {"name": ex.name, "vhost": v, "type": ex.type_name, "durable": ex.durable,
-                         "auto_delete": ex.auto_delete, "arguments": dict(ex.arguments)}
-                    if ex.internal:  # RabbitMQ 3.10 leaves it out; its import reads it
-                        x["internal"] = True
-                    exchanges.append(x)
-                for (dest, routing_key, _frozen), arguments in ex.bindings.items():
-                    is_queue = not hasattr(dest, "type_name")
-                    if is_queue and dest.name not in kept:
-                        continue  # RabbitMQ exports an exclusive queue's too; they cannot be imported
-                    bindings.append({"source": ex.name, "vhost": v, "destination": dest.name,
-                                     "destination_type": "queue" if is_queue else "exchange",
-                                     "routing_key": routing_key, "arguments": dict(arguments)})
-        return {"rabbit_version": version, "rabbitmq_version": version, "users": users, "vhosts": vhosts,
-                "permissions": permissions,
-                "topic_permissions": topic_permissions, "parameters": parameters,
-                "global_parameters": [], "policies": policies, "queues": queues,
-                "exchanges": exchanges, "bindings": bindings}
 
     def replace_user(self, user: User) -> None:
         """A user's whole record as the cluster has it (it replaces this node's)."""
@@ -881,48 +571,6 @@ def _binding_details(binding: Binding) -> dict[str, Any]:
     _src, dest, routing_key, arguments = binding
     return {"destination": dest.name, "destination_type": _kind(dest), "routing_key": routing_key,
             "arguments": arguments}
-
-
-def _limits(limits: dict[str, Any], known: tuple[str, ...], component: str = "limits") -> dict[str, int]:
-    """Limits as ``set_vhost_limits``/``set_user_limits`` take them: a negative value is no limit.
-    Refused with RabbitMQ 3.10's texts (``component``: "limits" for a vhost's, "user-limits")."""
-    if not isinstance(limits, dict):
-        raise CommandError("invalid", f"Unrecognised terms {erl(limits)} in {component}")
-    unknown = [f"{{{erl(k)},{erl(v)}}}" for k, v in limits.items() if k not in known]
-    if unknown:
-        raise CommandError("invalid", f"Unrecognised terms [{','.join(unknown)}] in {component}")
-    out = {}
-    for key, value in limits.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CommandError("invalid", f"{key} should be a number, actually was {erl(value)}")
-        if value >= 0:
-            out[key] = value
-    return out
-
-
-def user_record(user: User) -> dict[str, Any]:
-    """A user's whole record (as kept in the definitions store)."""
-    return {"name": user.name, "password_hash": base64.b64encode(user.password_hash).decode(),
-            "hashing_algorithm": user.hashing, "tags": list(user.tags), "limits": dict(user.limits),
-            "permissions": {v: p.as_json() for v, p in user.permissions.items()},
-            "topic_permissions": {v: [tp.as_json() for tp in t.values()]
-                                  for v, t in user.topic_permissions.items()}}
-
-
-def user_from_record(record: dict[str, Any], loopback_only: bool) -> User:
-    try:
-        password_hash = base64.b64decode(record.get("password_hash", ""), validate=True)
-    except (binascii.Error, ValueError):
-        password_hash = b""
-    user = User(record["name"], password_hash, list(record.get("tags", [])),
-                record.get("hashing_algorithm", SHA256), loopback_only=loopback_only)
-    user.limits = dict(record.get("limits", {}))
-    for v, p in record.get("permissions", {}).items():
-        user.permissions[v] = Permission(p["configure"], p["write"], p["read"])
-    for v, tps in record.get("topic_permissions", {}).items():
-        user.topic_permissions[v] = {tp["exchange"]: TopicPermission(tp["exchange"], tp["write"], tp["read"])
-                                     for tp in tps}
-    return user
 
 
 __all__ = ["Commands", "CommandError", "KNOWN_TAGS", "VHOST_LIMITS", "user_record", "user_from_record"]

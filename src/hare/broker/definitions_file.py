@@ -150,3 +150,55 @@ def _add_user(broker: Broker, u: dict[str, Any], version: str) -> None:
         broker.commands.put_user(name, password_hash, algorithm, list(tags), u.get("limits") or {})
     except CommandError as exc:
         log.warning("definitions: user %r skipped: %s", name, exc)
+
+
+def export_definitions(broker: Broker) -> dict[str, Any]:
+    """Everything, in the format of ``rabbitmqctl export_definitions`` (RabbitMQ 3.10 imports
+    it back): queues that are not exclusive, exchanges but the default and ``amq.*`` ones,
+    their bindings, policies, vhost limits (as RabbitMQ: in ``parameters`` and in ``vhosts``)."""
+    version = broker.config.product_version
+    users, permissions, topic_permissions = [], [], []
+    for u in sorted(broker.users.users.values(), key=lambda u: u.name):
+        users.append({"name": u.name, "password_hash": base64.b64encode(u.password_hash).decode(),
+                      "hashing_algorithm": u.hashing, "tags": list(u.tags), "limits": dict(u.limits)})
+        for v, p in sorted(u.permissions.items()):
+            permissions.append({"user": u.name, "vhost": v, **p.as_json()})
+        for v, tps in sorted(u.topic_permissions.items()):
+            topic_permissions.extend({"user": u.name, "vhost": v, **tp.as_json()} for tp in tps.values())
+    vhosts, parameters, policies, queues, exchanges, bindings = [], [], [], [], [], []
+    for vhost in sorted(broker.vhosts.values(), key=lambda v: v.name):
+        v = vhost.name
+        vhosts.append({"name": v, "limits": [[k, n] for k, n in sorted(vhost.limits.items())],
+                       "metadata": {"description": "", "tags": []}})
+        if vhost.limits:
+            parameters.append({"vhost": v, "component": "vhost-limits", "name": "limits",
+                               "value": dict(sorted(vhost.limits.items()))})
+        policies.extend(p.as_json() for p in vhost.policies())
+        kept = {q.name for q in vhost.queues.values() if not q.exclusive}
+        for q in vhost.queues.values():
+            if q.name in kept:
+                qtype = q.arguments.get("x-queue-type")
+                queues.append({"name": q.name, "vhost": v, "durable": q.durable,
+                               "auto_delete": q.auto_delete, "arguments": dict(q.arguments),
+                               "type": qtype if isinstance(qtype, str) else "classic"})
+        for ex in vhost.exchanges.values():
+            if not ex.name:
+                continue
+            if not ex.name.startswith("amq."):
+                x = {"name": ex.name, "vhost": v, "type": ex.type_name, "durable": ex.durable,
+                     "auto_delete": ex.auto_delete, "arguments": dict(ex.arguments)}
+                if ex.internal:  # RabbitMQ 3.10 leaves it out; its import reads it
+                    x["internal"] = True
+                exchanges.append(x)
+            for (dest, routing_key, _frozen), arguments in ex.bindings.items():
+                is_queue = not hasattr(dest, "type_name")
+                if is_queue and dest.name not in kept:
+                    continue  # RabbitMQ exports an exclusive queue's too; they cannot be imported
+                bindings.append({"source": ex.name, "vhost": v, "destination": dest.name,
+                                 "destination_type": "queue" if is_queue else "exchange",
+                                 "routing_key": routing_key, "arguments": dict(arguments)})
+    return {"rabbit_version": version, "rabbitmq_version": version, "users": users, "vhosts": vhosts,
+            "permissions": permissions,
+            "topic_permissions": topic_permissions, "parameters": parameters,
+            "global_parameters": [], "policies": policies, "queues": queues,
+            "exchanges": exchanges, "bindings": bindings}

@@ -17,10 +17,15 @@ Nothing here does I/O: the cluster's shell (cluster/etcd_node.py) writes and com
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..amqp.errors import ChannelError
+from ..auth.users import user_from_record, user_record
 
 log = logging.getLogger("hare.commands")
 
@@ -87,4 +92,95 @@ class Proposed(Exception):  # noqa: N818 - not an error: the command goes on whe
         self.pending = pending
 
 
-__all__ = ["Change", "Pending", "Proposed"]
+class Proposing:
+    """The part of ``Commands`` (broker/commands.py) that proposes: whether a change goes to the
+    cluster, the change of the command running again, the catching up before a 404."""
+
+    cluster: Any  # (cluster/definitions.py: ClusterDefinitions; None without a cluster)
+    replay: Pending | None
+    _local: int
+
+    @property
+    def clustered(self) -> bool:
+        """Changes go through the cluster (not: applying what it agreed to)."""
+        return self.cluster is not None and not self._local
+
+    @contextmanager
+    def local(self) -> Iterator[None]:
+        """Change the model itself (the cluster applies a change it agreed to)."""
+        self._local += 1
+        try:
+            yield
+        finally:
+            self._local -= 1
+
+    def _take_replay(self) -> Pending | None:
+        """The change of the command running again (raising what made it fail, if anything)."""
+        replay, self.replay = self.replay, None
+        if replay is not None and replay.error is not None:
+            raise replay.error
+        return replay
+
+    def _propose(self, change: Change) -> None:
+        """Raise ``Proposed``; return only when this is the command running again after the
+        cluster applied its change (a guard that failed: the command proposes afresh)."""
+        replay = self._take_replay()
+        if replay is not None and replay.committed and replay.change.ops == change.ops:
+            return
+        raise Proposed(self.cluster.propose(change))
+
+    def _found(self, lookup: Callable[[], Any]) -> Any:
+        """``lookup()``; in a cluster, a 404 first catches up with the cluster (``_barrier``)."""
+        try:
+            return lookup()
+        except ChannelError as exc:
+            if exc.code != 404 or not self.clustered:
+                raise
+            self._barrier()
+            return lookup()
+
+    def _barrier(self) -> None:
+        """Before answering "not found" in a cluster: catch up with what the cluster has (a
+        client told by another node that it declared something finds it here)."""
+        if self.clustered:
+            self._propose(Change())
+
+
+def user_change(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A command that changes users (their records: password, tags, limits, permissions). In a
+    cluster it runs on a copy of the users: the records it would save are proposed (guarded by
+    the revision this node applied), and the model changes when the cluster applies them."""
+
+    @functools.wraps(method)
+    def run(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.clustered:
+            return method(self, name, *args, **kwargs)
+        replay = self._take_replay()
+        if replay is not None and replay.committed:
+            return self.broker.users.users.get(name)
+        users = self.broker.users
+        real = users.users
+        users.users = {n: user_from_record(user_record(u), u.loopback_only) for n, u in real.items()}
+        self._collected = {}
+        try:
+            method(self, name, *args, **kwargs)
+        finally:
+            users.users, collected, self._collected = real, self._collected, None
+        cluster = self.cluster
+        if all(record == (None if real.get(n) is None else user_record(real[n]))
+               for n, record in collected.items()):
+            return real.get(name)  # it changes nothing (an import of what is there)
+        change = Change()
+        for user_name, record in collected.items():
+            if record is None:
+                change.delete(cluster.key(b"users", user_name))
+            else:
+                key, value = cluster.user_entry(record)
+                change.put(key, value)
+            cluster.guard_unchanged(change, cluster.key(b"users", user_name))
+        raise Proposed(cluster.propose(change))
+
+    return run
+
+
+__all__ = ["Change", "Pending", "Proposed", "Proposing"]

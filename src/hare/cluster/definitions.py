@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from ..amqp.table import decode_table, encode_table
-from ..broker.commands import user_from_record, user_record
+from ..auth.users import user_from_record, user_record
 from ..broker.proposal import Change, Pending
 
 if TYPE_CHECKING:

@@ -44,7 +44,7 @@ from ..broker.consumer import Consumer
 from ..broker.message import Message
 from ..broker.queue import REJECTED_PUBLISH, REPLICATED, THROTTLE
 from ..session.publishing import ReplicatedConfirms
-from .replicated_store import fresh_store
+from .replicated_store import InnerStore, fresh_store
 from .replication import FrameReader, ReplicationError, decode_message, frame
 
 if TYPE_CHECKING:
@@ -363,32 +363,17 @@ class InLink:
             self.confirms.add(upto, broker.store if sync else None, heavy, failed)
 
 
-class FeedStore:
+class FeedStore(InnerStore):
     """The store of a quorum queue on a node that does not lead it, once it has had consumers:
     what the leader delivered to its feeds. ``remote`` maps a message's position here to its
     feed and its seq at the leader (how it is settled there); positions only grow, so a late
     ack of a message of an ended feed is recognised and dropped (the leader took it back)."""
 
     def __init__(self, previous: Any) -> None:
-        self.inner = fresh_store(previous)  # (positions go on from the store it replaces)
+        super().__init__(fresh_store(previous))  # (positions go on from the store it replaces)
         self.remote: dict[int, tuple[Feed, int]] = {}
         self.delivered_here: set[int] = set()  # popped by our consumers, not yet settled
         self.redelivered: set[int] = set()
-
-    @property
-    def ready_bytes(self) -> int:
-        return self.inner.ready_bytes
-
-    @property
-    def expiry(self) -> Any:
-        return self.inner.expiry
-
-    @expiry.setter
-    def expiry(self, fn: Any) -> None:
-        self.inner.expiry = fn
-
-    def __len__(self) -> int:
-        return len(self.inner)
 
     def arrived(self, feed: Feed, msg: Message, seq: int, redelivered: bool) -> None:
         position = self.inner.next_pos
@@ -411,9 +396,6 @@ class FeedStore:
             self.redelivered.discard(position)
             redelivered = True
         return msg, seq, redelivered, exp
-
-    def head_expiry(self) -> int:
-        return self.inner.head_expiry()
 
     def drop_head(self) -> bool:
         return False  # (limits are the leader's)
@@ -454,12 +436,6 @@ class FeedStore:
             feed.settle_many(REQUEUED, [self.remote[p][1] for p in ready])
         for p in [p for p, (f, _seq) in self.remote.items() if f is feed and (p in ready or not requeue)]:
             del self.remote[p]
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def destroy(self) -> None:
-        self.inner.destroy()
 
 
 class Feed:

@@ -27,8 +27,7 @@ etcd keys, per replicated queue (``<vhost>/<name>`` percent-encoded as in defini
   nothing until it is renewed; when it has expired, the node leads nothing (its keys are gone)
   and takes a new lease.
 
-Replica files: ``<data_dir>/replicas/<hash>.log``, the frames themselves; a snapshot (RESET ..
-END) is written to a new file that replaces the old one once synced.
+Replica files: ``<data_dir>/replicas/<hash>.log`` (`replica_file.py`).
 """
 
 from __future__ import annotations
@@ -38,30 +37,20 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import struct
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..broker.queue import REJECTED_PUBLISH
+from . import replica_links
 from .aio import stopping
 from .definitions import _part, _unpart
-from .forwarding import F_HELLO, Forwarding
+from .forwarding import Forwarding
+from .replica_file import ReplicaFile
 from .replicated_store import ReplicatedStore, fresh_store
 from .replication import (
-    ACK,
-    END,
-    HELLO,
-    RESET,
-    FrameReader,
     LeaderLog,
     ReplicaState,
-    ReplicationError,
-    ack,
-    frame,
-    hello,
     min_isr,
 )
 
@@ -76,128 +65,7 @@ LEADER_TTL = 2  # seconds: the lease of this node's leader keys (etcd's shortest
 LEADER_RENEW = 0.4  # seconds between its renewals
 FENCE_MARGIN = 0.6  # seconds: stop confirming and delivering this long before it could expire
 PREFERRED_HEAD_START = 1.0  # seconds the first member has to campaign before the others
-MAX_OUTBOX = 200_000  # frames queued for one follower before it is cut off (it resyncs)
-LINK_READ = 16 << 20  # bytes a follower reads at once (a batch: one write, one sync)
 MAX_LINK_BUFFER = 64 << 20  # bytes buffered for one follower's socket before it is cut off
-COMPACT_BYTES = 64 << 20  # a replica file this big, and 4x what is live, is rewritten
-
-
-class ReplicaFile:
-    """A replicated queue's frames on this node's disk (appended, synced on demand)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_suffix(".tmp")
-        self.fd: int | None = None
-        self.snapshot_fd: int | None = None  # a snapshot being written (to self.tmp)
-        self.dirty = False
-        self.size = 0  # bytes in the current file (since its last snapshot)
-        self.lock = threading.Lock()  # one writer at a time (a follower's last write, a new leader's)
-
-    def load(self) -> ReplicaState:
-        state = ReplicaState()
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return state
-        self.size = len(data)
-        reader = FrameReader()
-        try:
-            for kind, payload in reader.feed(data):
-                state.apply(kind, payload)
-        except (ReplicationError, ValueError, IndexError) as exc:  # a torn tail: what was whole
-            log.warning("replica file %s: %s; kept what came before", self.path, exc)
-        if state.snapshotting:  # (a snapshot never ended in this file: it was not whole)
-            state._next = None
-        return state
-
-    def write(self, frames: list[bytes]) -> None:
-        """Append (one write for each run of frames), switching files at a snapshot's RESET and END."""
-        run: list[bytes] = []
-        for data in frames:
-            kind = data[4]
-            if kind != RESET and kind != END:
-                run.append(data)
-                continue
-            if run:
-                self._append(run)
-                run = []
-            if kind == RESET:
-                if self.snapshot_fd is not None:
-                    os.close(self.snapshot_fd)
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.snapshot_fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                self.size = 0
-            fd = self.snapshot_fd if self.snapshot_fd is not None else self._fd()
-            os.write(fd, data)
-            self.dirty = True
-            self.size += len(data)
-            if kind == END and self.snapshot_fd is not None:
-                os.fsync(self.snapshot_fd)
-                os.close(self.snapshot_fd)
-                self.snapshot_fd = None
-                os.replace(self.tmp, self.path)
-                _sync_dir(self.path.parent)
-                if self.fd is not None:
-                    os.close(self.fd)
-                self.fd = None
-        if run:
-            self._append(run)
-
-    def _append(self, frames: list[bytes]) -> None:
-        fd = self.snapshot_fd if self.snapshot_fd is not None else self._fd()
-        data = b"".join(frames)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        self.dirty = True
-        self.size += len(data)
-
-    def _fd(self) -> int:
-        if self.fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fresh = not self.path.exists()
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            if fresh:
-                _sync_dir(self.path.parent)
-        return self.fd
-
-    def wants_compaction(self, state: ReplicaState) -> bool:
-        if self.size < COMPACT_BYTES or state.snapshotting:
-            return False
-        return self.size > 4 * state.bytes
-
-    def write_and_sync(self, frames: list[bytes]) -> None:
-        """(In a thread.) ``frames``, then a sync."""
-        with self.lock:
-            self.write(frames)
-            self.sync()
-
-    def sync(self) -> None:
-        if self.dirty and self.fd is not None:
-            self.dirty = False
-            os.fdatasync(self.fd)  # (the file only grows: its size is what metadata it needs)
-
-    def close(self) -> None:
-        for fd in (self.fd, self.snapshot_fd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.fd = self.snapshot_fd = None
-
-    def remove(self) -> None:
-        self.close()
-        for path in (self.path, self.tmp):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class QueueReplica:
@@ -261,10 +129,6 @@ class QueueReplica:
         vhost = self.manager.broker.vhosts.get(self.vhost)
         return None if vhost is None else vhost.queues.get(self.name)
 
-    def status(self) -> dict[str, Any]:
-        key = (self.vhost, self.name)
-        return {"vhost": self.vhost, "name": self.name, "leader": self.manager.leaders.get(key),
-                "members": list(self.members), "in_sync": sorted(self.manager.isr.get(key, ([], 0))[0])}
 
 
 class Elsewhere:
@@ -272,7 +136,6 @@ class Elsewhere:
     none of its messages, and forwards publishes to its leader."""
 
     leading = False
-    log = None
 
     def __init__(self, manager: Replicas, vhost: str, name: str, members: list[str]) -> None:
         self.manager, self.vhost, self.name, self.members = manager, vhost, name, members
@@ -414,7 +277,8 @@ class Replicas:
         listener = self.node.settings.listener
         if listener:
             host, _, port = listener.rpartition(":")
-            self.server = await asyncio.start_server(self._follower_connected, host.strip("[]") or None,
+            self.server = await asyncio.start_server(
+                lambda r, w: replica_links.serve(self, r, w), host.strip("[]") or None,
                                                      int(port), limit=1 << 20)
         self.started = True
         loop = asyncio.get_running_loop()
@@ -690,49 +554,6 @@ class Replicas:
         if replica.unwritten or leader_log.settled or leader_log.marked:
             self._wake(replica)
 
-    async def _follower_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        frames = FrameReader()
-        replica: QueueReplica | None = None
-        node = ""
-        try:
-            while True:
-                data = await reader.read(1 << 16)
-                if not data:
-                    return
-                got = frames.feed(data)
-                if got and got[0][0] == F_HELLO and replica is None:
-                    await self.forwarding.serve(reader, writer, frames, got[1:])
-                    return
-                for kind, payload in got:
-                    if kind == HELLO and replica is None:
-                        hi = json.loads(payload)
-                        node = str(hi["node"])
-                        replica = self.replicas.get((hi["vhost"], hi["queue"]))
-                        if replica is None or replica.log is None:
-                            return  # not ours to lead (any more)
-                        replica.log.connect(node)
-                        replica.gone_since.pop(node, None)
-                        self.writers.setdefault(id(replica), {})[node] = writer
-                        self._wake(replica)
-                    elif kind == ACK and replica is not None and replica.log is not None:
-                        (seq,) = struct.unpack(">Q", payload)
-                        replica.log.follower_acked(node, seq)
-                    else:
-                        return
-                if replica is not None and replica.log is not None and \
-                        len(replica.log.outbox.get(node, ())) > MAX_OUTBOX:
-                    log.warning("queue '%s': follower %s is too far behind: cut off", replica.name, node)
-                    return
-        except (OSError, ReplicationError, ValueError, KeyError):
-            return
-        finally:
-            if replica is not None:
-                self.writers.get(id(replica), {}).pop(node, None)
-                if replica.log is not None:
-                    replica.log.disconnect(node)
-                    replica.gone_since.setdefault(node, time.monotonic())
-            writer.close()
-
     def _manage_isr(self, replica: QueueReplica) -> None:
         leader_log = replica.log
         if leader_log is None or replica.isr_writing:
@@ -783,70 +604,6 @@ class Replicas:
             replica.follow_task.cancel()
         replica.following = leader
         replica.follow_task = asyncio.get_running_loop().create_task(
-            self._follow_loop(replica, leader), name=f"hare-follow-{replica.name}")
-
-    async def _follow_loop(self, replica: QueueReplica, leader: str) -> None:
-        while replica.following == leader:
-            record = self.node.members.alive.get(leader) or self.node.members.nodes.get(leader)
-            address = record.cluster if record is not None else None
-            if address:
-                try:
-                    await self._follow_once(replica, leader, address)
-                except asyncio.CancelledError:
-                    raise
-                except (OSError, ReplicationError, ValueError) as exc:
-                    log.debug("queue '%s': link to leader %s: %s", replica.name, leader, exc)
-            await asyncio.sleep(0.3)
-
-    async def _follow_once(self, replica: QueueReplica, leader: str, address: str) -> None:
-        """Follow one connection's worth. Reading and applying go on while the frames read
-        before are written and synced in a thread; each sync is acked when done."""
-        host, _, port = address.rpartition(":")
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), limit=LINK_READ)
-        syncing: asyncio.Task[None] | None = None
-        unsynced: list[bytes] = []
-        upto = 0  # the seq the frames in `unsynced` bring us to (0: mid-snapshot, nothing to ack)
-        file = replica.file
-
-        async def sync() -> None:
-            nonlocal unsynced, upto
-            while unsynced:
-                frames_, seq = unsynced, upto
-                unsynced = []
-                await asyncio.to_thread(file.write_and_sync, frames_)
-                if seq:
-                    writer.write(ack(seq))
-
-        try:
-            epoch = self.epochs.get((replica.vhost, replica.name), 0)
-            writer.write(hello(replica.vhost, replica.name, self.me, epoch))
-            frames = FrameReader()
-            state = replica.state
-            while replica.following == leader:
-                data = await reader.read(LINK_READ)
-                if not data:
-                    return
-                got = frames.feed(data)
-                snapshot = False
-                for kind, payload in got:
-                    state.apply(kind, payload)
-                    snapshot = snapshot or kind == RESET or kind == END
-                # the frames as they came, in one piece (a snapshot's switch of files: frame by frame)
-                if snapshot:
-                    unsynced.extend(frame(kind, payload) for kind, payload in got)
-                else:
-                    unsynced.append(frames.whole)
-                if file.wants_compaction(state):
-                    unsynced.extend(state.snapshot_frames(state.epoch))
-                upto = 0 if state.snapshotting else state.seq
-                if syncing is None or syncing.done():
-                    if syncing is not None:
-                        syncing.result()  # (a failed write ends this link: we connect again)
-                    syncing = asyncio.get_running_loop().create_task(sync())
-        finally:
-            if syncing is not None and not syncing.done():
-                syncing.cancel()
-            writer.close()
-
+            replica_links.follow(self, replica, leader), name=f"hare-follow-{replica.name}")
 
 __all__ = ["Replicas", "QueueReplica", "ReplicaFile", "ISR_LAG"]

@@ -17,14 +17,13 @@ if TYPE_CHECKING:
     from .replication import LeaderLog
 
 
-class ReplicatedStore:
-    def __init__(self, inner: PagedQueueStore, log: LeaderLog) -> None:
-        self.inner = inner
-        self.log = log
-        self.inflight: set[int] = set()  # positions delivered and not yet acked or requeued
-        self.redeliver: set[int] = set()  # positions delivered by an earlier leader
+class InnerStore:
+    """A store over a queue's in-memory paged store: what the queue reads and sets on its store
+    is passed through (the cluster's stores add to push, pop, ack and the rest)."""
 
-    # (what the queue reads and sets on its store, passed through)
+    def __init__(self, inner: PagedQueueStore) -> None:
+        self.inner = inner
+
     @property
     def ready_bytes(self) -> int:
         return self.inner.ready_bytes
@@ -42,6 +41,23 @@ class ReplicatedStore:
 
     def __len__(self) -> int:
         return len(self.inner)
+
+    def head_expiry(self) -> int:
+        return self.inner.head_expiry()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def destroy(self) -> None:
+        self.inner.destroy()
+
+
+class ReplicatedStore(InnerStore):
+    def __init__(self, inner: PagedQueueStore, log: LeaderLog) -> None:
+        super().__init__(inner)
+        self.log = log
+        self.inflight: set[int] = set()  # positions delivered and not yet acked or requeued
+        self.redeliver: set[int] = set()  # positions delivered by an earlier leader
 
     def push(self, msg: Message, expires_at: int = 0) -> None:
         position = self.inner.next_pos
@@ -62,9 +78,6 @@ class ReplicatedStore:
             self.redeliver.discard(position)
             redelivered = True
         return msg, seq, redelivered, exp
-
-    def head_expiry(self) -> int:
-        return self.inner.head_expiry()
 
     def drop_head(self) -> bool:
         entry = self.inner.pop()
@@ -93,12 +106,6 @@ class ReplicatedStore:
         self.log.purged(gone)
         return count
 
-    def close(self) -> None:
-        self.inner.close()
-
-    def destroy(self) -> None:
-        self.inner.destroy()
-
 
 def fresh_store(previous: Any) -> PagedQueueStore:
     """An empty in-memory store to take the place of ``previous`` on a queue: its positions go
@@ -114,4 +121,4 @@ def fresh_store(previous: Any) -> PagedQueueStore:
     return store
 
 
-__all__ = ["ReplicatedStore", "fresh_store"]
+__all__ = ["InnerStore", "ReplicatedStore", "fresh_store"]

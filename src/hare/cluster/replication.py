@@ -34,7 +34,6 @@ import json
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from ..broker.message import Message
 
@@ -368,8 +367,6 @@ class LeaderLog:
         for _seq, _callback, on_fail in waiters:
             on_fail()
 
-    def status(self) -> dict[str, Any]:
-        return {"leader": self.me, "members": list(self.members), "in_sync": sorted(self.isr)}
 
 
 def min_isr(group_size: int) -> int:

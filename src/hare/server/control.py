@@ -33,7 +33,7 @@ from ..amqp.errors import AMQPError
 from ..broker.broker import Broker
 from ..broker.commands import CommandError as ModelError
 from ..broker.commands import Commands
-from ..broker.definitions_file import apply_definitions
+from ..broker.definitions_file import apply_definitions, export_definitions
 from ..broker.policies import PolicyError, pcre_error
 from ..broker.proposal import Pending, Proposed
 from ..broker.vhost import VirtualHost
@@ -371,7 +371,7 @@ class ControlServer:
     # definitions
 
     def _cmd_export_definitions(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"definitions": self._c.export_definitions()}
+        return {"definitions": export_definitions(self.broker)}
 
     def _cmd_import_definitions(self, req: dict[str, Any]) -> dict[str, Any]:
         data = req.get("definitions")
