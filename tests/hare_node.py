@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,10 +21,13 @@ class HareNode:
     """One `hare serve --data-dir DATA_DIR` (its output in ``log``)."""
 
     def __init__(self, data_dir: Path, log: Path, log_level: str = "info", config: str | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> None:
         """``config``: the text of a hare.conf written beside the log and passed as --config;
-        ``args``: more `hare serve` arguments."""
+        ``args``: more `hare serve` arguments; ``host``: the address it listens on; ``prefix``:
+        what runs it (``ip netns exec NS``: in a network namespace)."""
         self.data_dir = data_dir
+        self.host = host
+        self.prefix = list(prefix)
         self.args = list(args)
         if config is not None:
             conf = log.with_suffix(".conf")
@@ -37,7 +41,8 @@ class HareNode:
     def spawn(self) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hare", "serve", "--bind", "127.0.0.1", "--port", str(self.port),
+                [*self.prefix, sys.executable, "-m", "hare", "serve", "--bind", self.host,
+                 "--port", str(self.port),
                  "--data-dir", str(self.data_dir), "--log-level", self.log_level, *self.args],
                 stdout=out, stderr=out)
         return self.proc
@@ -48,7 +53,7 @@ class HareNode:
         while time.monotonic() < deadline:
             assert proc.poll() is None, self.log.read_text()
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
                 return self
             except OSError:
                 time.sleep(0.05)
@@ -56,7 +61,7 @@ class HareNode:
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        return f"amqp://guest:guest@{self.host}:{self.port}/"
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -64,6 +69,16 @@ class HareNode:
             self.proc.wait(10)
 
     def stop(self) -> None:
+        """SIGTERM; a broker still running 20 s later is a failure (with its stacks in the log,
+        where py-spy is installed), and is killed."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(20)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                if shutil.which("py-spy"):
+                    with open(self.log, "ab") as out:
+                        subprocess.run(["py-spy", "dump", "--pid", str(self.proc.pid)], stdout=out,
+                                       stderr=out, timeout=30)
+                self.kill()
+                raise AssertionError(f"hare did not stop within 20 s of SIGTERM (log: {self.log})") from None

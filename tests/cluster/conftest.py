@@ -26,12 +26,15 @@ def etcd(tmp_path: Path) -> Iterator[Etcd]:
 class ClusterNode(HareNode):
     """`hare serve --node-name NAME --cluster ... --cluster-bind ...`."""
 
-    def __init__(self, name: str, etcd: Etcd, root: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, name: str, etcd: Etcd, root: Path, extra: tuple[str, ...] = (),
+                 host: str = "127.0.0.1", prefix: tuple[str, ...] = (), config: str | None = None) -> None:
+        """``host``: the address it listens on (AMQP and node-to-node); ``prefix``: what runs it
+        (``ip netns exec NS``)."""
         self.name = name
         self.cluster_port = free_port()
-        super().__init__(root / name, root / f"{name}.log", args=(
+        super().__init__(root / name, root / f"{name}.log", config=config, host=host, prefix=prefix, args=(
             "--node-name", name, "--cluster", etcd.endpoint,
-            "--cluster-bind", f"127.0.0.1:{self.cluster_port}", *extra))
+            "--cluster-bind", f"{host}:{self.cluster_port}", *extra))
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([sys.executable, "-m", "hare", "ctl", "--data-dir", str(self.data_dir), *args],
@@ -76,7 +79,7 @@ def amqp_channel(node: ClusterNode, user: str = "guest", password: str = "guest"
                  vhost: str = "/") -> tuple[pika.BlockingConnection, Any]:
     """A pika connection to ``node`` and a channel on it."""
     conn = pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", node.port, vhost, pika.PlainCredentials(user, password)))
+        node.host, node.port, vhost, pika.PlainCredentials(user, password)))
     return conn, conn.channel()
 
 

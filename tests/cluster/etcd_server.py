@@ -27,8 +27,9 @@ def etcd_binary() -> str:
 class Etcd:
     """One etcd member on loopback, its data under ``data_dir``."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir
+        self.host = host
         self.port = free_port()
         self.peer_port = free_port()
         self.log = data_dir.with_suffix(".log")
@@ -36,10 +37,10 @@ class Etcd:
 
     @property
     def endpoint(self) -> str:
-        return f"etcd://127.0.0.1:{self.port}"
+        return f"etcd://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20) -> Etcd:
-        client, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
+        client, peer = f"http://{self.host}:{self.port}", f"http://127.0.0.1:{self.peer_port}"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [etcd_binary(), "--name", "test", "--data-dir", str(self.data_dir),
@@ -50,7 +51,7 @@ class Etcd:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
                 if b"ready to serve client requests" in self.log.read_bytes():
                     return self
             except OSError:

@@ -13,6 +13,14 @@ holds the queue (B), on B's node-to-node listener. Frames (as `replication`'s):
     F_SETTLE     A -> B   >QB feed id, how (0 ack, 1 requeue, 2 reject); >Q queue seq numbers
     F_DELIVER    B -> A   >QQB feed id, queue seq, redelivered; the message
     F_CANCELLED  B -> A   >Q feed id: B feeds it no more (the queue is gone, or B leads it no more)
+    F_PING       A -> B   (empty) A waits for B and has heard nothing for a while
+    F_PONG       B -> A   (empty) the answer
+
+**A silent link is cut.** A node cut off by the network sends no reset: a link to it would wait
+for ever. While A waits for confirms or feeds a consumer over a link and has heard nothing for
+PING_AFTER, it pings; after LINK_SILENCE without a word it cuts the link (what it had not
+confirmed is nacked, the feeds subscribe again), so a publisher through A to a leader that was
+cut off waits about as long as the failover takes, not as long as the partition lasts.
 
 **Consumers.** A node with consumers of a quorum queue it does not lead subscribes one *feed* at
 the leader: there a consumer like any other (prefetch CREDIT) whose deliveries go over the link
@@ -36,6 +44,7 @@ import asyncio
 import json
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -52,11 +61,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hare.cluster")
 
-F_HELLO, F_PUBLISH, F_CONFIRMED, F_CONSUME, F_CANCEL, F_SETTLE, F_DELIVER, F_CANCELLED = range(20, 28)
+F_HELLO, F_PUBLISH, F_CONFIRMED, F_CONSUME, F_CANCEL, F_SETTLE, F_DELIVER, F_CANCELLED, F_PING, F_PONG = \
+    range(20, 30)
 ACKED, REQUEUED, REJECTED = 0, 1, 2
 CREDIT = 2000  # messages a feed may hold unsettled
 MAX_HOPS = 2
 OUT_HIGH = 16 << 20  # octets queued on a link past which its publishers are slowed down
+PING_AFTER = 1.0  # seconds of silence on a link with something to wait for before a ping
+LINK_SILENCE = 2.5  # ... and before the link is cut
 _QB = struct.Struct(">QB")
 
 
@@ -118,6 +130,9 @@ class OutLink:
         self.flush_scheduled = False
         self.throttled: set[Any] = set()  # queues whose publishers we slowed down
         self.feeds: dict[int, Feed] = {}  # the feeds of our consumers, by id
+        self.heard = 0.0  # monotonic: when the other node last said something (or we dialled)
+        self.pinged = 0.0
+        self.failures = 0  # dials in a row that failed (logged now and then)
 
     def send(self, data: bytes) -> None:
         self.outbox.append(data)
@@ -126,6 +141,7 @@ class OutLink:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
         if self.task is None:
+            self.heard = time.monotonic()
             self.task = asyncio.get_running_loop().create_task(self._run(), name=f"hare-forward-{self.node}")
 
     def forward(self, vhost: str, queue: Any, msg: Message, hops: int) -> int:
@@ -167,8 +183,28 @@ class OutLink:
             else:
                 callback()
 
-    def _broken(self) -> None:
-        """The link is gone: what it had not confirmed fails, its feeds end; it starts afresh."""
+    def check(self, now: float) -> None:
+        """(The replicas' tick.) Ping a silent link we wait on; cut one silent too long."""
+        task = self.task
+        if task is None or not (self.waiters or self.feeds):
+            return
+        silent = now - self.heard
+        if silent > LINK_SILENCE:
+            log.warning("forwarding link to %s: silent for %.1f s: cut (what it had not confirmed is "
+                        "nacked)", self.node, silent)
+            self._end()
+            task.cancel()
+        elif silent > PING_AFTER and self.writer is not None and now - self.pinged > PING_AFTER:
+            self.pinged = now
+            self.writer.write(frame(F_PING, b""))
+
+    def _end(self) -> None:
+        """The link is gone: what it had not confirmed fails, its feeds end; the next send
+        dials again."""
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+        self.task = None
         waiters, self.waiters = self.waiters, deque()
         self.outbox, self.out_bytes = [], 0
         self.confirmed = self.seq
@@ -179,6 +215,7 @@ class OutLink:
             feed.ended()
 
     async def _run(self) -> None:
+        me = asyncio.current_task()
         try:
             address = self.forwarding.address(self.node)
             if address is None:
@@ -187,12 +224,14 @@ class OutLink:
             reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), limit=1 << 20)
             writer.write(frame(F_HELLO, json.dumps({"node": self.forwarding.me}).encode()))
             self.writer = writer
+            self.failures = 0
             self.flush()
             frames = FrameReader()
             while True:
                 data = await reader.read(1 << 16)
                 if not data:
                     raise OSError("closed by the other node")
+                self.heard = time.monotonic()
                 for kind, payload in frames.feed(data):
                     if kind == F_CONFIRMED:
                         upto, failed = _QB.unpack(payload)
@@ -209,19 +248,16 @@ class OutLink:
                         feed = self.feeds.pop(feed_id, None)
                         if feed is not None:
                             feed.ended()
-                    else:
+                    elif kind != F_PONG:
                         raise ReplicationError(f"unexpected frame {kind} on a forwarding link")
-        except asyncio.CancelledError:
-            self._broken()
-            raise
         except (OSError, ReplicationError, ValueError) as exc:
-            log.warning("forwarding link to %s: %s (what it had not confirmed is nacked)", self.node, exc)
+            self.failures += 1
+            if self.failures == 1 or self.failures % 100 == 0:  # (dialled again at each publish)
+                log.warning("forwarding link to %s: %s (what it had not confirmed is nacked)%s", self.node,
+                            exc, f"; {self.failures} times" if self.failures > 1 else "")
         finally:
-            if self.writer is not None:
-                self.writer.close()
-            self.writer = None
-            self.task = None
-        self._broken()
+            if self.task is me:  # (not cut already)
+                self._end()
 
 
 class InLink:
@@ -337,6 +373,9 @@ class InLink:
                     self._consume(payload)
                 elif kind == F_CANCEL:
                     self._cancel(struct.unpack(">Q", payload)[0])
+                elif kind == F_PING:
+                    self.out.append(frame(F_PONG, b""))
+                    self._flush()
                 else:
                     raise ReplicationError(f"unexpected frame {kind} on a forwarding link")
                 continue
@@ -556,6 +595,11 @@ class Forwarding:
         if link is None:
             link = self.links[node] = OutLink(self, node)
         return link
+
+    def check_links(self) -> None:
+        now = time.monotonic()
+        for link in self.links.values():
+            link.check(now)
 
     def stop(self) -> None:
         for link in self.links.values():

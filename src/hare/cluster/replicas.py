@@ -353,6 +353,7 @@ class Replicas:
                     self.forwarding.ensure(replica)
                 for other in list(self.elsewhere.values()):
                     self.forwarding.ensure(other)
+                self.forwarding.check_links()
             except Exception:  # noqa: BLE001 - one queue's trouble is not the others'
                 log.exception("replicated queues: tick failed")
 
