@@ -27,6 +27,7 @@ from .consumer import Consumer
 from .deadletter import EXPIRED, MAXLEN, REJECTED, dead_letter
 from .delivery_limit import DeliveryCounter
 from .message import Message
+from .proposal import Change, Pending, Proposed
 from .queue_settings import QueueSettings, queue_settings
 from .timers import Timer, now_ms
 
@@ -44,6 +45,9 @@ FLOW_LOW = FLOW_HIGH // 2
 THROTTLE = 1  # slow the publisher down (flow control)
 REJECTED_PUBLISH = 2  # refused (x-overflow reject-publish): the publisher gets a basic.nack
 REPLICATED = 4  # a replicated queue took it: its confirm waits for the followers (QuorumQueue)
+
+# what a node asks the node that holds a queue's messages (ClusterQueue.ask)
+GET, GET_NO_ACK, COUNT, PURGE = range(4)
 
 EXPIRY_SLICE = 0.004  # seconds of expiry work (dead-lettering) one timer turn may do
 
@@ -259,6 +263,11 @@ class Queue:
     def purge(self) -> int:
         return self.store.purge()
 
+    def ask(self, op: int, replay: Any) -> Asked | None:
+        """(In a cluster, ClusterQueue.) The answer of the node that holds this queue's messages
+        to ``op`` (GET, GET_NO_ACK, COUNT, PURGE); None: they are held here, answer from here."""
+        return None
+
     # -- expiry -------------------------------------------------------------------------------------
 
     def _arm_ttl(self, when: int) -> None:
@@ -458,12 +467,11 @@ def _priority(consumer: Consumer) -> int:
     return consumer.priority
 
 
-class QuorumQueue(Queue):
-    """``x-queue-type: quorum``. On a single node, a queue with quorum rules (arguments, delivery
-    limit); in a cluster, replicated (``replica``): its leader takes publishes and answers
-    REPLICATED with them, so the publisher's confirm waits for the in-sync followers
-    (``replica.confirm_source``); on any other node a publish is forwarded to the leader
-    (cluster/forwarding.py), and answers REPLICATED too: the confirm comes back from there."""
+class ClusterQueue(Queue):
+    """A queue whose messages, in a cluster, may be held by another node (``replica``: cluster/
+    replicas.py): on a node that does not hold them, a publish is forwarded there (and answers
+    REPLICATED: its confirm comes back from there, ``replica.confirm_source``), consumers are fed
+    from there, and a reject goes back there (cluster/forwarding.py)."""
 
     __slots__ = ()
 
@@ -474,8 +482,6 @@ class QuorumQueue(Queue):
         if not replica.leading:
             return replica.forward(self, msg)
         return Queue.publish(self, msg) | REPLICATED
-
-    # on a node that does not lead it, consumers are fed by the leader (cluster/forwarding.py)
 
     def add_consumer(self, consumer: Consumer) -> None:
         Queue.add_consumer(self, consumer)
@@ -494,10 +500,69 @@ class QuorumQueue(Queue):
         replica = self.replica
         store = self.store if self.counter is None else self.counter.inner
         if replica is not None and not replica.leading and hasattr(store, "remote"):
-            store.settle(seq, 2)  # the leader dead-letters it (forwarding.REJECTED)
+            store.settle(seq, 2)  # the holder dead-letters it (forwarding.REJECTED)
             return
         Queue.reject(self, seq, msg)
 
+    def ask(self, op: int, replay: Any) -> Asked | None:
+        """Held elsewhere: the question goes to the holder and the command waits (``Proposed``,
+        held as a metadata change is); it runs again with the answer as ``replay``. None: held
+        here, or no node can answer (the holder is down, or it held them no more): answer from
+        here (get-empty, this node's counts)."""
+        replica = self.replica
+        if replica is None or replica.leading:
+            return None
+        if type(replay) is Asked and replay.queue is self and replay.op == op and not replay.claimed:
+            replay.claimed = True
+            return replay if replay.committed else None
+        asked = replica.ask(self, op)
+        if asked is None:
+            return None
+        raise Proposed(asked)
+
+
+class Asked(Pending):
+    """A question to the node that holds a queue's messages (basic.get, a declare's counts, a
+    purge), answered over the forwarding link (cluster/forwarding.py): ``committed`` when that
+    node held them and answered. ``entry`` is the message a get got (its seq is a position in
+    this node's store of the queue, through which its ack goes back); ``claimed`` once the
+    command that asked took the answer (a got message nobody claims goes back)."""
+
+    __slots__ = ("queue", "op", "message_count", "consumer_count", "entry", "claimed")
+
+    def __init__(self, queue: Queue, op: int) -> None:
+        super().__init__(Change())
+        self.queue, self.op = queue, op
+        self.message_count = self.consumer_count = 0
+        self.entry: tuple[Message, int, bool] | None = None
+        self.claimed = False
+
+
+class QuorumQueue(ClusterQueue):
+    """``x-queue-type: quorum``. On a single node, a queue with quorum rules (arguments, delivery
+    limit); in a cluster, replicated: its leader takes publishes and answers REPLICATED with them,
+    so the publisher's confirm waits for the in-sync followers; any other node forwards to it."""
+
+    __slots__ = ()
+
+
+class RemoteQueue(ClusterQueue):
+    """In a cluster, a classic queue whose home is another node (``home``): it holds no message
+    here; publishes and consumers go to its home. A queue becomes one, and back, with `rehome`."""
+
+    __slots__ = ()
+
+
+def rehome(q: Queue, home: str | None, replica: Any) -> None:
+    """A classic queue's home in a cluster: another node (``replica`` forwards to it) or this one
+    (``home`` None). Only the class changes (the slots are the same), so every reference to the
+    queue (bindings, channels) stays good."""
+    q.home = home
+    q.replica = replica if home is not None else None
+    if type(q) is Queue and home is not None:
+        q.__class__ = RemoteQueue
+    elif type(q) is RemoteQueue and home is None:
+        q.__class__ = Queue
 
 
 def queue_class(arguments: dict[str, Any] | None) -> type[Queue]:

@@ -59,6 +59,10 @@ def _args(table: dict[str, Any] | None) -> str:
     return base64.b64encode(encode_table(table or {})[4:]).decode()
 
 
+def _set_home(q: Any, home: str | None) -> None:
+    q.home = home
+
+
 def _table(text: str) -> dict[str, Any]:
     blob = base64.b64decode(text)
     return decode_table(len(blob).to_bytes(4, "big") + blob, 0)[0]
@@ -89,6 +93,8 @@ class ClusterDefinitions:
         # applied (members, or None when it is deleted); without them, quorum queues are local
         self.place: Callable[[int], list[str]] | None = None
         self.on_replicated: Callable[[str, str, list[str] | None], None] | None = None
+        # a classic queue's home: another node's name, or None (this node)
+        self.on_home: Callable[[Any, str | None], None] = _set_home
 
     # -- keys and records -------------------------------------------------------------------------
 
@@ -353,14 +359,14 @@ class ClusterDefinitions:
             return
         if q is not None:
             if not q.exclusive:
-                q.home = None if home == self.node else home  # (a restart forgot it)
+                self.on_home(q, None if home == self.node else home)  # (a restart forgot it)
             else:
                 log.warning("cluster definitions: queue '%s' in vhost '%s' is declared in the cluster, "
                             "and here as an exclusive queue: the exclusive queue is kept", q.name, vhost.name)
             return
         q = c.declare_queue(vhost, names[1], durable=record["durable"], auto_delete=record["auto_delete"],
                             arguments=_table(record["arguments"]))
-        q.home = None if home == self.node else home
+        self.on_home(q, None if home == self.node else home)
 
     def _declared(self, vhost: VirtualHost, name: str, record: dict[str, Any]) -> None:
         """A replicated queue: made here if it is not (its role is the replicas' to decide)."""

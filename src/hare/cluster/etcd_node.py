@@ -62,6 +62,7 @@ class EtcdNode:
         self.replicas = None if broker is None else Replicas(self, broker)
         if self.defs is not None and self.replicas is not None:
             self.defs.place, self.defs.on_replicated = self.replicas.place, self.replicas.queue_record
+            self.defs.on_home = self.replicas.classic_home
         self._replica_roots = (self.keys.root + b"leaders/", self.keys.root + b"isr/")
         self._sync_key = self.keys.root + b"sync/" + settings.node_name.encode()
         self._token = 0  # the last token this node wrote

@@ -15,6 +15,11 @@ holds the queue (B), on B's node-to-node listener. Frames (as `replication`'s):
     F_CANCELLED  B -> A   >Q feed id: B feeds it no more (the queue is gone, or B leads it no more)
     F_PING       A -> B   (empty) A waits for B and has heard nothing for a while
     F_PONG       B -> A   (empty) the answer
+    F_ASK        A -> B   >QBQ ask id, what (queue.GET, GET_NO_ACK, COUNT, PURGE), feed id (GET);
+                          >H vhost, >H queue
+    F_ANSWER     B -> A   >QBII ask id, held here (0: B holds the queue's messages no more),
+                          message count, consumer count; a got message: >QB queue seq,
+                          redelivered; the message
 
 **A silent link is cut.** A node cut off by the network sends no reset: a link to it would wait
 for ever. While A waits for confirms or feeds a consumer over a link and has heard nothing for
@@ -36,6 +41,14 @@ its quorum queues' followers have (`ReplicatedConfirms`, in order). On A, the pu
 channel waits for the link (`OutLink.barrier`) as it waits for a local quorum queue's followers.
 A link that breaks fails (nacks) what it had not confirmed: the publisher may publish again. A
 message is forwarded at most twice (leadership moving while it travels), then refused.
+
+**Questions.** basic.get, the counts of queue.declare and queue.purge through A are answered
+by B (``ClusterQueue.ask``: the command waits as for a metadata change, and runs again with the
+answer). A message B gives to a get with acks stays B's, unacked under a *get feed* of A's (a
+feed id with no consumer behind it at B); on A it takes a position in the queue's store there,
+through which its ack, reject or requeue goes back to B, as a fed message's does. A link that
+breaks answers what it had asked with "not held" (get-empty, A's own counts); B requeues what
+A had got and not settled, as it does for feeds.
 """
 
 from __future__ import annotations
@@ -51,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..broker.consumer import Consumer
 from ..broker.message import Message
-from ..broker.queue import REJECTED_PUBLISH, REPLICATED, THROTTLE
+from ..broker.queue import COUNT, GET, GET_NO_ACK, PURGE, REJECTED_PUBLISH, REPLICATED, THROTTLE, Asked
 from ..session.publishing import ReplicatedConfirms
 from .replicated_store import InnerStore, fresh_store
 from .replication import FrameReader, ReplicationError, decode_message, frame
@@ -61,8 +74,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hare.cluster")
 
-F_HELLO, F_PUBLISH, F_CONFIRMED, F_CONSUME, F_CANCEL, F_SETTLE, F_DELIVER, F_CANCELLED, F_PING, F_PONG = \
-    range(20, 30)
+(F_HELLO, F_PUBLISH, F_CONFIRMED, F_CONSUME, F_CANCEL, F_SETTLE, F_DELIVER, F_CANCELLED, F_PING, F_PONG,
+ F_ASK, F_ANSWER) = range(20, 32)
 ACKED, REQUEUED, REJECTED = 0, 1, 2
 CREDIT = 2000  # messages a feed may hold unsettled
 MAX_HOPS = 2
@@ -70,6 +83,8 @@ OUT_HIGH = 16 << 20  # octets queued on a link past which its publishers are slo
 PING_AFTER = 1.0  # seconds of silence on a link with something to wait for before a ping
 LINK_SILENCE = 2.5  # ... and before the link is cut
 _QB = struct.Struct(">QB")
+_ASK = struct.Struct(">QBQ")
+_ANSWER = struct.Struct(">QBII")
 
 
 def _name(s: str) -> bytes:
@@ -133,6 +148,8 @@ class OutLink:
         self.heard = 0.0  # monotonic: when the other node last said something (or we dialled)
         self.pinged = 0.0
         self.failures = 0  # dials in a row that failed (logged now and then)
+        self.asks: dict[int, tuple[Asked, Feed | None]] = {}  # questions waiting for their answer
+        self.next_ask = 0
 
     def send(self, data: bytes) -> None:
         self.outbox.append(data)
@@ -151,6 +168,31 @@ class OutLink:
             self.throttled.add(queue)
             return REPLICATED | THROTTLE
         return REPLICATED
+
+    def ask(self, asked: Asked, feed: Feed | None) -> None:
+        self.next_ask += 1
+        self.asks[self.next_ask] = (asked, feed)
+        q = asked.queue
+        self.send(frame(F_ASK, _ASK.pack(self.next_ask, asked.op, 0 if feed is None else feed.id)
+                        + _name(q.vhost_name) + _name(q.name)))
+
+    def _answered(self, payload: bytes) -> None:
+        ask_id, held, count, consumers = _ANSWER.unpack_from(payload, 0)
+        entry = self.asks.pop(ask_id, None)
+        if entry is None:
+            return  # (not ours: asked on a link that broke since, which answers it)
+        asked, feed = entry
+        local = None
+        if len(payload) > _ANSWER.size:  # a get got a message
+            seq, redelivered = _QB.unpack_from(payload, _ANSWER.size)
+            msg = decode_message(payload, _ANSWER.size + _QB.size)
+            store = feed.store if feed is not None else self.forwarding.feed_store(asked.queue)
+            local = store.got(feed, seq)
+            asked.entry = (msg, local, bool(redelivered))
+        asked.message_count, asked.consumer_count = count, consumers
+        asked.finish(committed=bool(held))
+        if local is not None and not asked.claimed and feed is not None:
+            feed.store.settle(local, REQUEUED)  # nobody took it (the connection went away)
 
     def barrier(self, callback: Callable[[], None], on_fail: Callable[[], None]) -> None:
         if not self.waiters and self.confirmed >= self.seq:
@@ -186,7 +228,7 @@ class OutLink:
     def check(self, now: float) -> None:
         """(The replicas' tick.) Ping a silent link we wait on; cut one silent too long."""
         task = self.task
-        if task is None or not (self.waiters or self.feeds):
+        if task is None or not (self.waiters or self.feeds or self.asks):
             return
         silent = now - self.heard
         if silent > LINK_SILENCE:
@@ -213,6 +255,9 @@ class OutLink:
         feeds, self.feeds = self.feeds, {}
         for feed in feeds.values():
             feed.ended()
+        asks, self.asks = self.asks, {}
+        for asked, _feed in asks.values():
+            asked.finish()  # (not answered: the asker answers from what it has)
 
     async def _run(self) -> None:
         me = asyncio.current_task()
@@ -248,6 +293,8 @@ class OutLink:
                         feed = self.feeds.pop(feed_id, None)
                         if feed is not None:
                             feed.ended()
+                    elif kind == F_ANSWER:
+                        self._answered(payload)
                     elif kind != F_PONG:
                         raise ReplicationError(f"unexpected frame {kind} on a forwarding link")
         except (OSError, ReplicationError, ValueError) as exc:
@@ -308,7 +355,7 @@ class InLink:
         vhost_name, queue_name, _ = _names(payload, 12)
         vhost = self.forwarding.replicas.broker.vhosts.get(vhost_name)
         q = None if vhost is None else vhost.queues.get(queue_name)
-        if q is None or q.replica is None or not q.replica.leading:
+        if q is None or (q.replica is not None and not q.replica.leading):  # (not held here)
             self.out.append(frame(F_CANCELLED, struct.pack(">Q", feed_id)))
             self._flush()
             return
@@ -316,6 +363,37 @@ class InLink:
         self.feeds[feed_id] = consumer
         q.add_consumer(consumer)
         q.dispatch()
+
+    def _ask(self, payload: bytes) -> None:
+        ask_id, op, feed_id = _ASK.unpack_from(payload, 0)
+        vhost_name, queue_name, _ = _names(payload, _ASK.size)
+        vhost = self.forwarding.replicas.broker.vhosts.get(vhost_name)
+        q = None if vhost is None else vhost.queues.get(queue_name)
+        if q is None or (q.replica is not None and not q.replica.leading):  # (not held here)
+            self.out.append(frame(F_ANSWER, _ANSWER.pack(ask_id, 0, 0, 0)))
+            self._flush()
+            return
+        got = b""
+        if op == PURGE:
+            purged = q.purge()
+        elif op == GET or op == GET_NO_ACK:
+            entry = q.get()
+            if entry is not None:
+                msg, seq, redelivered = entry
+                if op == GET_NO_ACK:
+                    q.ack(seq, msg)
+                else:
+                    self.inflight[(feed_id, seq)] = (q, msg)
+                route, props, body = msg.route_bytes, msg.properties_raw, msg.body
+                got = b"".join((_QB.pack(seq, redelivered), struct.pack(">H", len(route)), route,
+                                struct.pack(">I", len(props)), props, struct.pack(">I", len(body)), body))
+        elif op != COUNT:
+            raise ReplicationError(f"unknown question {op} on a forwarding link")
+        # the consumers: the asker's feed of this queue stands for the asker's own, which it counts
+        consumers = q.consumer_count - sum(1 for c in self.feeds.values() if c.queue is q)
+        count = purged if op == PURGE else q.message_count
+        self.out.append(frame(F_ANSWER, _ANSWER.pack(ask_id, 1, count, max(0, consumers)) + got))
+        self._flush()
 
     def _cancel(self, feed_id: int) -> None:
         consumer = self.feeds.pop(feed_id, None)
@@ -373,6 +451,8 @@ class InLink:
                     self._consume(payload)
                 elif kind == F_CANCEL:
                     self._cancel(struct.unpack(">Q", payload)[0])
+                elif kind == F_ASK:
+                    self._ask(payload)
                 elif kind == F_PING:
                     self.out.append(frame(F_PONG, b""))
                     self._flush()
@@ -421,6 +501,16 @@ class FeedStore(InnerStore):
         if redelivered:
             self.redelivered.add(position)
 
+    def got(self, feed: Feed | None, seq: int) -> int:
+        """A message a basic.get through this node got at the leader (under ``feed``, or acked
+        there already: None): a position here, not in the queue (the get delivered it)."""
+        position = self.inner.next_pos
+        self.inner.next_pos = position + 1
+        if feed is not None:
+            self.remote[position] = (feed, seq)
+            self.delivered_here.add(position)
+        return position << 1
+
     def push(self, msg: Message, expires_at: int = 0) -> None:
         self.inner.push(msg, expires_at)  # (not reached: a publish here is forwarded)
 
@@ -459,7 +549,15 @@ class FeedStore(InnerStore):
         self.settle(seq, ACKED)
 
     def purge(self) -> int:
-        return 0  # (a purge is the leader's; not forwarded yet)
+        """The messages the leader fed here and no consumer of ours has: gone (acked there;
+        the leader purges its own, ClusterQueue.ask)."""
+        n = self.inner.purge()
+        ready = [p for p in self.remote if p not in self.delivered_here]
+        self.redelivered.difference_update(ready)
+        for p in ready:
+            feed, seq = self.remote.pop(p)
+            feed.settle(ACKED, seq)
+        return n
 
     def drop(self, feed: Feed, requeue: bool) -> None:
         """``feed`` ended: its messages not given to our consumers leave (taken back by the
@@ -523,6 +621,7 @@ class Forwarding:
         self.links: dict[str, OutLink] = {}
         self.hops = 0  # how many times the message being published here was forwarded already
         self.feeds: dict[int, Feed] = {}  # by id(queue): the feed of our consumers of it
+        self.get_feeds: dict[int, Feed] = {}  # by id(queue): the feed our basic.gets of it hold under
         self.next_feed = 0
 
     # -- consumers through this node --------------------------------------------------------------
@@ -535,10 +634,8 @@ class Forwarding:
         elif not q.consumer_count and feed is not None:
             self.unsubscribe(feed)
 
-    def subscribe(self, replica: Any, q: Any) -> None:
-        target = replica.target()
-        if target is None or target == self.me:
-            return  # (no leader yet: the next tick tries again)
+    def feed_store(self, q: Any) -> FeedStore:
+        """The store of ``q`` here, a FeedStore (made one on first need)."""
         store = q.store if q.counter is None else q.counter.inner
         if not isinstance(store, FeedStore):
             store = FeedStore(store)
@@ -546,6 +643,13 @@ class Forwarding:
                 q.counter.inner = store
             else:
                 q.store = store
+        return store
+
+    def subscribe(self, replica: Any, q: Any) -> None:
+        target = replica.target()
+        if target is None or target == self.me:
+            return  # (no leader yet: the next tick tries again)
+        store = self.feed_store(q)
         link = self.link(target)
         self.next_feed += 1
         feed = Feed(link, self.next_feed, q, store)
@@ -577,6 +681,31 @@ class Forwarding:
             feed = None
         if feed is None and q.consumer_count:
             self.subscribe(replica, q)
+
+    # -- questions through this node --------------------------------------------------------------
+
+    def ask(self, target: str | None, q: Any, op: int) -> Asked | None:
+        """Ask ``target`` (the node holding ``q``'s messages) ``op``; None: no node to ask."""
+        if target is None or target == self.me:
+            return None
+        link = self.link(target)
+        feed = None
+        if op == GET:  # what it gets stays unacked there, under our get feed of the queue
+            feed = self.get_feeds.get(id(q))
+            store = self.feed_store(q)
+            if (feed is None or feed.link is not link or link.feeds.get(feed.id) is not feed
+                    or feed.store is not store):
+                self.next_feed += 1
+                feed = Feed(link, self.next_feed, q, store)
+                feed.active = False  # (no consumer behind it: a requeue goes back at once)
+                link.feeds[feed.id] = feed
+                self.get_feeds[id(q)] = feed
+        for held in link.feeds.values():
+            if held.pending:  # settled before asked: what an ack, reject or requeue did counts
+                held.flush()
+        asked = Asked(q, op)
+        link.ask(asked, feed)
+        return asked
 
     def forward(self, target: str | None, vhost: str, q: Any, msg: Message) -> tuple[int, OutLink | None]:
         """Send ``msg`` for ``q`` to ``target``; (what Queue.publish answers, the link)."""

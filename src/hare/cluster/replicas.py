@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..broker.queue import REJECTED_PUBLISH
+from ..broker.queue import REJECTED_PUBLISH, rehome
 from . import replica_links
 from .aio import stopping
 from .definitions import _part, _unpart
@@ -125,10 +125,13 @@ class QueueReplica:
             self.refusals += 1
         return r
 
+    def ask(self, q: Any, op: int) -> Any:
+        """basic.get, a declare's counts, a purge through this node: asked of the leader."""
+        return self.manager.forwarding.ask(self.target(), q, op)
+
     def queue(self) -> Any:
         vhost = self.manager.broker.vhosts.get(self.vhost)
         return None if vhost is None else vhost.queues.get(self.name)
-
 
 
 class Elsewhere:
@@ -146,10 +149,24 @@ class Elsewhere:
     target = QueueReplica.target
     forward = QueueReplica.forward
     consumers_changed = QueueReplica.consumers_changed
+    ask = QueueReplica.ask
 
     def queue(self) -> Any:
         vhost = self.manager.broker.vhosts.get(self.vhost)
         return None if vhost is None else vhost.queues.get(self.name)
+
+
+class Remote(Elsewhere):
+    """A classic queue whose home is another node (classic queues are not replicated: they live
+    where they were declared, as in RabbitMQ 4): this node routes to it and forwards its
+    publishes and consumers there. While the home is down, a publish to it is refused (nacked)."""
+
+    def __init__(self, manager: Replicas, vhost: str, name: str, home: str) -> None:
+        super().__init__(manager, vhost, name, [home])
+        self.home = home
+
+    def target(self) -> str | None:
+        return self.home if self.home in self.manager.node.members.alive else None
 
 
 class Replicas:
@@ -210,6 +227,29 @@ class Replicas:
             if q is not None and not isinstance(q.replica, Elsewhere):
                 q.replica = self.elsewhere[key] = Elsewhere(self, vhost, name, members)
                 self._empty_store(q)
+
+    def classic_home(self, q: Any, home: str | None) -> None:
+        """A classic queue's home, from the definitions: another node's name, or None (this node)."""
+        key = (q.vhost_name, q.name)
+        if home is None or home == self.me:
+            if isinstance(q.replica, Remote):
+                feed = self.forwarding.feeds.get(id(q))
+                if feed is not None:
+                    self.forwarding.unsubscribe(feed)
+                self._empty_store(q)  # (what the feed had brought)
+                self.elsewhere.pop(key, None)
+            rehome(q, None, None)
+            return
+        remote = self.elsewhere.get(key)
+        if not isinstance(remote, Remote) or remote.home != home:
+            remote = self.elsewhere[key] = Remote(self, q.vhost_name, q.name, home)
+        if q.replica is None:
+            kept = q.message_count
+            if kept:
+                log.warning("queue '%s' in vhost '%s' lives on node %s: the %d messages this node held "
+                            "in it are dropped", q.name, q.vhost_name, home, kept)
+            self._empty_store(q)
+        rehome(q, home, remote)
 
     def key_changed(self, key: bytes, value: bytes | None, create_revision: int, mod_revision: int,
                     decide: bool = True) -> None:
@@ -607,4 +647,4 @@ class Replicas:
         replica.follow_task = asyncio.get_running_loop().create_task(
             replica_links.follow(self, replica, leader), name=f"hare-follow-{replica.name}")
 
-__all__ = ["Replicas", "QueueReplica", "ReplicaFile", "ISR_LAG"]
+__all__ = ["Replicas", "QueueReplica", "Remote", "ReplicaFile", "ISR_LAG"]

@@ -30,7 +30,7 @@ from ..broker.background import SLICE
 from ..broker.consumer import Consumer, PrefetchLimit
 from ..broker.direct_reply import REPLY_QUEUE, ReplyConsumer
 from ..broker.message import Message
-from ..broker.queue import Queue
+from ..broker.queue import COUNT, GET, GET_NO_ACK, PURGE, Queue
 from .ack_timeout import AckWatch
 from .publishing import CLOSING, MAX_MSG_SIZE, OPEN, Publish, Publishing, ReplicatedConfirms
 
@@ -258,8 +258,11 @@ class Channel(Publishing):
                                         arguments=m.arguments, conn=self.conn, access=self.access)
         self.last_queue = q.name
         if not m.nowait:
-            self.send(spec.QueueDeclareOk(queue=q.name, message_count=q.message_count,
-                                          consumer_count=q.consumer_count))
+            count, consumers = q.message_count, q.consumer_count
+            asked = q.ask(COUNT, self.commands.replay)  # (in a cluster: from the node holding it)
+            if asked is not None:
+                count, consumers = count + asked.message_count, consumers + asked.consumer_count
+            self.send(spec.QueueDeclareOk(queue=q.name, message_count=count, consumer_count=consumers))
 
     def _reply_declare(self, m: spec.QueueDeclare) -> None:
         """queue.declare of amq.rabbitmq.reply-to or of a name starting with it, as RabbitMQ 3.10:
@@ -298,7 +301,8 @@ class Channel(Publishing):
         name = self._queue_name(m.queue)
         self.access.check(READ, "queue", name)
         q = self.vhost.get_queue(name, self.conn)
-        count = q.purge()
+        asked = q.ask(PURGE, self.commands.replay)  # (in a cluster: by the node holding it)
+        count = q.purge() + (asked.message_count if asked is not None else 0)
         if not m.nowait:
             self.send(spec.QueuePurgeOk(message_count=count))
 
@@ -411,9 +415,15 @@ class Channel(Publishing):
         self.access.check(READ, "queue", name)
         q = self.vhost.get_queue(name, self.conn)
         entry = q.get()
+        count = 0
         if entry is None:
-            self.send(spec.BasicGetEmpty())
-            return
+            # in a cluster, a queue whose messages another node holds: got there
+            asked = q.ask(GET_NO_ACK if m.no_ack else GET, self.commands.replay)
+            if asked is not None:
+                entry, count = asked.entry, asked.message_count
+            if entry is None:
+                self.send(spec.BasicGetEmpty())
+                return
         msg, seq, redelivered = entry
         tag = self.next_tag = self.next_tag + 1
         if m.no_ack:
@@ -422,7 +432,7 @@ class Channel(Publishing):
             self.unacked[tag] = (q, msg, seq, None)
             self._watch_acks(delivered_now=True)
         self._send_content(_GET_OK + _pack_QB(tag, redelivered) + msg.route_bytes
-                           + struct.pack(">I", q.message_count), msg)
+                           + struct.pack(">I", q.message_count + count), msg)
 
     def _watch_acks(self, delivered_now: bool = False) -> None:
         """Have the consumer timeout checked on this channel (consumer with acks, basic.get)."""
