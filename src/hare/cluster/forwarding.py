@@ -92,11 +92,15 @@ def _name(s: str) -> bytes:
     return struct.pack(">H", len(b)) + b
 
 
-def publish_frame(seq: int, hops: int, vhost: str, queue: str, msg: Message) -> bytes:
+def _message(msg: Message) -> tuple[bytes, ...]:
+    """A message's parts on the link (decode_message reads them)."""
     route, props, body = msg.route_bytes, msg.properties_raw, msg.body
-    return frame(F_PUBLISH, b"".join((_QB.pack(seq, hops), _name(vhost), _name(queue),
-                                      struct.pack(">H", len(route)), route, struct.pack(">I", len(props)),
-                                      props, struct.pack(">I", len(body)), body)))
+    return (struct.pack(">H", len(route)), route, struct.pack(">I", len(props)), props,
+            struct.pack(">I", len(body)), body)
+
+
+def publish_frame(seq: int, hops: int, vhost: str, queue: str, msg: Message) -> bytes:
+    return frame(F_PUBLISH, b"".join((_QB.pack(seq, hops), _name(vhost), _name(queue), *_message(msg))))
 
 
 def _names(payload: bytes, pos: int) -> tuple[str, str, int]:
@@ -118,10 +122,7 @@ _QQB = struct.Struct(">QQB")
 
 
 def deliver_frame(feed: int, seq: int, redelivered: bool, msg: Message) -> bytes:
-    route, props, body = msg.route_bytes, msg.properties_raw, msg.body
-    return frame(F_DELIVER, b"".join((_QQB.pack(feed, seq, redelivered), struct.pack(">H", len(route)),
-                                      route, struct.pack(">I", len(props)), props,
-                                      struct.pack(">I", len(body)), body)))
+    return frame(F_DELIVER, b"".join((_QQB.pack(feed, seq, redelivered), *_message(msg))))
 
 
 def settle_frame(feed: int, how: int, seqs: list[int]) -> bytes:
@@ -384,9 +385,7 @@ class InLink:
                     q.ack(seq, msg)
                 else:
                     self.inflight[(feed_id, seq)] = (q, msg)
-                route, props, body = msg.route_bytes, msg.properties_raw, msg.body
-                got = b"".join((_QB.pack(seq, redelivered), struct.pack(">H", len(route)), route,
-                                struct.pack(">I", len(props)), props, struct.pack(">I", len(body)), body))
+                got = b"".join((_QB.pack(seq, redelivered), *_message(msg)))
         elif op != COUNT:
             raise ReplicationError(f"unknown question {op} on a forwarding link")
         # the consumers: the asker's feed of this queue stands for the asker's own, which it counts
