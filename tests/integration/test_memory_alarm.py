@@ -182,6 +182,30 @@ def test_a_zero_watermark_blocks_every_publisher_and_consumers_go_on(hare_broker
         c.close()
 
 
+def test_the_rss_is_looked_at_again_after_a_share_of_the_watermark_is_read(hare_broker_factory,
+                                                                          monkeypatch) -> None:
+    """A flood can grow the RSS past the watermark between two timed looks: the input read counts
+    too. No timed look here (an hour apart): only the 10 MiB read make the monitor look again,
+    about once per MiB (the least step)."""
+    import hare.server.memory as memory
+    monkeypatch.setattr(memory, "CHECK_INTERVAL", 3600.0)
+    monkeypatch.setattr(memory, "READ_SHARE", 1 << 30)  # the step: its least, 1 MiB
+    broker = hare_broker_factory(config=BrokerConfig(vm_memory_high_watermark_absolute=1 << 40,
+                                                     total_memory_available_override_value=1 << 41))
+    monitor = broker._async.server.memory
+    assert monitor.step == 1 << 20
+    before = broker.call(lambda: monitor.looks)
+    client = raw(broker)
+    client.send_method(1, spec.QueueDeclare(queue="q"))
+    client.expect(spec.QueueDeclareOk)
+    for _ in range(80):
+        client.publish(1, "", "q", b"x" * (128 << 10))
+    client.send_method(1, spec.QueueDeclare(queue="q", passive=True))
+    assert client.expect(spec.QueueDeclareOk).message_count == 80
+    assert broker.call(lambda: monitor.looks) - before >= 8
+    client.close()
+
+
 def test_the_watermark_is_a_share_of_the_ram_or_an_absolute_size_capped_at_the_ram() -> None:
     ram = total_memory(BrokerConfig())
     with open("/proc/meminfo") as f:

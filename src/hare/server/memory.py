@@ -1,7 +1,10 @@
 """The memory alarm: the broker's resident memory against its high watermark.
 
 A few times a second the shell reads the process's RSS from ``/proc/self/statm`` (one small read,
-nothing per message). Above the watermark the broker raises its ``memory`` alarm: connections
+nothing per message), and sooner when the connections have read a sixteenth of the watermark
+since the last look (``budget``, taken off per read, not per message): a flood of big messages
+can grow the RSS by hundreds of MiB a second, past the pressure point and the watermark between
+two timed looks. Above the watermark the broker raises its ``memory`` alarm: connections
 that publish get connection.blocked and are not read until it clears, consumers go on draining;
 the alarm clears as soon as the RSS is back under the watermark, as RabbitMQ's does (no
 hysteresis). Before that, past half the watermark, the broker is under memory pressure
@@ -34,6 +37,7 @@ from ..broker.broker import PRESSURE_OFF, Broker, BrokerConfig
 log = logging.getLogger("hare.server")
 
 CHECK_INTERVAL = 0.2  # seconds between two reads of the RSS
+READ_SHARE = 16  # the RSS is looked at again once the input read since reaches 1/16 of the watermark
 TRIM_INTERVAL = 1.0  # least seconds between two malloc_trim calls
 MiB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -126,6 +130,9 @@ class MemoryMonitor:
         self.timer: asyncio.TimerHandle | None = None
         self.trim = _malloc_trim()
         self.trim_after = 0.0  # monotonic time before which malloc_trim is not called again
+        self.step = max(self.limit // READ_SHARE, 1 << 20)
+        self.budget = 1 << 62  # bytes the connections may read before the RSS is looked at again
+        self.looks = 0  # reads of the RSS so far
         self.used = rss()
         if self.used is None:
             log.warning("cannot read this process's memory (/proc/self/statm): no memory alarm")
@@ -134,10 +141,19 @@ class MemoryMonitor:
                  self.limit // MiB, self.limit, total // MiB, total)
         self.check()
 
+    def read(self) -> None:
+        """The connections have read ``step`` bytes since the last look: look now."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.check()
+
     def check(self) -> None:
         used = rss()
         if used is None:
             return
+        self.budget = self.step
+        self.looks += 1
         broker = self.broker
         # over the watermark, or under memory pressure: maybe it is only freed heap
         over = used > self.limit or (broker.memory_pressure and used >= self.limit * PRESSURE_OFF)
@@ -153,6 +169,7 @@ class MemoryMonitor:
         self.timer = self.loop.call_later(CHECK_INTERVAL, self.check)
 
     def stop(self) -> None:
+        self.budget = 1 << 62
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

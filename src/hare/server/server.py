@@ -125,6 +125,11 @@ class AMQPProtocol(asyncio.Protocol):
             data, rest = data[:HEAVY_PIECE], data[HEAVY_PIECE:]
         conn = self.conn
         before = conn.state
+        memory = self.server.memory
+        if memory is not None:
+            memory.budget -= len(data)
+            if memory.budget < 0:
+                memory.read()
         started = perf_counter()
         conn.receive_data(data)
         if perf_counter() - started > HEAVY_READ:
