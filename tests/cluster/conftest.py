@@ -83,6 +83,35 @@ def amqp_channel(node: ClusterNode, user: str = "guest", password: str = "guest"
     return conn, conn.channel()
 
 
+def queue_status(node: ClusterNode, name: str) -> dict[str, Any] | None:
+    """A replicated queue's line of `cluster_status` (leader, members, in sync), as ``node`` sees it."""
+    try:
+        queues = node.status()["queues"]
+    except (AssertionError, ValueError):
+        return None
+    return next((q for q in queues if q["name"] == name), None)
+
+
+def wait_status(node: ClusterNode, name: str, what: Callable[[dict[str, Any]], bool],
+                 timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = queue_status(node, name)
+        if status is not None and what(status):
+            return status
+        assert time.monotonic() < deadline, f"{node.name}: {status}\n{node.log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+def drain(node: ClusterNode, queue: str) -> list[tuple[int, bool]]:
+    conn, ch = amqp_channel(node)
+    got = []
+    while (m := ch.basic_get(queue, auto_ack=True))[0] is not None:
+        got.append((int(m[2]), bool(m[0].redelivered)))
+    conn.close()
+    return got
+
+
 @pytest.fixture
 def cluster_node(etcd: Etcd, tmp_path: Path) -> Iterator[Callable[..., ClusterNode]]:
     nodes: list[ClusterNode] = []

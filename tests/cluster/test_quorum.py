@@ -14,40 +14,12 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from conftest import ALL, ClusterNode, amqp_channel, start_all
+from conftest import ALL, ClusterNode, amqp_channel, drain, start_all, wait_status
 from support import hare_only
 
 pytestmark = [hare_only, pytest.mark.timeout(180)]
 
 QUORUM = {"x-queue-type": "quorum"}
-
-
-def _queue_status(node: ClusterNode, name: str) -> dict[str, Any] | None:
-    try:
-        queues = node.status()["queues"]
-    except (AssertionError, ValueError):
-        return None
-    return next((q for q in queues if q["name"] == name), None)
-
-
-def _wait_status(node: ClusterNode, name: str, what: Callable[[dict[str, Any]], bool],
-                 timeout: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = _queue_status(node, name)
-        if status is not None and what(status):
-            return status
-        assert time.monotonic() < deadline, f"{node.name}: {status}\n{node.log.read_text()[-3000:]}"
-        time.sleep(0.1)
-
-
-def _drain(node: ClusterNode, queue: str) -> list[tuple[int, bool]]:
-    conn, ch = amqp_channel(node)
-    got = []
-    while (m := ch.basic_get(queue, auto_ack=True))[0] is not None:
-        got.append((int(m[2]), bool(m[0].redelivered)))
-    conn.close()
-    return got
 
 
 def test_a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed(
@@ -56,7 +28,7 @@ def test_a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed(
     a = nodes["hare-a"]
     conn, ch = amqp_channel(a)
     ch.queue_declare(queue="orders", durable=True, arguments=QUORUM)
-    status = _wait_status(nodes["hare-c"], "orders", lambda s: s["leader"] == "hare-a")
+    status = wait_status(nodes["hare-c"], "orders", lambda s: s["leader"] == "hare-a")
     assert status == {"vhost": "/", "name": "orders", "leader": "hare-a", "members": list(ALL),
                       "in_sync": list(ALL)}
     ch.confirm_delivery()
@@ -69,22 +41,22 @@ def test_a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed(
     ch.basic_publish("", "orders", b"500", pika.BasicProperties(delivery_mode=2))
     a.kill()
     began = time.monotonic()
-    status = _wait_status(nodes["hare-b"], "orders", lambda s: s["leader"] in ("hare-b", "hare-c"))
+    status = wait_status(nodes["hare-b"], "orders", lambda s: s["leader"] in ("hare-b", "hare-c"))
     failover = time.monotonic() - began
     assert failover < 15, failover
     assert "hare-a" not in status["in_sync"]
     leader = nodes[status["leader"]]
-    got = _drain(leader, "orders")
+    got = drain(leader, "orders")
     assert [n for n, _ in got] == list(range(25, 501))  # all there, in order, none acked back
     assert [n for n, redelivered in got if redelivered] == list(range(25, 50))
     # the killed node comes back, follows the new leader and is in sync again
     a.start()
-    _wait_status(leader, "orders", lambda s: "hare-a" in s["in_sync"] and s["leader"] == leader.name)
+    wait_status(leader, "orders", lambda s: "hare-a" in s["in_sync"] and s["leader"] == leader.name)
     conn, ch = amqp_channel(leader)
     ch.confirm_delivery()
     ch.basic_publish("", "orders", b"501", pika.BasicProperties(delivery_mode=2))
     conn.close()
-    assert _drain(leader, "orders") == [(501, False)]
+    assert drain(leader, "orders") == [(501, False)]
 
 
 def test_confirms_wait_for_a_majority_of_the_members(cluster_node: Callable[..., ClusterNode]) -> None:
@@ -92,7 +64,7 @@ def test_confirms_wait_for_a_majority_of_the_members(cluster_node: Callable[...,
     a, b, c = (nodes[n] for n in ALL)
     conn, ch = amqp_channel(a)
     ch.queue_declare(queue="jobs", durable=True, arguments=QUORUM)
-    _wait_status(a, "jobs", lambda s: s["leader"] == "hare-a")
+    wait_status(a, "jobs", lambda s: s["leader"] == "hare-a")
     ch.confirm_delivery()
     ch.basic_publish("", "jobs", b"warm-up")
     assert b.proc is not None and c.proc is not None
@@ -130,14 +102,14 @@ def test_one_follower_down_confirms_go_on_and_a_follower_forwards_publishes(
     a, b, c = (nodes[n] for n in ALL)
     conn, ch = amqp_channel(a)
     ch.queue_declare(queue="events", durable=True, arguments=QUORUM)
-    _wait_status(a, "events", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
+    wait_status(a, "events", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
     c.kill()
     ch.confirm_delivery()
     began = time.monotonic()
     for i in range(20):
         ch.basic_publish("", "events", str(i).encode(), pika.BasicProperties(delivery_mode=2))
     assert time.monotonic() - began < 10  # the dead follower leaves the ISR; a and b are a majority
-    status = _wait_status(a, "events", lambda s: s["in_sync"] == ["hare-a", "hare-b"])
+    status = wait_status(a, "events", lambda s: s["in_sync"] == ["hare-a", "hare-b"])
     assert status["leader"] == "hare-a"
     conn.close()
     # a follower forwards a publish to the leader; its confirm comes back from there
@@ -146,7 +118,7 @@ def test_one_follower_down_confirms_go_on_and_a_follower_forwards_publishes(
     for i in range(20, 40):
         ch.basic_publish("", "events", str(i).encode(), pika.BasicProperties(delivery_mode=2))
     conn.close()
-    assert [n for n, _ in _drain(a, "events")] == list(range(40))
+    assert [n for n, _ in drain(a, "events")] == list(range(40))
 
 
 def test_members_follow_the_initial_group_size_and_others_hold_nothing(
@@ -156,7 +128,7 @@ def test_members_follow_the_initial_group_size_and_others_hold_nothing(
     conn, ch = amqp_channel(a)
     ch.queue_declare(queue="pair", durable=True,
                      arguments={**QUORUM, "x-quorum-initial-group-size": 2})
-    status = _wait_status(c, "pair", lambda s: s["leader"] == "hare-a")
+    status = wait_status(c, "pair", lambda s: s["leader"] == "hare-a")
     assert status["members"] == ["hare-a", "hare-b"] and status["in_sync"] == ["hare-a", "hare-b"]
     ch.confirm_delivery()
     ch.basic_publish("", "pair", b"kept by a and b")
@@ -179,7 +151,7 @@ def test_a_leader_frozen_past_its_lease_neither_confirms_nor_delivers_when_it_wa
     a, b = nodes["hare-a"], nodes["hare-b"]
     conn, ch = amqp_channel(a)
     ch.queue_declare(queue="frozen", durable=True, arguments=QUORUM)
-    _wait_status(b, "frozen", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
+    wait_status(b, "frozen", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
     ch.confirm_delivery()
     for i in range(3):
         ch.basic_publish("", "frozen", str(i).encode(), pika.BasicProperties(delivery_mode=2))
@@ -200,7 +172,7 @@ def test_a_leader_frozen_past_its_lease_neither_confirms_nor_delivers_when_it_wa
     assert a.proc is not None
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
-        status = _wait_status(b, "frozen", lambda s: s["leader"] in ("hare-b", "hare-c"), timeout=15)
+        status = wait_status(b, "frozen", lambda s: s["leader"] in ("hare-b", "hare-c"), timeout=15)
         cch.basic_ack(got[0][0])  # read by a the moment it wakes: its prefetch opens
         outcome: list[str] = []
 
@@ -228,7 +200,7 @@ def test_a_leader_frozen_past_its_lease_neither_confirms_nor_delivers_when_it_wa
     leader = nodes[status["leader"]]
     time.sleep(0.5)
     # (1 and 2 were in a's feed, so the leader flags them redelivered too: a feed prefetches)
-    drained = _drain(leader, "frozen")
+    drained = drain(leader, "frozen")
     assert [n for n, _ in drained] == [0, 1, 2] and drained[0][1]
     if conn.is_open:
         conn.close()
@@ -239,7 +211,7 @@ def test_consumers_through_any_node_are_fed_by_the_leader(cluster_node: Callable
     a, b, c = (nodes[n] for n in ALL)
     conn, ch = amqp_channel(a)
     ch.queue_declare(queue="work", durable=True, arguments=QUORUM)
-    _wait_status(c, "work", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
+    wait_status(c, "work", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
     ch.confirm_delivery()
     for i in range(300):
         ch.basic_publish("", "work", str(i).encode(), pika.BasicProperties(delivery_mode=2))
@@ -280,7 +252,7 @@ def test_consumers_through_any_node_are_fed_by_the_leader(cluster_node: Callable
     consumer.close()
     assert rest == list(range(100, 300))
     time.sleep(0.5)
-    assert _drain(a, "work") == []
+    assert drain(a, "work") == []
 
 
 def test_a_consumer_through_a_follower_goes_on_when_the_leader_is_killed(
@@ -289,7 +261,7 @@ def test_a_consumer_through_a_follower_goes_on_when_the_leader_is_killed(
     a, c = nodes["hare-a"], nodes["hare-c"]
     conn, ch = amqp_channel(a)
     ch.queue_declare(queue="steady", durable=True, arguments=QUORUM)
-    _wait_status(c, "steady", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
+    wait_status(c, "steady", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 3)
     ch.confirm_delivery()
     for i in range(200):
         ch.basic_publish("", "steady", str(i).encode(), pika.BasicProperties(delivery_mode=2))
@@ -315,5 +287,5 @@ def test_a_consumer_through_a_follower_goes_on_when_the_leader_is_killed(
     assert len(got) - 200 < 20  # a few redelivered: those in flight when the leader died
     time.sleep(0.5)
     consumer.close()
-    status = _wait_status(c, "steady", lambda s: s["leader"] in ("hare-b", "hare-c"))
-    assert _drain(nodes[status["leader"]], "steady") == []  # the acks reached the new leader
+    status = wait_status(c, "steady", lambda s: s["leader"] in ("hare-b", "hare-c"))
+    assert drain(nodes[status["leader"]], "steady") == []  # the acks reached the new leader

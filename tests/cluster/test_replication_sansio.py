@@ -124,3 +124,32 @@ def test_a_forwarded_publish_frame_round_trips() -> None:
     assert (kind, seq, hops, vhost, queue) == (F_PUBLISH, 9, 1, "v\udcff", "queue-é")
     assert (got.exchange, got.routing_key, got.properties_raw, got.body) == (
         "amq.topic", "eu.fr", msg.properties_raw, msg.body)
+
+
+def test_a_member_added_counts_in_the_majority_only_once_in_sync() -> None:
+    """grow: a queue of one ([a]) gets b. Until b has caught up and joined the ISR, a alone
+    confirms (min_isr of the old group); then both must have synced; shrink back to one: a alone."""
+    log = LeaderLog(ReplicaState(), 7, "a", ["a"], ["a"], min_isr(1))
+    log.set_members(["a", "b"])
+    assert (log.min_isr, log.joining) == (1, {"b"})
+    log.connect("b")
+    log.enqueued(0, _msg(b"0"))
+    done: list[str] = []
+    log.barrier(lambda: done.append("one"), lambda: done.append("failed"))
+    log.follower_acked("a", log.state.seq)
+    assert done == ["one"]  # b's snapshot does not hold it up
+    log.set_isr(["a", "b"])
+    assert (log.min_isr, log.joining) == (2, set())
+    log.enqueued(1, _msg(b"1"))
+    log.barrier(lambda: done.append("two"), lambda: done.append("failed"))
+    log.follower_acked("a", log.state.seq)
+    assert done == ["one"]  # b is in sync now: it must have it too
+    log.follower_acked("b", log.state.seq)
+    assert done == ["one", "two"]
+    log.set_members(["a"])
+    log.set_isr(["a"])
+    assert log.min_isr == 1
+    log.enqueued(2, _msg(b"2"))
+    log.barrier(lambda: done.append("three"), lambda: done.append("failed"))
+    log.follower_acked("a", log.state.seq)
+    assert done == ["one", "two", "three"]

@@ -127,6 +127,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cs = cmd("cluster_status", "the cluster's nodes (alive or not, AMQP addresses) and replicated queues")
     cs.add_argument("--formatter", choices=["table", "json"], default="table")
     cmd("forget_cluster_node", "remove a stopped node from the cluster", "node")
+    # rabbitmq-queues' commands for a quorum queue's group
+    cmd("add_member", "add a member (replica) on a node to a quorum queue's group", "queue", "node")
+    cmd("delete_member", "remove the member on a node from a quorum queue's group", "queue", "node")
+    g = cmd("grow", "add a member on NODE to every matching quorum queue (all, or even: those whose "
+            "group has an even size)", "node", listing=True)
+    g.add_argument("strategy", choices=["all", "even"])
+    g.add_argument("--vhost-pattern", default=".*", help="regular expression matched to vhost names")
+    g.add_argument("--queue-pattern", default=".*", help="regular expression matched to queue names")
+    g.add_argument("--errors-only", action="store_true", help="list only the queues that failed")
+    sh = cmd("shrink", "remove the member on NODE from every quorum queue", "node", listing=True)
+    sh.add_argument("--errors-only", action="store_true", help="list only the queues that failed")
 
 
 def _listing(p: argparse.ArgumentParser) -> None:
@@ -206,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
         return EX_DATAERR
     elif cmd in INFO:
         text = INFO[cmd](args)
-        if text and (table or not cmd.startswith("list_")):
+        if text and table:  # (a machine-readable output has no banner)
             info(text)
     if cmd == "add_user" and args.password is None:
         info("Password: ")
@@ -215,7 +226,8 @@ def main(args: argparse.Namespace) -> int:
             print("Error:\nPassword is not provided via argument or stdin", file=sys.stderr)
             return EX_DATAERR
         args.password = line.rstrip("\r\n")
-    for key in ("password", "tags", "exchange", "configure", "write", "read", "limit", "node"):
+    for key in ("password", "tags", "exchange", "configure", "write", "read", "limit", "node", "queue",
+                "strategy", "vhost_pattern", "queue_pattern"):
         if hasattr(args, key):
             msg[key] = getattr(args, key)
     if cmd in ("add_vhost", "delete_vhost"):
@@ -313,6 +325,9 @@ def _output(args: argparse.Namespace, cmd: str, reply: dict[str, Any], info: Any
         _print_cluster_status(args, reply)
     elif cmd == "forget_cluster_node":
         pass
+    elif cmd in ("grow", "shrink"):
+        rows = [r for r in reply["rows"] if not args.errors_only or r["result"] != "ok"]
+        _print_rows(args, ("vhost", "name", "size", "result"), rows)
 
 
 def _print_cluster_status(args: argparse.Namespace, s: dict[str, Any]) -> None:
@@ -409,6 +424,10 @@ INFO: dict[str, Callable[[argparse.Namespace], str]] = {
     "status": lambda a: "",
     "cluster_status": lambda a: "",
     "forget_cluster_node": lambda a: f"Removing node {a.node} from the cluster",
+    "add_member": lambda a: f"Adding a replica for queue {a.queue} on node {a.node}...",
+    "delete_member": lambda a: f"Removing a replica of queue {a.queue} on node {a.node}...",
+    "grow": lambda a: f"Growing {a.strategy} quorum queues on {a.node}...",
+    "shrink": lambda a: f"Shrinking quorum queues on {a.node}...",
 }
 
 

@@ -33,6 +33,7 @@ class ReplicaFile:
         self.dirty = False
         self.size = 0  # bytes in the current file (since its last snapshot)
         self.lock = threading.Lock()  # one writer at a time (a follower's last write, a new leader's)
+        self.removed = False  # the queue went (or this node left its group): write no more
 
     def load(self) -> ReplicaState:
         state = ReplicaState()
@@ -110,6 +111,8 @@ class ReplicaFile:
     def write_and_sync(self, frames: list[bytes]) -> None:
         """(In a thread.) ``frames``, then a sync."""
         with self.lock:
+            if self.removed:
+                return  # (a write still on its way when the queue went)
             self.write(frames)
             self.sync()
 
@@ -126,10 +129,12 @@ class ReplicaFile:
         self.fd = self.snapshot_fd = None
 
     def remove(self) -> None:
-        self.close()
-        for path in (self.path, self.tmp):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        with self.lock:  # (after a write in a thread, and no write after)
+            self.removed = True
+            self.close()
+            for path in (self.path, self.tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
 
 def _sync_dir(path: Path) -> None:

@@ -43,8 +43,8 @@ async def serve(manager: Replicas, reader: asyncio.StreamReader, writer: asyncio
                     hi = json.loads(payload)
                     node = str(hi["node"])
                     replica = manager.replicas.get((hi["vhost"], hi["queue"]))
-                    if replica is None or replica.log is None:
-                        return  # not ours to lead (any more)
+                    if replica is None or replica.log is None or node not in replica.members:
+                        return  # not ours to lead (any more), or not a member of its group
                     replica.log.connect(node)
                     replica.gone_since.pop(node, None)
                     manager.writers.setdefault(id(replica), {})[node] = writer

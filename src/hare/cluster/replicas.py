@@ -218,15 +218,74 @@ class Replicas:
                 replica.file.remove()
             return
         self.records[key] = members
-        if self.me in members and key not in self.replicas:
-            self.replicas[key] = QueueReplica(self, vhost, name, members)
-            if self.started:
-                self._decide(self.replicas[key])
-        elif self.me not in members:
-            q = self.broker.vhosts[vhost].queues.get(name) if vhost in self.broker.vhosts else None
-            if q is not None and not isinstance(q.replica, Elsewhere):
-                q.replica = self.elsewhere[key] = Elsewhere(self, vhost, name, members)
-                self._empty_store(q)
+        replica = self.replicas.get(key)
+        if self.me in members:
+            self.elsewhere.pop(key, None)
+            if replica is None:
+                self.replicas[key] = QueueReplica(self, vhost, name, members)
+                if self.started:
+                    self._decide(self.replicas[key])
+            elif replica.members != members:
+                self._members_changed(replica, members)
+            return
+        if replica is not None:
+            self._leave(replica)
+        q = self.broker.vhosts[vhost].queues.get(name) if vhost in self.broker.vhosts else None
+        if q is not None and not isinstance(q.replica, Elsewhere):
+            q.replica = self.elsewhere[key] = Elsewhere(self, vhost, name, members)
+            self._empty_store(q)
+        elif key in self.elsewhere:
+            self.elsewhere[key].members = members
+
+    def _members_changed(self, replica: QueueReplica, members: list[str]) -> None:
+        """The operator changed the group of a queue we stay in (grow, shrink)."""
+        log.info("queue '%s' in vhost '%s': members now %s", replica.name, replica.vhost, ", ".join(members))
+        replica.members = list(members)
+        leader_log = replica.log
+        if leader_log is None:
+            return
+        leader_log.set_members(members)
+        for node, writer in list(self.writers.get(id(replica), {}).items()):
+            if node not in members:
+                writer.close()  # a member no more: its link ends (serve's finally disconnects it)
+        self._manage_isr(replica)
+
+    def _leave(self, replica: QueueReplica) -> None:
+        """This node is no member of the queue any more (shrink): its replica stops, its file
+        goes; if it led, it resigns: the leader key goes and the ISR without it, in one
+        transaction guarded by its epoch, and an in-sync member takes over."""
+        key = (replica.vhost, replica.name)
+        log.info("queue '%s' in vhost '%s': this node is no member of it any more", replica.name,
+                 replica.vhost)
+        self.replicas.pop(key, None)
+        leading, epoch = replica.leading, replica.epoch
+        self._stop(replica)
+        replica.file.remove()
+        if leading:
+            if self.leaders.get(key) == self.me:
+                self.last_leader[key] = self.leaders.pop(key)  # (forward nothing to ourselves)
+            self._spawn(self._resign(replica, epoch))
+
+    async def _resign(self, replica: QueueReplica, epoch: int) -> None:
+        key = (replica.vhost, replica.name)
+        while key in self.records and self.me not in self.records[key]:
+            client = self.node._client
+            try:
+                if client is not None:
+                    tx = client.transactions
+                    in_sync = [n for n in self.isr.get(key, ([], 0))[0] if n != self.me]
+                    ok, _ = await client.transaction(
+                        compare=[tx.create(replica.leader_key) == epoch],
+                        success=[tx.delete(replica.leader_key),
+                                 tx.put(replica.isr_key, json.dumps({"in_sync": in_sync}).encode())],
+                        failure=[])
+                    if ok:
+                        log.info("queue '%s': this node resigned its lead (in sync: %s)", replica.name,
+                                 ", ".join(in_sync))
+                    return  # (not ok: the key is no longer ours; nothing to resign)
+            except Exception as exc:  # noqa: BLE001 - etcd unreachable: try again
+                log.debug("queue '%s': cannot resign: %s", replica.name, exc)
+            await asyncio.sleep(TICK)
 
     def classic_home(self, q: Any, home: str | None) -> None:
         """A classic queue's home, from the definitions: another node's name, or None (this node)."""
@@ -601,8 +660,9 @@ class Replicas:
             return
         now = time.monotonic()
         isr = set(leader_log.isr)
-        out = set()
-        for node in isr - {self.me}:
+        members = set(replica.members)
+        out = isr - members - {self.me}  # removed from the group: out at once
+        for node in isr - out - {self.me}:
             connected = node in leader_log.outbox
             if not connected:
                 since = replica.gone_since.setdefault(node, now)
@@ -614,7 +674,8 @@ class Replicas:
                     out.add(node)
             else:
                 replica.gone_since.pop(node, None)
-        back = {n for n in leader_log.outbox if n != self.me and n not in isr and leader_log.caught_up(n)}
+        back = {n for n in leader_log.outbox
+                if n != self.me and n not in isr and n in members and leader_log.caught_up(n)}
         if out or back:
             new = sorted((isr - out) | back)
             replica.isr_writing = True

@@ -229,6 +229,7 @@ class LeaderLog:
         self.members = list(members)
         self.isr = set(in_sync) | {me}
         self.min_isr = min_isr
+        self.joining: set[str] = set()  # members added while we lead, not yet in sync (uncounted)
         self.wake = wake  # called when frames or waiters are pending (the shell flushes)
         self.acked: dict[str, int] = {}  # follower -> the last seq it synced
         self.outbox: dict[str, list[bytes]] = {}  # connected followers -> frames to send
@@ -335,7 +336,23 @@ class LeaderLog:
 
     def set_isr(self, in_sync: Iterable[str]) -> None:
         self.isr = set(in_sync) | {self.me}
+        if self.joining & self.isr:
+            self._count_members()
         self.release()
+
+    def set_members(self, members: Iterable[str]) -> None:
+        """The operator changed the group (grow, shrink). A member added is not counted in the
+        majority until it has caught up and joined the ISR (confirms do not stall on its
+        snapshot); a member removed is counted no more (the shell takes it out of the ISR)."""
+        members = list(members)
+        self.joining = (self.joining | (set(members) - set(self.members) - self.isr)) & set(members)
+        self.members = members
+        self._count_members()
+        self.release()
+
+    def _count_members(self) -> None:
+        self.joining -= self.isr
+        self.min_isr = min_isr(max(1, len(self.members) - len(self.joining)))
 
     # -- confirms ----------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from ..broker.definitions_file import apply_definitions, export_definitions
 from ..broker.policies import PolicyError, pcre_error
 from ..broker.proposal import Pending, Proposed
 from ..broker.vhost import VirtualHost
+from ..cluster import queue_members
 from ..cluster.etcd_node import ClusterError, EtcdNode
 
 log = logging.getLogger("hare.control")
@@ -218,6 +219,41 @@ class ControlServer:
         except ClusterError as exc:
             raise CommandError(str(exc)) from None
         return {}
+
+    def _members(self, req: dict[str, Any]) -> EtcdNode:
+        if self.cluster is None or self.cluster.replicas is None:
+            raise CommandError("Error:\nthis node is not clustered: its quorum queues have no other members")
+        return self.cluster
+
+    async def _async_add_member(self, req: dict[str, Any]) -> dict[str, Any]:
+        await self._member_change(req, add=str(req.get("node", "")))
+        return {}
+
+    async def _async_delete_member(self, req: dict[str, Any]) -> dict[str, Any]:
+        await self._member_change(req, remove=str(req.get("node", "")))
+        return {}
+
+    async def _member_change(self, req: dict[str, Any], **what: str) -> None:
+        vhost, name = str(req.get("vhost", "/")), str(req.get("queue", ""))
+        try:
+            await queue_members.change(self._members(req), vhost, name, **what)
+        except queue_members.MemberError as exc:
+            if exc.reason == "classic_queue_not_supported":
+                verb = "add members to" if "add" in what else "remove members from"
+                raise CommandError(f"Error:\nCannot {verb} a classic queue") from None
+            raise CommandError(f"Error:\n{{:error, :{exc.reason}}}") from None
+
+    async def _async_grow(self, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            rows = await queue_members.grow(self._members(req), str(req.get("node", "")),
+                                            str(req.get("strategy", "")), str(req.get("vhost_pattern", ".*")),
+                                            str(req.get("queue_pattern", ".*")))
+        except (ClusterError, re.error) as exc:
+            raise CommandError(str(exc), EX_USAGE if isinstance(exc, re.error) else EX_SOFTWARE) from None
+        return {"rows": rows}
+
+    async def _async_shrink(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": await queue_members.shrink(self._members(req), str(req.get("node", "")))}
 
     # policies and queues
 
