@@ -70,6 +70,16 @@ def test_grow_adds_a_member_that_gets_every_message_and_can_lead(
     c.wait_until(lambda seen: seen.get("hare-a") is False)
     refused = c.ctl("grow", "hare-a", "all", check=False)
     assert refused.returncode != 0 and "node_not_running" in refused.stderr
+    # shrink while it is down; q3 has no other member (it waits for a, its only copy)
+    wait_status(c, "q2", lambda s: s["leader"] in ("hare-b", "hare-c"))
+    assert _rows(c, "shrink", "hare-a") == [
+        {"vhost": "/", "name": "q1", "size": 2, "result": "ok"},
+        {"vhost": "/", "name": "q2", "size": 2, "result": "ok"},
+        {"vhost": "/", "name": "q3", "size": 1, "result": "error: last_node"}]
+    assert len(list((a.data_dir / "replicas").glob("*.log"))) == 3
+    a.start()  # back: the copies of the queues it left are removed, q3's is kept and led
+    wait_status(a, "q3", lambda s: s["leader"] == "hare-a")
+    assert len(list((a.data_dir / "replicas").glob("*.log"))) == 1
 
 
 def test_shrink_removes_a_leader_which_resigns_and_loses_nothing(

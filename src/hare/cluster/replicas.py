@@ -74,8 +74,7 @@ class QueueReplica:
     def __init__(self, manager: Replicas, vhost: str, name: str, members: list[str]) -> None:
         self.manager = manager
         self.vhost, self.name, self.members = vhost, name, members
-        digest = hashlib.sha1(f"{vhost}\0{name}".encode("utf-8", "surrogateescape")).hexdigest()
-        self.file = ReplicaFile(manager.directory / f"{digest}.log")
+        self.file = ReplicaFile(replica_path(manager.directory, vhost, name))
         self.state = self.file.load()
         self.log: LeaderLog | None = None
         self.leading = False
@@ -132,6 +131,11 @@ class QueueReplica:
     def queue(self) -> Any:
         vhost = self.manager.broker.vhosts.get(self.vhost)
         return None if vhost is None else vhost.queues.get(self.name)
+
+
+def replica_path(directory: Path, vhost: str, name: str) -> Path:
+    digest = hashlib.sha1(f"{vhost}\0{name}".encode("utf-8", "surrogateescape")).hexdigest()
+    return directory / f"{digest}.log"
 
 
 class Elsewhere:
@@ -230,6 +234,8 @@ class Replicas:
             return
         if replica is not None:
             self._leave(replica)
+        elif key not in self.elsewhere:  # (removed from the group while this node was down)
+            ReplicaFile(replica_path(self.directory, vhost, name)).remove()
         q = self.broker.vhosts[vhost].queues.get(name) if vhost in self.broker.vhosts else None
         if q is not None and not isinstance(q.replica, Elsewhere):
             q.replica = self.elsewhere[key] = Elsewhere(self, vhost, name, members)
