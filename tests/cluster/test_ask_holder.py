@@ -11,9 +11,9 @@ from typing import Any
 
 import pika
 import pytest
-from conftest import ClusterNode, amqp_channel, start_all
+from conftest import ClusterNode, amqp_channel, drain, start_all, wait_status
 from support import hare_only
-from test_quorum import QUORUM, _drain, _wait_status
+from test_quorum import QUORUM
 
 pytestmark = [hare_only, pytest.mark.timeout(180)]
 
@@ -67,7 +67,7 @@ def _gets_through(holder: ClusterNode, other: ClusterNode, third: ClusterNode, q
     assert ch.queue_purge(queue).method.message_count == 7
     assert ch.basic_get(queue)[0] is None
     conn.close()
-    assert _drain(holder, queue) == []
+    assert drain(holder, queue) == []
     # a consumer on one node is counted through another
     conn, ch = amqp_channel(other)
     ch.basic_consume(queue, lambda *_a: None)
@@ -84,7 +84,7 @@ def test_a_quorum_queue_is_got_counted_and_purged_through_any_node(
     conn, ch = amqp_channel(a)
     ch.queue_declare(queue="tasks", durable=True, arguments={**QUORUM, "x-quorum-initial-group-size": 2})
     conn.close()
-    _wait_status(c, "tasks", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 2)
+    wait_status(c, "tasks", lambda s: s["leader"] == "hare-a" and len(s["in_sync"]) == 2)
     # b is a follower (holds a copy, answers nothing), c is not a member
     _gets_through(a, c, b, "tasks")
 
