@@ -116,7 +116,7 @@ def test_ack_frame_is_a_sequence_number() -> None:
 
 
 def test_a_forwarded_publish_frame_round_trips() -> None:
-    from hare.cluster.forwarding import F_PUBLISH, parse_publish, publish_frame
+    from hare.cluster.forward_frames import F_PUBLISH, parse_publish, publish_frame
 
     msg = Message("amq.topic", "eu.fr", b"\x90\x00\x02\x00\x00\x00\x00", b"\x00body\xff")
     (kind, payload), = FrameReader().feed(publish_frame(9, 1, "v\udcff", "queue-é", msg))

@@ -11,7 +11,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from .forwarding import F_HELLO
+from .forward_frames import F_HELLO
 from .replication import ACK, END, HELLO, RESET, FrameReader, ReplicationError, ack, frame, hello
 
 if TYPE_CHECKING:
